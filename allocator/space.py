@@ -1,0 +1,176 @@
+"""The address-space interface the Go model calls, its constants, and the call trace.
+
+Two implementations sit behind :class:`AddressSpace`: ``real.RealSpace`` (ctypes
+mmap/munmap/mincore in this process) and ``simulated.SimKernel`` (a small model
+of Linux's mmap rules). Both return results the way Go's 2012 Linux runtime saw
+them: ``mmap`` gives an address, or a small positive errno on failure (Go's
+``runtime·mmap`` negated the kernel's ``-errno``), ``munmap``/``mincore`` give
+0 or a positive errno.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+from typing import Any, Dict, List, Optional
+
+PROT_NONE = 0x0
+PROT_READ = 0x1
+PROT_WRITE = 0x2
+PROT_EXEC = 0x4
+
+# Generic Linux values (x86, arm, arm64, riscv, s390; the arches we boot).
+MAP_PRIVATE = 0x02
+MAP_FIXED = 0x10
+MAP_ANON = 0x20
+MAP_FIXED_NOREPLACE = 0x100000
+
+ENOMEM = _errno.ENOMEM
+EINVAL = _errno.EINVAL
+EEXIST = _errno.EEXIST
+EPERM = _errno.EPERM
+
+_PROT_NAMES = ((PROT_READ, "READ"), (PROT_WRITE, "WRITE"), (PROT_EXEC, "EXEC"))
+_FLAG_NAMES = (
+    (MAP_ANON, "ANON"),
+    (MAP_PRIVATE, "PRIVATE"),
+    (MAP_FIXED, "FIXED"),
+    (MAP_FIXED_NOREPLACE, "FIXED_NOREPLACE"),
+)
+
+
+def hexa(value: Optional[int]) -> Optional[str]:
+    """Addresses travel as "0x..." strings (JSON numbers lose precision past 2**53)."""
+    return None if value is None else "0x%x" % value
+
+
+def prot_name(prot: int) -> str:
+    names = [n for bit, n in _PROT_NAMES if prot & bit]
+    return "|".join(names) if names else "NONE"
+
+
+def flag_name(flags: int) -> str:
+    names = [n for bit, n in _FLAG_NAMES if flags & bit]
+    rest = flags & ~sum(bit for bit, _ in _FLAG_NAMES)
+    if rest:
+        names.append("0x%x" % rest)
+    return "|".join(names)
+
+
+def errno_name(err: int) -> str:
+    return _errno.errorcode.get(err, "E%d" % err)
+
+
+def is_mmap_error(p: int) -> bool:
+    """Go's test for a failed mmap: a result below 4096 is an errno, not an address."""
+    return p < 4096
+
+
+class Trace:
+    """Every address-space call, tagged with the Go function that made it.
+
+    Runs of identical calls that differ only in address (``addrspace_free``
+    walks mincore page by page) are folded into one entry with a ``count``.
+    """
+
+    def __init__(self) -> None:
+        self.entries: List[Dict[str, Any]] = []
+        self._fn: List[str] = []
+
+    def enter(self, fn: str) -> "_FnScope":
+        return _FnScope(self, fn)
+
+    @property
+    def fn(self) -> str:
+        return self._fn[-1] if self._fn else "-"
+
+    def add(self, call: str, result: str, **args: Any) -> None:
+        entry: Dict[str, Any] = {"fn": self.fn, "call": call}
+        entry.update(args)
+        entry["result"] = result
+        last = self.entries[-1] if self.entries else None
+        if (
+            last is not None
+            and call == "mincore"
+            and last["call"] == "mincore"
+            and last["fn"] == entry["fn"]
+            and last["result"] == result
+            and last["len"] == entry["len"]
+        ):
+            last["count"] = last.get("count", 1) + 1
+            return
+        self.entries.append(entry)
+
+
+class _FnScope:
+    def __init__(self, trace: Trace, fn: str) -> None:
+        self.trace = trace
+        self.name = fn
+
+    def __enter__(self) -> None:
+        self.trace._fn.append(self.name)
+
+    def __exit__(self, *exc: object) -> None:
+        self.trace._fn.pop()
+
+
+class AddressSpace:
+    """The system calls the Go runtime model needs, plus the facts a result reports.
+
+    Subclasses implement the ``_raw_*`` methods; the public ones add the trace.
+    """
+
+    pointer_bits: int = 64
+    page_size: int = 4096
+
+    def __init__(self) -> None:
+        self.trace = Trace()
+
+    # -- implemented by subclasses -------------------------------------------------
+    def _raw_mmap(self, addr: int, length: int, prot: int, flags: int) -> int:
+        raise NotImplementedError
+
+    def _raw_munmap(self, addr: int, length: int) -> int:
+        raise NotImplementedError
+
+    def _raw_mincore(self, addr: int, length: int) -> int:
+        raise NotImplementedError
+
+    def _raw_touch(self, addr: int) -> None:
+        raise NotImplementedError
+
+    def data_end(self) -> int:
+        """Go's ``end``: where the program's data segment ends."""
+        raise NotImplementedError
+
+    def facts(self) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    # -- traced calls ------------------------------------------------------------
+    def mmap(self, addr: int, length: int, prot: int, flags: int) -> int:
+        p = self._raw_mmap(addr, length, prot, flags)
+        self.trace.add(
+            "mmap",
+            errno_name(p) if is_mmap_error(p) else hexa(p) or "0x0",
+            addr=hexa(addr),
+            len=length,
+            prot=prot_name(prot),
+            flags=flag_name(flags),
+        )
+        return p
+
+    def munmap(self, addr: int, length: int) -> int:
+        err = self._raw_munmap(addr, length)
+        self.trace.add("munmap", errno_name(err) if err else "0", addr=hexa(addr), len=length)
+        return err
+
+    def mincore(self, addr: int, length: int) -> int:
+        err = self._raw_mincore(addr, length)
+        self.trace.add("mincore", errno_name(err) if err else "0", addr=hexa(addr), len=length)
+        return err
+
+    def touch(self, addr: int) -> None:
+        """Write one byte, to prove a mapped page is usable (not traced: it is not a syscall)."""
+        self._raw_touch(addr)
+
+    def close(self) -> None:
+        """Release whatever the space holds (the real one: nothing; the process exits)."""
