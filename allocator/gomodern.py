@@ -122,12 +122,13 @@ class GoModern(Runtime):
                     v = None  # outside the addressable heap: don't ask
                 else:
                     v = self.sysReserve(p, n)
-                    if self.reservation is not None and self.reservation["hints_tried"] == 0:
+                    if self.reservation is not None and self.first_arena is None and self.reservation["probe"] is None \
+                            and self.reservation["probe_error"] is None:
                         landed = self.trace.entries[-1]["result"]
                         self.reservation["probe"] = landed if landed.startswith("0x") else None
                         self.reservation["probe_error"] = None if landed.startswith("0x") else landed
                         self.reservation["high_ok"] = v == p
-                if self.reservation is not None:
+                if self.reservation is not None and self.first_arena is None:
                     self.reservation["hints_tried"] += 1
                 if v is not None and v == p:
                     hint.addr = p if hint.down else p + n
