@@ -1,0 +1,45 @@
+"""Backends are found by name: ``harness/backends/<name>.py`` holds a class whose ``name`` is that word.
+
+The CLI value, the YAML ``backend:`` value and the module name are the same
+word; adding a backend touches no other module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import TYPE_CHECKING, Dict, List, Type
+
+if TYPE_CHECKING:
+    from harness.backends.base import Backend
+
+_NOT_BACKENDS = {"base"}
+_cache: Dict[str, "Type[Backend]"] = {}
+
+
+def names() -> List[str]:
+    return sorted(
+        m.name.replace("_", "-")
+        for m in pkgutil.iter_modules(__path__)
+        if not m.name.startswith("_") and m.name not in _NOT_BACKENDS
+    )
+
+
+def get(name: str) -> "Type[Backend]":
+    """The backend class called ``name``; KeyError (listing the known ones) if there is none."""
+    if name in _cache:
+        return _cache[name]
+    if name not in names():
+        raise KeyError("unknown backend %r; known: %s" % (name, ", ".join(names())))
+    from harness.backends.base import Backend
+
+    module = importlib.import_module("%s.%s" % (__name__, name.replace("-", "_")))
+    found = [
+        obj
+        for obj in vars(module).values()
+        if isinstance(obj, type) and issubclass(obj, Backend) and getattr(obj, "name", None) == name
+    ]
+    if len(found) != 1:
+        raise KeyError("module %s defines no backend class named %r" % (module.__name__, name))
+    _cache[name] = found[0]
+    return found[0]

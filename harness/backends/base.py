@@ -1,0 +1,162 @@
+"""What every backend shares: options, required tools, and the lifecycle of one boot.
+
+Lifecycle, in this order, all driven by :meth:`Backend.run`:
+
+1. ``prepare(ctx)``  ship the allocator (read-only) and write what the guest needs;
+2. ``execute(ctx)``  boot or reach the target and run the probe, under the deadline;
+3. ``collect(ctx, completed)``  read the results (a share file, else console frames);
+4. ``shutdown()``  always, also after errors; safe to call twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Dict, List, Optional, Tuple
+
+from harness import proc
+from harness.config import Target
+from harness.console import DONE, extract_frames, find_panic, parse_documents
+from harness.errors import ToolMissing
+
+
+@dataclass(frozen=True)
+class Tool:
+    command: str
+    package: str
+
+    @property
+    def hint(self) -> str:
+        return "install it with: sudo apt-get install -y %s" % self.package
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    def validate(self) -> Optional[Tuple[str, str]]:
+        return None
+
+
+@dataclass
+class RunContext:
+    run_id: str
+    target: Target
+    policies: List[str]
+    workdir: Path  # private to this target's boot; removed after
+    payload: Path  # allocator.pyz, read-only
+    log_path: Path  # the console log, kept as an artefact
+    timeout: float
+
+
+@dataclass
+class GuestRun:
+    """What one boot produced: a document per policy that reported, and what went wrong."""
+
+    documents: Dict[str, Dict[str, Any]]
+    log: Path
+    duration_s: float
+    panic: Optional[str] = None
+    timed_out: bool = False
+    error: Optional[str] = None
+    channel: Optional[str] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+class Backend:
+    name: ClassVar[str] = ""
+    Options: ClassVar[Any] = NoOptions
+    tools: ClassVar[Tuple[Tool, ...]] = ()
+    description: ClassVar[str] = ""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.options = target.options
+        self._shut = False
+
+    # -- availability -------------------------------------------------------------------------
+    def required_tools(self) -> Tuple[Tool, ...]:
+        return self.tools
+
+    def missing(self) -> Optional[ToolMissing]:
+        """Why this target cannot run here, or None."""
+        for tool in self.required_tools():
+            if proc.which(tool.command) is None:
+                return ToolMissing(self.name, tool.command, tool.hint)
+        return None
+
+    # -- the lifecycle ---------------------------------------------------------------------------
+    def run(self, ctx: RunContext) -> GuestRun:
+        try:
+            self.prepare(ctx)
+            completed = self.execute(ctx)
+            return self.collect(ctx, completed)
+        finally:
+            self.shutdown()
+
+    def prepare(self, ctx: RunContext) -> None:
+        """Ship the allocator and write what the guest needs. Default: nothing to do."""
+
+    def execute(self, ctx: RunContext) -> proc.Completed:
+        raise NotImplementedError
+
+    def collect(self, ctx: RunContext, completed: proc.Completed) -> GuestRun:
+        """Documents from the share file if the guest wrote one, else from console frames."""
+        panic = next((p for p in (find_panic(ln) for ln in completed.lines) if p), None)
+        run = GuestRun({}, ctx.log_path, completed.duration_s, panic=panic, timed_out=completed.timed_out)
+        if not completed.started:
+            run.error = completed.error
+            return run
+        share = self.result_file(ctx)
+        if share is not None and share.is_file() and share.stat().st_size > 0:
+            docs, problem = parse_documents(share.read_text(encoding="utf-8", errors="backslashreplace"))
+            if not problem:
+                run.documents, run.channel = docs, "share"
+                return run
+        frames, problem = extract_frames(completed.lines)
+        for text in frames:
+            docs, bad = parse_documents(text)
+            run.documents.update(docs)
+            problem = problem or bad
+        if run.documents:
+            run.channel = "console"
+        if problem:
+            run.error = problem
+        elif not run.documents:
+            run.error = self.no_result_reason(completed)
+        return run
+
+    def result_file(self, ctx: RunContext) -> Optional[Path]:
+        """Where the guest writes its results through a writable share, if this backend has one."""
+        return None
+
+    def no_result_reason(self, completed: proc.Completed) -> str:
+        if completed.timed_out:
+            return "no result before the deadline"
+        tail = [ln for ln in completed.lines if ln.strip()][-5:]
+        rc = completed.returncode
+        what = "no result (exit status %s)" % rc
+        return what + (": " + " | ".join(tail) if tail else ", no output")
+
+    def shutdown(self) -> None:
+        """Release what the boot holds. Safe to call twice."""
+        self._shut = True
+
+    # -- helpers for subclasses ----------------------------------------------------------------
+    def probe_args(self, ctx: RunContext) -> List[str]:
+        t = self.target
+        args = ["probe", "--policy", ",".join(ctx.policies), "--frame"]
+        if t.grow:
+            args += ["--grow", t.grow]
+        if t.touch_every is not None:
+            args += ["--touch-every", str(t.touch_every)]
+        if t.rlimit_as is not None:
+            args += ["--rlimit-as", str(t.rlimit_as)]
+        return args
+
+    @staticmethod
+    def done_watcher(line: str) -> Optional[str]:
+        """Stop a guest once it said it is done, or once its kernel panicked."""
+        if DONE in line:
+            return "done"
+        if find_panic(line):
+            return "panic"
+        return None

@@ -1,0 +1,151 @@
+"""User-Mode Linux: Debian's ``linux.uml`` booted with a host directory (``/``) as its read-only root.
+
+The guest's init (written per boot) mounts proc, mounts a dedicated writable
+results directory through hostfs, runs the allocator zipapp with the guest's
+``python3``, prints the result framed on the console as well, and powers off.
+Each boot has its own umid and ``uml_dir`` inside the boot's private directory.
+When the harness runs as root, UML runs as ``nobody``: a guest is root inside
+and could otherwise mount any host path writable through hostfs.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Optional, Tuple
+
+from harness import proc
+from harness.backends.base import Backend, RunContext, Tool
+from harness.config import Size
+from harness.console import BOOTED, DONE
+from harness.errors import ToolMissing
+
+MiB = 1 << 20
+
+INIT = """#!/bin/sh
+# arena-harness: init for UML target {target} (generated; runs as PID 1 in the guest)
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin PYTHONDONTWRITEBYTECODE=1 HOME=/ LC_ALL=C
+mount -t proc proc /proc 2>/dev/null
+echo "{booted} $(cut -d' ' -f1 /proc/uptime 2>/dev/null)"
+OUT=""
+if mount -t hostfs -o {share} none {mnt} 2>/dev/null; then OUT="--out {mnt}/result.json"; fi
+{command} $OUT
+echo "{done} rc=$?"
+sync
+poweroff -f 2>/dev/null || halt -f
+"""
+
+
+@dataclass(frozen=True)
+class UmlOptions:
+    kernel: str = "linux.uml"
+    memory: Size = Size(256 * MiB)
+    kernel_args: Tuple[str, ...] = ("quiet",)
+    python: str = "python3"
+    root: str = "/"
+    unprivileged: bool = True
+
+    def validate(self) -> Optional[Tuple[str, str]]:
+        if self.memory < 32 * MiB:
+            return "memory", 'expected at least "32M" for a UML guest, got %d bytes' % self.memory
+        if not self.root.startswith("/"):
+            return "root", "expected an absolute host directory, got %r" % self.root
+        for arg in self.kernel_args:
+            if arg.split("=", 1)[0] in ("mem", "root", "init", "umid", "uml_dir", "con0", "rootflags"):
+                return "kernel_args", "%r is set by the harness; use the target's own keys instead" % arg
+        return None
+
+
+class UmlBackend(Backend):
+    name: ClassVar[str] = "uml"
+    Options: ClassVar[type] = UmlOptions
+    description: ClassVar[str] = "User-Mode Linux with the host root shared read-only"
+
+    def required_tools(self) -> Tuple[Tool, ...]:
+        return (Tool(self.options.kernel, "user-mode-linux"),)
+
+    def missing(self) -> Optional[ToolMissing]:
+        problem = super().missing()
+        if problem is None and self._run_as() is None and os.geteuid() == 0 and self.options.unprivileged:
+            return ToolMissing(self.name, "user nobody", "create it, or set unprivileged: false on the target")
+        if problem is None and not Path(self.options.root).is_dir():
+            return ToolMissing(self.name, self.options.root, "the root directory for the guest does not exist")
+        return problem
+
+    def _run_as(self) -> Optional[Tuple[int, int]]:
+        if os.geteuid() != 0 or not self.options.unprivileged:
+            return None
+        try:
+            pw = pwd.getpwnam("nobody")
+        except KeyError:
+            return None
+        return pw.pw_uid, pw.pw_gid
+
+    def _paths(self, ctx: RunContext) -> Tuple[Path, Path, Path, Path]:
+        return ctx.workdir / "init.sh", ctx.workdir / "out", ctx.workdir / "mnt", ctx.workdir / "uml"
+
+    def umid(self, ctx: RunContext) -> str:
+        raw = "ah-%s-%s" % (ctx.run_id, self.target.name)
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", raw)[:60]
+
+    def prepare(self, ctx: RunContext) -> None:
+        init, out, mnt, uml_dir = self._paths(ctx)
+        for d in (out, mnt, uml_dir):
+            d.mkdir(mode=0o755)
+        command = shlex.join([self.options.python, str(ctx.payload)] + self.probe_args(ctx))
+        init.write_text(
+            INIT.format(
+                target=self.target.name,
+                booted=BOOTED,
+                done=DONE,
+                share=shlex.quote(str(out)),
+                mnt=shlex.quote(str(mnt)),
+                command=command,
+            )
+        )
+        init.chmod(0o755)
+        owner = self._run_as()
+        if owner is not None:
+            # Only these two directories are the guest's to write; the rest of the host is read-only.
+            for d in (out, uml_dir):
+                os.chown(d, *owner)
+            ctx.workdir.chmod(0o755)
+
+    def argv(self, ctx: RunContext) -> list:  # type: ignore[type-arg]
+        init, _, _, uml_dir = self._paths(ctx)
+        o = self.options
+        return [
+            o.kernel,
+            "umid=%s" % self.umid(ctx),
+            "uml_dir=%s" % uml_dir,
+            "mem=%dM" % (o.memory // MiB),
+            "root=/dev/root",
+            "rootfstype=hostfs",
+            "rootflags=%s" % o.root,
+            "ro",
+            "init=%s" % init,
+            "con=null",
+            "con0=fd:0,fd:1",
+            *o.kernel_args,
+        ]
+
+    def execute(self, ctx: RunContext) -> proc.Completed:
+        owner = self._run_as()
+        env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "HOME": str(ctx.workdir)}
+        return proc.run(
+            self.argv(ctx),
+            timeout=ctx.timeout,
+            log_path=ctx.log_path,
+            env=env,
+            cwd=ctx.workdir,
+            watch=self.done_watcher,
+            user=owner[0] if owner else None,
+            group=owner[1] if owner else None,
+        )
+
+    def result_file(self, ctx: RunContext) -> Optional[Path]:
+        return self._paths(ctx)[1] / "result.json"

@@ -1,0 +1,168 @@
+"""``arena-harness``: run, list, doctor. Exit 0 when every result passed, 1 when any did not,
+2 on usage or configuration errors (one line, never a traceback), 130 when interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+from typing import List, NoReturn, Optional, Sequence
+
+from allocator.probe import POLICIES, expand_policies
+from harness import __version__, backends, config, report, runner
+from harness.config import Target
+from harness.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, HarnessError, UsageError
+from harness.results import Record
+
+DEFAULT_ARTIFACTS = "arena-harness-out"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError("%s (see %s --help)" % (message, self.prog))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="arena-harness", description="Does the high arena reservation work here, or does the "
+                "32-bit fallback take over? Runs Go's allocator model on many kinds of machine.")
+    p.add_argument("--version", action="version", version="arena-harness " + __version__)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def targets_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--targets", metavar="FILE", help="targets file (default: the matrix shipped in the package)")
+
+    r = sub.add_parser("run", help="run targets x policies and report")
+    targets_arg(r)
+    r.add_argument("--only", metavar="NAME", action="append", help="run only this target (repeatable)")
+    r.add_argument("--policy", metavar="P", action="append", help="only this policy (repeatable): %s, all"
+                   % ", ".join(POLICIES))
+    r.add_argument("--jobs", "-j", type=int, default=1, metavar="N", help="boot N targets at once (default 1)")
+    r.add_argument("--json", metavar="F", type=Path, help="write the results as JSON")
+    r.add_argument("--junit", metavar="F", type=Path, help="write JUnit XML")
+    r.add_argument("--markdown", metavar="F", type=Path, help="write a Markdown summary")
+    r.add_argument("--artifacts", metavar="DIR", type=Path, default=Path(DEFAULT_ARTIFACTS),
+                   help="where console logs are kept (default ./%s/RUN-ID)" % DEFAULT_ARTIFACTS)
+    r.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
+
+    ls = sub.add_parser("list", help="list the targets")
+    targets_arg(ls)
+
+    d = sub.add_parser("doctor", help="which backends can run here, and how to install what is missing")
+    targets_arg(d)
+    return p
+
+
+def _progress(total: int, stream: "object") -> runner.Progress:
+    done = [0]
+
+    def show(event: str, target: Target, message: str, records: Sequence[Record]) -> None:
+        out = sys.stderr
+        if event == "start":
+            print("[ ..  ] %-22s %s (%s, deadline %.0fs)" % (target.name, message, target.backend, target.timeout),
+                  file=out, flush=True)
+            return
+        done[0] += 1
+        statuses = ",".join(sorted({r.status.value for r in records})) or "-"
+        secs = max((r.duration_s for r in records), default=0.0)
+        outcomes = " ".join("%s=%s" % (r.policy, r.outcome or r.status.value) for r in records)
+        print("[%2d/%-2d] %-22s %-7s %5.1fs  %s" % (done[0], total, target.name, statuses, secs, outcomes),
+              file=out, flush=True)
+
+    return show
+
+
+def _raise_interrupt(signum: int, frame: Optional[FrameType]) -> None:
+    raise KeyboardInterrupt
+
+
+def cmd_run(args: argparse.Namespace, argv: List[str]) -> int:
+    if args.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    targets_set = config.load(args.targets)
+    targets = targets_set.select(args.only)
+    policies = None
+    if args.policy:
+        try:
+            policies = expand_policies(args.policy)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    for path in (args.json, args.junit, args.markdown):
+        if path is not None and path.parent and not path.parent.exists():
+            raise UsageError("cannot write %s: directory %s does not exist" % (path, path.parent))
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        doc = runner.run(
+            targets,
+            policies=policies,
+            jobs=args.jobs,
+            artifacts=args.artifacts,
+            progress=None if args.quiet else _progress(len(targets), sys.stderr),
+            argv=["arena-harness"] + argv,
+            targets_file=args.targets,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    # Results are written before anything else can go wrong, also for an interrupted run.
+    if args.json:
+        doc.write(args.json)
+    report.write(report.junit(doc), args.junit)
+    report.write(report.markdown(doc), args.markdown)
+    print(report.table(doc, color=sys.stdout.isatty()))
+    print("console logs: %s" % doc.artifacts)
+    if doc.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED if doc.failed() else EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    ts = config.load(args.targets)
+    width = max(len(t.name) for t in ts.targets)
+    for t in ts.targets:
+        exp = ", ".join("%s=%s" % (p, e) for p, e in t.expect) or "no expectations"
+        print("%s  %-8s %s" % (t.name.ljust(width), t.backend, exp))
+        if t.description:
+            print("%s  %s" % (" " * width, t.description))
+    return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    ts = config.load(args.targets)
+    ok = True
+    print("backends: %s" % ", ".join(backends.names()))
+    for t in ts.targets:
+        missing = backends.get(t.backend)(t).missing()
+        if missing is None:
+            print("  ok       %-22s (%s)" % (t.name, t.backend))
+        else:
+            ok = False
+            print("  missing  %-22s %s: %s" % (t.name, missing.tool, missing.hint))
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "run":
+            return cmd_run(args, argv)
+        if args.command == "list":
+            return cmd_list(args)
+        if args.command == "doctor":
+            return cmd_doctor(args)
+        raise UsageError("a command is required: run, list or doctor (see arena-harness --help)")
+    except HarnessError as e:
+        print("arena-harness: %s" % e, file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("arena-harness: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

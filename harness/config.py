@@ -1,0 +1,412 @@
+"""Targets files: YAML parsed once into frozen dataclasses, every error naming file:line, target and key.
+
+A target has the common keys below; every other key is an option of its
+backend, checked against that backend's ``Options`` dataclass::
+
+    targets:
+      - name: uml
+        backend: uml
+        memory: 256M            # a uml option
+        timeout: 60s
+        expect:
+          go-2012: fallback-32bit
+          go-2012-pre: "crash: runtime: out of memory"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import yaml
+
+from allocator.probe import OUTCOMES, POLICIES
+from allocator.runtime import PlanError, parse_grow
+from allocator.simulated import parse_size
+from harness import backends
+from harness.errors import ConfigError
+
+DEFAULT_TARGETS = "targets.yaml"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class Size(int):
+    """A number of bytes, written like "256M" or "1G"."""
+
+
+class Seconds(float):
+    """A duration, written like 60, "90s" or "2m"."""
+
+
+# -- YAML with line numbers ------------------------------------------------------------
+
+
+class _Map(dict):  # type: ignore[type-arg]
+    """A mapping that remembers the line of each key (1-based)."""
+
+    line: int = 0
+    key_lines: Dict[str, int]
+
+
+class _Seq(list):  # type: ignore[type-arg]
+    line: int = 0
+    item_lines: List[int]
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
+    m = _Map()
+    m.line = node.start_mark.line + 1
+    m.key_lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, str):
+            key = str(key)
+        if key in m:
+            raise ConfigError("duplicate key", line=key_node.start_mark.line + 1, key=key)
+        m[key] = loader.construct_object(value_node, deep=True)
+        m.key_lines[key] = key_node.start_mark.line + 1
+    return m
+
+
+def _construct_seq(loader: _Loader, node: yaml.SequenceNode) -> _Seq:
+    s = _Seq(loader.construct_object(n, deep=True) for n in node.value)
+    s.line = node.start_mark.line + 1
+    s.item_lines = [n.start_mark.line + 1 for n in node.value]
+    return s
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_seq)
+
+
+# -- the model ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Expectation:
+    outcome: str
+    crash: Optional[str] = None  # for "crash: <message>": the exact Go message
+
+    @classmethod
+    def parse(cls, text: str) -> "Expectation":
+        head, sep, rest = text.partition(":")
+        if head.strip() == "crash" and sep:
+            return cls("crash", rest.strip() or None)
+        return cls(text.strip())
+
+    def matches(self, outcome: Optional[str], crash: Optional[str]) -> bool:
+        if outcome != self.outcome:
+            return False
+        return self.crash is None or self.crash == crash
+
+    def __str__(self) -> str:
+        return "crash: %s" % self.crash if self.crash else self.outcome
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    backend: str
+    options: Any  # the backend's frozen Options dataclass
+    expect: Tuple[Tuple[str, Expectation], ...] = ()
+    markers: Tuple[str, ...] = ()
+    timeout: float = 120.0
+    policies: Tuple[str, ...] = tuple(POLICIES)
+    grow: Optional[str] = None
+    touch_every: Optional[int] = None
+    rlimit_as: Optional[int] = None
+    description: str = ""
+    source: str = ""
+    line: int = 0
+
+    def expectation(self, policy: str) -> Optional[Expectation]:
+        return dict(self.expect).get(policy)
+
+    @property
+    def all_markers(self) -> Tuple[str, ...]:
+        """The backend's name is always a marker: ``pytest -m uml`` selects every uml target."""
+        out = [self.backend]
+        out.extend(m for m in self.markers if m not in out)
+        return tuple(out)
+
+
+@dataclass(frozen=True)
+class TargetSet:
+    targets: Tuple[Target, ...]
+    source: str
+
+    def names(self) -> List[str]:
+        return [t.name for t in self.targets]
+
+    def select(self, only: Optional[List[str]] = None) -> List[Target]:
+        if not only:
+            return list(self.targets)
+        known = {t.name: t for t in self.targets}
+        out = []
+        for name in only:
+            if name not in known:
+                raise ConfigError(
+                    "unknown target %r; targets in this file: %s" % (name, ", ".join(known)), path=self.source
+                )
+            out.append(known[name])
+        return out
+
+
+COMMON_KEYS = {
+    "name": "the target's unique name",
+    "backend": "which backend runs it",
+    "description": "one line for humans",
+    "expect": "policy -> expected outcome",
+    "markers": "extra pytest markers",
+    "timeout": "deadline for the whole boot and probe, like 60s",
+    "policies": "which policies to run (default: all)",
+    "grow": "the allocator's growth plan, like 64M*8,sysalloc:64M",
+    "touch_every": "touch one page per SIZE mapped",
+    "rlimit_as": "RLIMIT_AS for the allocator, like 1G",
+}
+
+
+# -- conversion ------------------------------------------------------------------------------
+
+
+class _Ctx:
+    def __init__(self, path: str, target: str = "") -> None:
+        self.path = path
+        self.target = target
+
+    def error(self, line: Optional[int], key: str, message: str) -> ConfigError:
+        return ConfigError(message, path=self.path, line=line, target=self.target, key=key)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, str):
+        return '"%s"' % value
+    if value is None:
+        return "nothing"
+    if isinstance(value, (dict, list)):
+        return "a %s" % ("mapping" if isinstance(value, dict) else "list")
+    return repr(value)
+
+
+def convert(value: Any, typ: Any, ctx: _Ctx, line: Optional[int], key: str) -> Any:
+    """Check and convert one value to an option type; errors say what was expected."""
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if origin is typing.Union and type(None) in args:
+        if value is None:
+            return None
+        inner = [a for a in args if a is not type(None)][0]
+        return convert(value, inner, ctx, line, key)
+    if typ is Size:
+        if isinstance(value, str):
+            try:
+                return Size(parse_size(value))
+            except ValueError:
+                pass
+        raise ctx.error(line, key, 'expected a size like "256M", got %s' % _describe(value))
+    if typ is Seconds:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return Seconds(value)
+        if isinstance(value, str):
+            m = re.match(r"^\s*([0-9.]+)\s*(ms|s|m|h)?\s*$", value)
+            if m:
+                scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m.group(2) or "s"]
+                secs = float(m.group(1)) * scale
+                if secs > 0:
+                    return Seconds(secs)
+        raise ctx.error(line, key, 'expected a duration like "60s" or "2m", got %s' % _describe(value))
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ctx.error(line, key, "expected true or false, got %s" % _describe(value))
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ctx.error(line, key, "expected a whole number, got %s" % _describe(value))
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ctx.error(line, key, "expected a number, got %s" % _describe(value))
+    if typ is str:
+        if isinstance(value, str):
+            return value
+        raise ctx.error(line, key, "expected a string, got %s" % _describe(value))
+    if origin in (tuple, list) and args:
+        if not isinstance(value, list):
+            raise ctx.error(line, key, "expected a list, got %s" % _describe(value))
+        lines = getattr(value, "item_lines", [line] * len(value))
+        return tuple(convert(v, args[0], ctx, ln, key) for v, ln in zip(value, lines))
+    raise TypeError("unsupported option type %r for %s" % (typ, key))  # a backend bug, not user input
+
+
+def _options(backend_cls: Any, raw: Dict[str, Any], lines: Dict[str, int], ctx: _Ctx) -> Any:
+    opt_cls = backend_cls.Options
+    hints = typing.get_type_hints(opt_cls, vars(__import__(opt_cls.__module__, fromlist=["_"])))
+    fields = {f.name: f for f in dataclasses.fields(opt_cls)}
+    kwargs: Dict[str, Any] = {}
+    for key, value in raw.items():
+        kwargs[key] = convert(value, hints[key], ctx, lines.get(key), key)
+    missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+    if missing:
+        raise ctx.error(None, missing[0], "required by the %s backend" % backend_cls.name)
+    opts = opt_cls(**kwargs)
+    check = getattr(opts, "validate", None)
+    if check is not None:
+        problem = check()
+        if problem:
+            key, message = problem
+            raise ctx.error(lines.get(key), key, message)
+    return opts
+
+
+def _target(raw: Any, line: int, defaults: Mapping[str, Any], ctx: _Ctx, seen: Dict[str, int]) -> Target:
+    if not isinstance(raw, dict):
+        raise ctx.error(line, "targets", "each target must be a mapping with name: and backend:, got %s"
+                        % _describe(raw))
+    key_lines: Dict[str, int] = dict(getattr(raw, "key_lines", {}))
+    merged: Dict[str, Any] = dict(defaults)
+    merged.update(raw)
+    name = merged.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ctx.error(key_lines.get("name", line), "name",
+                        "expected a name of letters, digits, '.', '_' or '-', got %s" % _describe(name))
+    ctx.target = name
+    if name in seen:
+        raise ctx.error(key_lines.get("name", line), "name", "duplicate target name (first at line %d)" % seen[name])
+    seen[name] = key_lines.get("name", line)
+    backend_name = merged.get("backend")
+    if not isinstance(backend_name, str):
+        raise ctx.error(key_lines.get("backend", line), "backend",
+                        "expected one of %s, got %s" % (", ".join(backends.names()), _describe(backend_name)))
+    try:
+        backend_cls = backends.get(backend_name)
+    except KeyError:
+        raise ctx.error(key_lines.get("backend", line), "backend",
+                        "unknown backend %r; known: %s" % (backend_name, ", ".join(backends.names()))) from None
+    option_names = [f.name for f in dataclasses.fields(backend_cls.Options)]
+    opt_raw: Dict[str, Any] = {}
+    for key in merged:
+        if key in COMMON_KEYS:
+            continue
+        if key not in option_names:
+            allowed = sorted(COMMON_KEYS) + sorted(option_names)
+            raise ctx.error(key_lines.get(key, line), key,
+                            "unknown key for a %s target; known keys: %s" % (backend_name, ", ".join(allowed)))
+        opt_raw[key] = merged[key]
+    options = _options(backend_cls, opt_raw, key_lines, ctx)
+
+    def kl(k: str) -> int:
+        return key_lines.get(k, line)
+
+    expect: List[Tuple[str, Expectation]] = []
+    raw_expect = merged.get("expect", {}) or {}
+    if not isinstance(raw_expect, dict):
+        raise ctx.error(kl("expect"), "expect", "expected a mapping of policy: outcome, got %s" % _describe(raw_expect))
+    exp_lines = getattr(raw_expect, "key_lines", {})
+    for policy, text in raw_expect.items():
+        pline = exp_lines.get(policy, kl("expect"))
+        if policy not in POLICIES:
+            raise ctx.error(pline, "expect", "unknown policy %r; known: %s" % (policy, ", ".join(POLICIES)))
+        if not isinstance(text, str):
+            raise ctx.error(pline, "expect.%s" % policy, "expected an outcome (%s, or \"crash: <message>\"), got %s"
+                            % (", ".join(OUTCOMES), _describe(text)))
+        exp = Expectation.parse(text)
+        if exp.outcome not in OUTCOMES:
+            raise ctx.error(pline, "expect.%s" % policy,
+                            "expected one of %s (or \"crash: <message>\"), got %s" % (", ".join(OUTCOMES), _describe(text)))
+        expect.append((policy, exp))
+    markers = convert(merged.get("markers", []) or [], Tuple[str, ...], ctx, kl("markers"), "markers")
+    for m in markers:
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", m):
+            raise ctx.error(kl("markers"), "markers", "expected identifiers usable as pytest markers, got %s"
+                            % _describe(m))
+    policies = tuple(POLICIES)
+    if "policies" in merged:
+        policies = convert(merged["policies"], Tuple[str, ...], ctx, kl("policies"), "policies")
+        for p in policies:
+            if p not in POLICIES:
+                raise ctx.error(kl("policies"), "policies", "unknown policy %r; known: %s" % (p, ", ".join(POLICIES)))
+    grow = merged.get("grow")
+    if grow is not None:
+        grow = convert(grow, str, ctx, kl("grow"), "grow")
+        try:
+            parse_grow(grow)
+        except (PlanError, ValueError) as e:
+            raise ctx.error(kl("grow"), "grow", str(e)) from None
+    timeout = convert(merged.get("timeout", 120), Seconds, ctx, kl("timeout"), "timeout")
+    touch = convert(merged.get("touch_every"), Optional[Size], ctx, kl("touch_every"), "touch_every")
+    rlimit = convert(merged.get("rlimit_as"), Optional[Size], ctx, kl("rlimit_as"), "rlimit_as")
+    desc = convert(merged.get("description", ""), str, ctx, kl("description"), "description")
+    return Target(
+        name=name,
+        backend=backend_name,
+        options=options,
+        expect=tuple(expect),
+        markers=markers,
+        timeout=float(timeout),
+        policies=policies,
+        grow=grow,
+        touch_every=None if touch is None else int(touch),
+        rlimit_as=None if rlimit is None else int(rlimit),
+        description=desc,
+        source=ctx.path,
+        line=seen[name],
+    )
+
+
+def parse(text: str, path: str = "<string>") -> TargetSet:
+    ctx = _Ctx(path)
+    try:
+        doc = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except ConfigError as e:
+        e.path = path
+        raise
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError("not valid YAML: %s" % problem, path=path,
+                          line=mark.line + 1 if mark is not None else None) from None
+    if not isinstance(doc, dict):
+        raise ConfigError("expected a mapping with a targets: list, got %s" % _describe(doc), path=path, line=1)
+    top_lines = getattr(doc, "key_lines", {})
+    for key in doc:
+        if key not in ("schema", "defaults", "targets"):
+            raise ctx.error(top_lines.get(key), key, "unknown top-level key; known: schema, defaults, targets")
+    if doc.get("schema", 1) != 1:
+        raise ctx.error(top_lines.get("schema"), "schema", "expected 1, got %s" % _describe(doc.get("schema")))
+    defaults = doc.get("defaults", {}) or {}
+    if not isinstance(defaults, dict):
+        raise ctx.error(top_lines.get("defaults"), "defaults", "expected a mapping, got %s" % _describe(defaults))
+    if "name" in defaults:
+        raise ctx.error(getattr(defaults, "key_lines", {}).get("name"), "name", "a name cannot be a default")
+    targets = doc.get("targets")
+    if not isinstance(targets, list) or not targets:
+        raise ctx.error(top_lines.get("targets", 1), "targets", "expected a non-empty list of targets, got %s"
+                        % _describe(targets))
+    seen: Dict[str, int] = {}
+    lines = getattr(targets, "item_lines", [1] * len(targets))
+    out = tuple(_target(raw, ln, defaults, _Ctx(path), seen) for raw, ln in zip(targets, lines))
+    return TargetSet(out, path)
+
+
+def load(path: Optional[str] = None) -> TargetSet:
+    """Load a targets file, or the default matrix shipped in the package when ``path`` is None."""
+    if path is None:
+        text = resources.files("harness").joinpath(DEFAULT_TARGETS).read_text(encoding="utf-8")
+        return parse(text, "<default targets>")
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError("cannot read: %s" % (e.strerror or e), path=str(path)) from None
+    return parse(text, str(path))

@@ -1,0 +1,167 @@
+"""The pytest plugin (entry point ``pytest11``): one test item per (target, policy).
+
+A test that asks for the ``harness_result`` fixture is parametrized over every
+selected target and policy; each item carries its backend's name and the
+target's markers, so ``pytest -m uml`` runs exactly the UML ones. A target boots
+once per worker and serves all its policies (pytest-xdist: ``--dist loadgroup``
+keeps a target's items on one worker). When a backend's tool is missing the
+item skips with the install hint, unless ``HARNESS_REQUIRE`` names the backend
+(or ``all``): then it fails, so CI never silently stops testing something.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import pytest
+
+from allocator.probe import expand_policies
+from harness import backends, config, runner
+from harness.config import Target, TargetSet
+from harness.errors import HarnessError
+from harness.results import Record, Status
+
+REQUIRE_ENV = "HARNESS_REQUIRE"
+
+
+def required(name: str) -> bool:
+    """Whether CI asked that ``name`` (a backend or tool) must not be skipped."""
+    wanted = {w.strip() for w in os.environ.get(REQUIRE_ENV, "").split(",") if w.strip()}
+    return "all" in wanted or name in wanted
+
+
+def skip_or_fail(name: str, reason: str) -> None:
+    """Skip with ``reason``, or fail when ``HARNESS_REQUIRE`` says ``name`` must run."""
+    if required(name):
+        pytest.fail("%s (and %s=%s requires it)" % (reason, REQUIRE_ENV, os.environ.get(REQUIRE_ENV)),
+                    pytrace=False)
+    pytest.skip(reason)
+
+
+class HarnessState:
+    """Per-session state, kept in ``config.stash``: the targets and one boot's records per target."""
+
+    def __init__(self, cfg: pytest.Config) -> None:
+        self.config = cfg
+        self.targets_file: Optional[str] = cfg.getoption("harness_targets")
+        self.only: Optional[List[str]] = cfg.getoption("harness_only")
+        raw_policies = cfg.getoption("harness_policy")
+        try:
+            self.policies = expand_policies(raw_policies) if raw_policies else None
+        except ValueError as e:
+            raise pytest.UsageError("--harness-policy: %s" % e) from None
+        self._targets: Optional[TargetSet] = None
+        self._records: Dict[str, List[Record]] = {}
+        self._locks: Dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+        self.artifacts: Optional[Path] = None
+        art = cfg.getoption("harness_artifacts")
+        if art:
+            self.artifacts = Path(art)
+
+    @property
+    def targets(self) -> TargetSet:
+        if self._targets is None:
+            try:
+                self._targets = config.load(self.targets_file)
+                self._targets.select(self.only)
+            except HarnessError as e:
+                raise pytest.UsageError("arena-harness: %s" % e) from None
+        return self._targets
+
+    def selected(self) -> List[Target]:
+        return self.targets.select(self.only)
+
+    def artifacts_dir(self) -> Path:
+        if self.artifacts is None:
+            factory = self.config._tmp_path_factory  # type: ignore[attr-defined]
+            self.artifacts = factory.mktemp("arena-harness", numbered=True)
+        return self.artifacts
+
+    def records(self, target: Target) -> List[Record]:
+        """Boot ``target`` once (all its selected policies) and cache what it reported."""
+        with self._lock:
+            lock = self._locks.setdefault(target.name, threading.Lock())
+        with lock:
+            if target.name not in self._records:
+                doc = runner.run([target], policies=self.policies, artifacts=self.artifacts_dir())
+                self._records[target.name] = doc.records
+            return self._records[target.name]
+
+
+STATE = pytest.StashKey[HarnessState]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("arena-harness", "arena-harness targets")
+    group.addoption("--harness-targets", metavar="FILE", default=None,
+                    help="targets file (default: the matrix shipped with arena-harness)")
+    group.addoption("--harness-only", metavar="NAME", action="append", default=None,
+                    help="only this target (repeatable)")
+    group.addoption("--harness-policy", metavar="P", action="append", default=None,
+                    help="only this policy (repeatable)")
+    group.addoption("--harness-artifacts", metavar="DIR", default=None,
+                    help="keep console logs here (default: under pytest's basetemp)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    state = HarnessState(config)
+    config.stash[STATE] = state
+    for name in backends.names():
+        config.addinivalue_line("markers", "%s: a target run by the %s backend" % (name, name))
+    config.addinivalue_line("markers", "harness_target(name): the arena-harness target this item runs")
+    # Markers named in the targets file are declared too, so --strict-markers accepts them.
+    try:
+        extra = {m for t in state.targets.targets for m in t.markers}
+    except pytest.UsageError:
+        return  # reported when a test asks for the fixture
+    for m in sorted(extra):
+        config.addinivalue_line("markers", "%s: arena-harness target marker" % m)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "harness_result" not in metafunc.fixturenames:
+        return
+    state = metafunc.config.stash[STATE]
+    params = []
+    for target in state.selected():
+        for policy in runner.policies_for(target, state.policies):
+            marks: List[Any] = [getattr(pytest.mark, m) for m in target.all_markers]
+            marks.append(pytest.mark.harness_target(target.name))
+            marks.append(pytest.mark.xdist_group(target.name))
+            params.append(pytest.param((target, policy), id="%s-%s" % (target.name, policy), marks=marks))
+    metafunc.parametrize("harness_result", params, indirect=True)
+
+
+@pytest.fixture
+def harness_result(request: pytest.FixtureRequest) -> Record:
+    """The record of one (target, policy), from the target's one boot in this session."""
+    target, policy = request.param
+    state = request.config.stash[STATE]
+    missing = backends.get(target.backend)(target).missing()
+    if missing is not None:
+        skip_or_fail(target.backend, str(missing))
+    recs = [r for r in state.records(target) if r.policy == policy]
+    if not recs:
+        pytest.fail("%s/%s produced no record" % (target.name, policy), pytrace=False)
+    return recs[0]
+
+
+def check(record: Record) -> None:
+    """Assert the record passed; the failure message says what happened and where the log is."""
+    if record.status is Status.PASS:
+        return
+    if record.status is Status.SKIP:
+        skip_or_fail(record.backend, record.detail or "skipped")
+    lines = ["%s/%s: %s" % (record.target, record.policy, record.status.value)]
+    if record.detail:
+        lines.append("  %s" % record.detail)
+    lines.append("  outcome: %s, expected: %s" % (record.outcome, record.expected))
+    if record.kernel:
+        lines.append("  kernel: %s %s" % (record.kernel, record.machine))
+    if record.log:
+        lines.append("  console log: %s" % record.log)
+    pytest.fail("\n".join(lines), pytrace=False)
