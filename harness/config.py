@@ -273,7 +273,8 @@ def _target(raw: Any, line: int, defaults: Mapping[str, Any], ctx: _Ctx, seen: D
     if not isinstance(raw, dict):
         raise ctx.error(line, "targets", "each target must be a mapping with name: and backend:, got %s"
                         % _describe(raw))
-    key_lines: Dict[str, int] = dict(getattr(raw, "key_lines", {}))
+    key_lines: Dict[str, int] = dict(getattr(defaults, "key_lines", {}))
+    key_lines.update(getattr(raw, "key_lines", {}))
     merged: Dict[str, Any] = dict(defaults)
     merged.update(raw)
     name = merged.get("name")

@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from harness.results import Record, RunDocument, Status
+from harness.results import PRECEDENCE, Record, RunDocument, Status
 
 _BOOL = {True: "yes", False: "no", None: "-"}
 
@@ -64,8 +64,9 @@ def counts(doc: RunDocument) -> Dict[str, int]:
 
 def summary_line(doc: RunDocument) -> str:
     c = counts(doc)
-    parts = ["%d %s" % (c[s.value], "passed" if s is Status.PASS else s.value)
-             for s in (Status.PASS, Status.FAIL, Status.ERROR, Status.TIMEOUT, Status.PANIC, Status.SKIP)
+    words = {Status.PASS: "passed", Status.FAIL: "failed", Status.ERROR: "errors", Status.TIMEOUT: "timed out",
+             Status.PANIC: "panicked", Status.SKIP: "skipped"}
+    parts = ["%d %s" % (c[s.value], words[s]) for s in PRECEDENCE[::-1][1:] + (Status.SKIP,)
              if c[s.value] or s in (Status.PASS, Status.FAIL)]
     text = ", ".join(parts)
     if not doc.complete:

@@ -15,14 +15,16 @@ if TYPE_CHECKING:
 
 _NOT_BACKENDS = {"base"}
 _cache: Dict[str, "Type[Backend]"] = {}
+_extra: Dict[str, "Type[Backend]"] = {}
 
 
 def names() -> List[str]:
-    return sorted(
+    found = {
         m.name.replace("_", "-")
         for m in pkgutil.iter_modules(__path__)
         if not m.name.startswith("_") and m.name not in _NOT_BACKENDS
-    )
+    }
+    return sorted(found | set(_extra))
 
 
 def get(name: str) -> "Type[Backend]":
@@ -43,3 +45,15 @@ def get(name: str) -> "Type[Backend]":
         raise KeyError("module %s defines no backend class named %r" % (module.__name__, name))
     _cache[name] = found[0]
     return found[0]
+
+
+def register(cls: "Type[Backend]") -> "Type[Backend]":
+    """Register a backend class defined outside this package (a plugin's, or a unit test's fake)."""
+    _extra[cls.name] = cls
+    _cache[cls.name] = cls
+    return cls
+
+
+def unregister(name: str) -> None:
+    _extra.pop(name, None)
+    _cache.pop(name, None)

@@ -1,0 +1,77 @@
+"""Shared test helpers: a fake backend (registered like a real one) and tool requirements."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Dict, Iterator, List, Optional, Tuple
+
+import pytest
+
+from allocator.probe import FRAME_BEGIN, FRAME_END, run_policy
+from harness import backends, proc
+from harness.backends.base import Backend, RunContext
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class FakeOptions:
+    """What the fake guest prints: "ok" (framed documents from the simulated kernel), "garbage",
+    "truncated", "nothing", "panic", "hang", or "crash-backend" (the backend itself raises)."""
+
+    behaviour: str = "ok"
+    simulate: str = "uml"
+    delay: float = 0.0
+
+    def validate(self) -> Optional[Tuple[str, str]]:
+        if self.behaviour not in ("ok", "garbage", "truncated", "nothing", "panic", "hang", "crash-backend"):
+            return "behaviour", "unknown behaviour %r" % self.behaviour
+        return None
+
+
+class FakeBackend(Backend):
+    """A guest that is a Python one-liner printing what a real guest would."""
+
+    name: ClassVar[str] = "fake"
+    Options: ClassVar[type] = FakeOptions
+
+    def execute(self, ctx: RunContext) -> proc.Completed:
+        o = self.options
+        if o.behaviour == "crash-backend":
+            raise RuntimeError("backend exploded")
+        docs: List[Dict[str, Any]] = [run_policy(p, simulate=o.simulate, grow="64M") for p in ctx.policies]
+        text = json.dumps(docs, separators=(",", ":"))
+        script = {
+            "ok": "print(%r); print(%r); print(%r)" % (FRAME_BEGIN, text, FRAME_END),
+            "garbage": "print('random noise'); print('{not json')",
+            "truncated": "print(%r); print(%r)" % (FRAME_BEGIN, text[: len(text) // 2]),
+            "nothing": "pass",
+            "panic": "print('Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100')",
+            "hang": "import time; print('booting', flush=True); time.sleep(600)",
+        }[o.behaviour]
+        if o.delay:
+            script = "import time; time.sleep(%r); " % o.delay + script
+        return proc.run([sys.executable, "-c", script], timeout=ctx.timeout, log_path=ctx.log_path,
+                        watch=self.done_watcher)
+
+
+@pytest.fixture
+def fake_backend() -> Iterator[type]:
+    backends.register(FakeBackend)
+    yield FakeBackend
+    backends.unregister("fake")
+
+
+def require_tool(name: str, tool: str, hint: str) -> str:
+    """The path of ``tool``, or a skip (a failure when HARNESS_REQUIRE names ``name``)."""
+    from harness.plugin import skip_or_fail
+
+    path = proc.which(tool) if not os.path.isabs(tool) else (tool if os.access(tool, os.X_OK) else None)
+    if path is None:
+        skip_or_fail(name, "%s not found: %s" % (tool, hint))
+    assert path is not None
+    return path

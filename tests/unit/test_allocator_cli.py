@@ -1,0 +1,188 @@
+"""The allocator as a program: the real address space on this host, the CLI contract, Python 3.9."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, List
+
+import pytest
+
+from allocator.probe import FRAME_BEGIN, FRAME_END
+from allocator.real import RealSpace, read_maps
+from allocator.space import MAP_ANON, MAP_PRIVATE, PROT_NONE
+from harness import payload
+from tests.conftest import ROOT
+
+
+def allocator(*args: str, python: str = sys.executable, env: Any = None) -> "subprocess.CompletedProcess[str]":
+    return subprocess.run([python, "-m", "allocator", *args], capture_output=True, text=True, timeout=120,
+                          cwd=str(ROOT), env=env)
+
+
+# -- the real layer, on this host --------------------------------------------------------------
+
+
+def test_real_probe_on_this_host_reports_high_arena() -> None:
+    p = allocator("probe", "--policy", "go-2012", "--json")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["schema"] == 1 and doc["policy"] == "go-2012"
+    assert doc["reservation"]["high_ok"] is True and doc["outcome"] == "high-arena"
+    assert doc["reservation"]["probe"] == "0xf800000000"
+    assert all(g["ok"] for g in doc["growth"])
+    assert sum(g["touched"] for g in doc["growth"]) == 9 * 64  # one page per MiB
+    f = doc["facts"]
+    assert f["kernel"] == os.uname().release and f["machine"] == os.uname().machine
+    assert f["pointer_bits"] == 64 and f["page_size"] == os.sysconf("SC_PAGE_SIZE")
+
+
+def test_real_simulated_uml_what_if() -> None:
+    doc = json.loads(allocator("probe", "--policy", "go-2012", "--json", "--simulate", "task-size=0x7fc0000000").stdout)
+    assert doc["reservation"]["high_ok"] is False and doc["fallback"]["engaged"] is True
+    assert doc["outcome"] == "fallback-32bit"
+    pre = json.loads(allocator("probe", "--policy", "go-2012-pre", "--json", "--simulate", "task-size=0x7fc0000000")
+                     .stdout)
+    assert pre["outcome"] == "crash" and pre["crash"] == "runtime: out of memory"
+
+
+def test_user_top_by_bisection_matches_the_mappings() -> None:
+    space = RealSpace()
+    top = space.user_top()
+    highest = int(top["highest_mapping"], 16)
+    value = int(top["user_top"], 16)
+    assert top["method"] == "bisection" and value >= highest and value % space.page_size == 0
+    if os.uname().machine == "x86_64":
+        assert value in (0x7FFFFFFFF000, 0xFFFFFFFFFFF000)  # 4- or 5-level paging
+    # The bisection left nothing mapped behind.
+    assert max(hi for _, hi, _ in read_maps()) == highest
+
+
+def test_real_mmap_errno_and_mincore() -> None:
+    space = RealSpace()
+    p = space.mmap(0, 1 << 16, PROT_NONE, MAP_ANON | MAP_PRIVATE)
+    assert p >= 4096 and space.mincore(p, 4096) == 0
+    assert space.munmap(p, 1 << 16) == 0
+    assert space.mincore(p, 4096) == 12  # ENOMEM: unmapped
+    assert space.mmap(0, 0, PROT_NONE, MAP_ANON | MAP_PRIVATE) == 22  # EINVAL
+    assert [e["call"] for e in space.trace.entries] == ["mmap", "mincore", "munmap", "mincore", "mmap"]
+
+
+# -- the CLI contract ---------------------------------------------------------------------------
+
+
+def test_policy_all_prints_one_array_each_from_its_own_process() -> None:
+    p = allocator("probe", "--policy", "all", "--json", "--simulate", "uml", "--no-trace")
+    docs = json.loads(p.stdout)
+    assert [d["policy"] for d in docs] == ["go-2012-pre", "go-2012", "go-modern"]
+    assert [d["outcome"] for d in docs] == ["crash", "fallback-32bit", "os-chosen"]
+    assert all(d["trace"] is None for d in docs)
+
+
+def test_frame_and_out(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    p = allocator("probe", "--frame", "--out", str(out), "--simulate", "sv39")
+    lines = p.stdout.splitlines()
+    assert lines[0] == FRAME_BEGIN and lines[2] == FRAME_END and len(lines) == 3
+    assert json.loads(lines[1]) == json.loads(out.read_text())
+    assert [x.name for x in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_human_summary() -> None:
+    p = allocator("probe", "--simulate", "uml", "--policy", "go-2012-pre")
+    assert p.returncode == 0
+    assert "hint 0xf800000000 taken unchecked" in p.stdout
+    assert "outcome: crash: runtime: out of memory" in p.stdout
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["probe", "--policy", "go-2013"], "unknown policy 'go-2013'"),
+        (["probe", "--grow", "lots"], "bad growth step 'lots'"),
+        (["probe", "--simulate", "task-size=big"], "bad value for task-size: 'big'"),
+        (["probe", "--simulate", "uml", "--rlimit-as", "1G"], "--rlimit-as applies to real runs"),
+        (["probe", "--bogus"], "unrecognized arguments: --bogus"),
+        ([], "a command is required"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(args: List[str], message: str) -> None:
+    p = allocator(*args)
+    assert p.returncode == 2 and p.stdout == ""
+    assert len(p.stderr.splitlines()) == 1 and message in p.stderr, p.stderr
+
+
+def test_internal_error_exits_70_with_one_line(tmp_path: Path) -> None:
+    # An address space whose mmap is broken: the model meets an exception it did not expect.
+    shim = tmp_path / "sitecustomize.py"
+    shim.write_text("import allocator.simulated as s\n"
+                    "s.SimKernel._raw_mmap = lambda *a: (_ for _ in ()).throw(RuntimeError('kaboom'))\n")
+    env = dict(os.environ, PYTHONPATH="%s:%s" % (tmp_path, ROOT))
+    p = allocator("probe", "--simulate", "uml", env=env)
+    assert p.returncode == 70
+    assert p.stderr.count("\n") == 1 and "internal error: RuntimeError: kaboom" in p.stderr
+    p = allocator("probe", "--simulate", "uml", "--policy", "all", "--json", env=env)
+    assert p.returncode == 70
+    assert [d["error"].split(" (at")[0] for d in json.loads(p.stdout)] == ["internal error: RuntimeError: kaboom"] * 3
+
+
+def test_the_zipapp_runs_standalone(tmp_path: Path) -> None:
+    pyz = payload.build(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    p = subprocess.run([sys.executable, "-I", str(pyz), "probe", "--simulate", "uml", "--json"], capture_output=True,
+                       text=True, timeout=60, cwd=str(tmp_path), env=env)
+    assert p.returncode == 0 and json.loads(p.stdout)["outcome"] == "fallback-32bit"
+    assert payload.build(tmp_path).read_bytes() == pyz.read_bytes()  # reproducible
+
+
+# -- Python 3.9 and the guest's independence ------------------------------------------------------
+
+
+def test_allocator_parses_as_python_39_and_imports_only_the_stdlib() -> None:
+    std = set(sys.stdlib_module_names) | {"allocator", "__future__"}
+    for f in sorted((ROOT / "allocator").glob("*.py")):
+        tree = ast.parse(f.read_text(), str(f), feature_version=(3, 9))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for n in names:
+                assert n.split(".")[0] in std, "%s:%d imports %s" % (f.name, node.lineno, n)
+
+
+def find_python39() -> str:
+    """A working Python 3.9: on PATH, in pyenv's versions, or in /usr/local (a shim that fails does not count)."""
+    from harness.plugin import skip_or_fail
+
+    cands = ["python3.9", "/usr/bin/python3.9", "/usr/local/bin/python3.9"]
+    pyenv = Path(os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))) / "versions"
+    if pyenv.is_dir():
+        cands += [str(d / "bin" / "python3.9") for d in sorted(pyenv.glob("3.9*"))]
+    for cand in cands:
+        try:
+            p = subprocess.run([cand, "-c", "import sys, ctypes; print(sys.version_info[:2])"],
+                               capture_output=True, text=True, timeout=30)
+        except OSError:
+            continue
+        if p.returncode == 0 and p.stdout.strip() == "(3, 9)":
+            return cand
+    skip_or_fail("py39", "no working python3.9: install Python 3.9 (e.g. pyenv install 3.9) to test the guest side")
+    raise AssertionError("unreachable")
+
+
+def test_allocator_runs_under_python_39() -> None:
+    py = find_python39()
+    p = allocator("probe", "--policy", "all", "--json", "--simulate", "uml", python=py)
+    assert p.returncode == 0, p.stderr
+    assert [d["outcome"] for d in json.loads(p.stdout)] == ["crash", "fallback-32bit", "os-chosen"]
+    real = allocator("probe", "--policy", "go-2012", "--json", python=py)
+    assert json.loads(real.stdout)["outcome"] == "high-arena"
+    unit = subprocess.run([py, "-c", "import allocator.go2012, allocator.gomodern, allocator.real"],
+                          capture_output=True, text=True, cwd=str(ROOT), timeout=60)
+    assert unit.returncode == 0, unit.stderr

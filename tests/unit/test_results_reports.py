@@ -1,0 +1,163 @@
+"""The status rule, classification, the run document, and the reports (golden files).
+
+Golden files are regenerated with ``HARNESS_REGEN_GOLDEN=1 pytest tests/unit``, never by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import pytest
+
+from harness import config, report
+from harness.backends.base import GuestRun
+from harness.results import PRECEDENCE, Record, RunDocument, Status, classify, worst
+
+GOLDEN = Path(__file__).parent / "golden"
+TARGETS = config.parse(
+    """
+targets:
+  - name: uml
+    backend: uml
+    timeout: 30
+    expect:
+      go-2012: fallback-32bit
+      go-2012-pre: "crash: runtime: out of memory"
+""",
+    "t.yaml",
+)
+UML = TARGETS.targets[0]
+
+
+def doc(policy: str, outcome: str, crash: Optional[str] = None, high_ok: bool = False) -> Dict[str, Any]:
+    return {
+        "schema": 1,
+        "policy": policy,
+        "facts": {"kernel": "6.1.176", "machine": "x86_64"},
+        "reservation": {"hint": "0xf800000000", "high_ok": high_ok},
+        "fallback": {"engaged": outcome == "fallback-32bit"},
+        "outcome": outcome,
+        "crash": crash,
+        "error": None,
+    }
+
+
+def guest(**docs: Dict[str, Any]) -> GuestRun:
+    return GuestRun({k.replace("_", "-"): v for k, v in docs.items()}, Path("/logs/uml.log"), 2.5)
+
+
+def test_precedence_is_one_rule() -> None:
+    assert [s.value for s in PRECEDENCE] == ["panic", "timeout", "error", "fail", "pass", "skip"]
+    assert worst([Status.PASS, Status.FAIL, Status.SKIP]) is Status.FAIL
+    assert worst([Status.ERROR, Status.TIMEOUT]) is Status.TIMEOUT
+    assert worst([Status.TIMEOUT, Status.PANIC, Status.PASS]) is Status.PANIC
+    assert worst([Status.SKIP, Status.PASS]) is Status.PASS
+    assert worst([]) is Status.SKIP
+
+
+def test_pass_and_fail_against_the_expectation() -> None:
+    g = guest(go_2012=doc("go-2012", "fallback-32bit"), go_2012_pre=doc("go-2012-pre", "crash", "runtime: oops"))
+    ok = classify(UML, "go-2012", g)
+    assert ok.status is Status.PASS and ok.fallback_engaged is True and ok.high_ok is False
+    assert ok.kernel == "6.1.176" and ok.log == "/logs/uml.log"
+    bad = classify(UML, "go-2012-pre", g)
+    assert bad.status is Status.FAIL
+    assert bad.detail == "expected crash: runtime: out of memory, got crash: runtime: oops"
+
+
+def test_no_expectation_passes_and_says_so() -> None:
+    r = classify(UML, "go-modern", guest(go_modern=doc("go-modern", "os-chosen")))
+    assert r.status is Status.PASS and r.expected is None
+
+
+def test_missing_document_is_an_error_with_the_reason() -> None:
+    g = guest()
+    g.error = "no result (exit status 1): boom"
+    r = classify(UML, "go-2012", g)
+    assert r.status is Status.ERROR and r.detail == "no result (exit status 1): boom"
+
+
+def test_allocator_error_document() -> None:
+    d = {"schema": 1, "policy": "go-2012", "outcome": None, "error": "policy process killed by SIGSEGV"}
+    r = classify(UML, "go-2012", guest(go_2012=d))
+    assert r.status is Status.ERROR and r.detail == "allocator: policy process killed by SIGSEGV"
+
+
+def test_timeout_and_panic_win_over_what_was_collected() -> None:
+    g = guest(go_2012=doc("go-2012", "fallback-32bit"))
+    g.timed_out = True
+    assert classify(UML, "go-2012", g).status is Status.TIMEOUT
+    g.panic = "Kernel panic - not syncing: Attempted to kill init!"
+    r = classify(UML, "go-2012", g)
+    assert r.status is Status.PANIC and r.detail == "kernel panic: Kernel panic - not syncing: Attempted to kill init!"
+
+
+def sample_run() -> RunDocument:
+    g = guest(go_2012=doc("go-2012", "fallback-32bit"), go_2012_pre=doc("go-2012-pre", "crash", "runtime: oops"))
+    recs = [classify(UML, "go-2012-pre", g), classify(UML, "go-2012", g)]
+    for r in recs:
+        r.probe = None  # keep goldens small
+    skipped = Record("qemu-x", "qemu", "go-2012", Status.SKIP, None, None, None, None, None, 0.0, None,
+                     detail="qemu backend needs qemu-system-x86_64: install it")
+    return RunDocument("20261125-000000-abcdef", "2026-11-25T00:00:00+00:00", "2026-11-25T00:00:03+00:00", True,
+                       recs + [skipped], argv=["arena-harness", "run"], artifacts="/out/20261125-000000-abcdef")
+
+
+def golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("HARNESS_REGEN_GOLDEN"):
+        GOLDEN.mkdir(exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    assert path.exists(), "golden file %s missing: run with HARNESS_REGEN_GOLDEN=1" % path
+    assert text == path.read_text(encoding="utf-8")
+
+
+def test_table_golden() -> None:
+    golden("table.txt", report.table(sample_run()) + "\n")
+
+
+def test_markdown_golden() -> None:
+    golden("report.md", report.markdown(sample_run()))
+
+
+def test_junit_golden_and_well_formed() -> None:
+    text = report.junit(sample_run())
+    golden("junit.xml", text)
+    root = ET.fromstring(text.split("\n", 1)[1])
+    cases = root.findall(".//testcase")
+    assert [c.get("name") for c in cases] == ["go-2012-pre", "go-2012", "go-2012"]
+    assert cases[0].find("failure") is not None and cases[2].find("skipped") is not None
+
+
+def test_run_document_round_trips_and_is_written_atomically(tmp_path: Path) -> None:
+    run = sample_run()
+    path = tmp_path / "sub" / "r.json"
+    run.write(path)
+    data = json.loads(path.read_text())
+    assert data["schema"] == 1 and data["run"]["complete"] is True
+    assert set(data["results"][0]) >= {"target", "backend", "policy", "status", "expected", "outcome", "high_ok",
+                                       "fallback_engaged", "duration_s", "log", "probe"}
+    back = RunDocument.load(path)
+    assert [r.to_json() for r in back.records] == [r.to_json() for r in run.records]
+    assert list(tmp_path.joinpath("sub").iterdir()) == [path]  # no temp file left
+
+
+def test_failed_and_incomplete_runs() -> None:
+    run = sample_run()
+    assert run.failed() and run.status is Status.FAIL
+    run.records = [r for r in run.records if r.status is not Status.FAIL]
+    assert not run.failed()
+    run.complete = False
+    assert run.failed()
+    assert report.summary_line(run).endswith("(incomplete run: stopped early)")
+
+
+def test_load_rejects_other_files(tmp_path: Path) -> None:
+    p = tmp_path / "x.json"
+    p.write_text('{"schema": 2}')
+    with pytest.raises(Exception, match="not an arena-harness result file of schema 1"):
+        RunDocument.load(p)

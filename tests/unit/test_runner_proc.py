@@ -1,0 +1,145 @@
+"""The runner with a fake backend, the process module, and console parsing."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from allocator.probe import FRAME_BEGIN, FRAME_END
+from harness import config, proc, runner
+from harness.console import extract_frames, find_panic, parse_documents
+from harness.results import Status
+
+
+def targets(fake: type, *specs: str) -> List[config.Target]:
+    body = "targets:\n"
+    for spec in specs:
+        name, behaviour = spec.split(":")
+        body += (
+            "  - name: %s\n    backend: fake\n    behaviour: %s\n    timeout: 3s\n"
+            "    expect: {go-2012: fallback-32bit, go-2012-pre: \"crash: runtime: out of memory\"}\n"
+            % (name, behaviour)
+        )
+    return list(config.parse(body, "fake.yaml").targets)
+
+
+def alive(pid: int) -> bool:
+    """Running, not merely a zombie waiting for its (re-)parent to reap it."""
+    try:
+        stat = Path("/proc/%d/stat" % pid).read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def arena_tmpdirs() -> set:
+    return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("arena-harness-")}
+
+
+def test_a_fake_backend_is_found_by_name_and_judged(fake_backend: type, tmp_path: Path) -> None:
+    before = arena_tmpdirs()
+    doc = runner.run(targets(fake_backend, "a:ok"), artifacts=tmp_path)
+    assert doc.complete
+    by_policy = {r.policy: r for r in doc.records}
+    assert by_policy["go-2012"].status is Status.PASS
+    assert by_policy["go-2012-pre"].status is Status.PASS
+    assert by_policy["go-modern"].status is Status.PASS and by_policy["go-modern"].expected is None
+    assert by_policy["go-2012"].channel == "console"
+    log = Path(by_policy["go-2012"].log or "")
+    assert log.read_text().startswith("$ %s -c " % sys.executable)
+    assert arena_tmpdirs() == before  # the run's temp dir is gone
+
+
+@pytest.mark.parametrize(
+    "behaviour,status,detail",
+    [
+        ("garbage", Status.ERROR, "no result (exit status 0): random noise | {not json"),
+        ("truncated", Status.ERROR, "result frame began but never ended (output truncated)"),
+        ("nothing", Status.ERROR, "no result (exit status 0), no output"),
+        ("panic", Status.PANIC, "kernel panic: Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100"),
+        ("hang", Status.TIMEOUT, "deadline of 3s reached; no result before the deadline"),
+        ("crash-backend", Status.ERROR, "internal error in fake backend: RuntimeError: backend exploded"),
+    ],
+)
+def test_every_failure_becomes_a_record(fake_backend: type, tmp_path: Path, behaviour: str, status: Status,
+                                        detail: str) -> None:
+    start = time.monotonic()
+    doc = runner.run(targets(fake_backend, "t:%s" % behaviour), artifacts=tmp_path, policies=["go-2012"])
+    assert time.monotonic() - start < 3 + 5  # deadline + 5 s at most
+    (rec,) = doc.records
+    assert rec.status is status
+    assert rec.detail == detail
+    assert proc.live_pids() == []
+
+
+def test_parallel_jobs_keep_the_target_order(fake_backend: type, tmp_path: Path) -> None:
+    ts = targets(fake_backend, "one:ok", "two:nothing", "three:ok", "four:panic")
+    seen: List[str] = []
+    doc = runner.run(ts, artifacts=tmp_path, jobs=2, policies=["go-2012"],
+                     progress=lambda ev, t, msg, recs: seen.append("%s:%s" % (ev, t.name)))
+    assert [r.target for r in doc.records] == ["one", "two", "three", "four"]
+    assert [r.status for r in doc.records] == [Status.PASS, Status.ERROR, Status.PASS, Status.PANIC]
+    assert sorted(seen) == sorted(["start:%s" % n for n in ("one", "two", "three", "four")]
+                                  + ["done:%s" % n for n in ("one", "two", "three", "four")])
+
+
+def test_missing_tool_skips_with_the_hint(tmp_path: Path) -> None:
+    ts = config.parse("targets:\n  - name: l\n    backend: local\n    python: /nonexistent/python3\n", "t.yaml")
+    doc = runner.run(ts.targets, artifacts=tmp_path)
+    assert {r.status for r in doc.records} == {Status.SKIP}
+    assert doc.records[0].detail == ("local backend needs /nonexistent/python3: "
+                                     "install it with: sudo apt-get install -y python3")
+
+
+# -- proc ----------------------------------------------------------------------------------
+
+
+def test_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
+    marker = tmp_path / "grandchild.pid"
+    script = "sleep 300 & echo $! > %s; wait" % marker
+    start = time.monotonic()
+    c = proc.run(["sh", "-c", script], timeout=1.0, log_path=tmp_path / "log", grace=0.5)
+    assert c.timed_out and c.stopped == "timeout"
+    assert time.monotonic() - start < 4
+    pid = int(marker.read_text())
+    time.sleep(0.1)
+    assert not alive(pid)
+    log = (tmp_path / "log").read_text()
+    assert log.startswith("$ sh -c ") and "deadline of 1.0s reached" in log
+
+
+def test_watcher_stops_after_the_reason(tmp_path: Path) -> None:
+    c = proc.run(["sh", "-c", "echo hello; echo STOP; sleep 30"], timeout=20,
+                 watch=lambda line: "asked" if line == "STOP" else None, after_stop_request=0.2, grace=0.2)
+    assert c.stopped == "asked" and not c.timed_out and c.lines[:2] == ["hello", "STOP"]
+    assert c.duration_s < 5
+
+
+def test_output_is_decoded_with_backslashreplace() -> None:
+    c = proc.run(["printf", "a\\377b\\n"], timeout=10)
+    assert c.lines == ["a\\xffb"]
+
+
+def test_a_missing_program_is_one_clear_error(tmp_path: Path) -> None:
+    c = proc.run(["/nonexistent/linux.uml"], timeout=5, log_path=tmp_path / "l")
+    assert not c.started and c.error == "cannot start /nonexistent/linux.uml: No such file or directory"
+
+
+# -- console -------------------------------------------------------------------------------
+
+
+def test_frames_panics_and_documents() -> None:
+    lines = ["noise", FRAME_BEGIN, '{"schema":1,', '"policy":"go-2012"}', FRAME_END, "x " + FRAME_BEGIN + " [1"]
+    frames, problem = extract_frames(lines)
+    assert frames == ['{"schema":1,"policy":"go-2012"}'] and problem is not None
+    assert parse_documents(frames[0])[0] == {"go-2012": {"schema": 1, "policy": "go-2012"}}
+    assert parse_documents("[1]")[1] == "result is not an allocator document of schema 1"
+    assert find_panic("[    1.2] Kernel panic - not syncing: VFS") == "Kernel panic - not syncing: VFS"
+    assert find_panic("Unable to handle kernel paging request at virtual address 0") is not None
+    assert find_panic('"fn":"SysMap","call":"mmap"') is None
