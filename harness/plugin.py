@@ -3,14 +3,17 @@
 A test that asks for the ``harness_result`` fixture is parametrized over every
 selected target and policy; each item carries its backend's name and the
 target's markers, so ``pytest -m uml`` runs exactly the UML ones. A target boots
-once per worker and serves all its policies (pytest-xdist: ``--dist loadgroup``
-keeps a target's items on one worker). When a backend's tool is missing the
+once per session and serves all its policies; under pytest-xdist the workers
+share that boot through a file lock in the session's temp directory. When a
+backend's tool is missing the
 item skips with the install hint, unless ``HARNESS_REQUIRE`` names the backend
 (or ``all``): then it fails, so CI never silently stops testing something.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import threading
 from pathlib import Path
@@ -75,21 +78,41 @@ class HarnessState:
     def selected(self) -> List[Target]:
         return self.targets.select(self.only)
 
-    def artifacts_dir(self) -> Path:
-        if self.artifacts is None:
-            factory = self.config._tmp_path_factory  # type: ignore[attr-defined]
-            self.artifacts = factory.mktemp("arena-harness", numbered=True)
-        return self.artifacts
+    def shared_dir(self, factory: pytest.TempPathFactory) -> Path:
+        """A directory this session's xdist workers share (pytest's basetemp is per worker)."""
+        base = factory.getbasetemp()
+        if os.environ.get("PYTEST_XDIST_WORKER"):
+            base = base.parent
+        d = base / "arena-harness"
+        d.mkdir(exist_ok=True)
+        return d
 
-    def records(self, target: Target) -> List[Record]:
-        """Boot ``target`` once (all its selected policies) and cache what it reported."""
+    def records(self, target: Target, factory: pytest.TempPathFactory) -> List[Record]:
+        """Boot ``target`` once per session (all its selected policies) and share what it reported.
+
+        Under pytest-xdist the first worker to need a target boots it while
+        holding a file lock; the others wait and read the saved records.
+        """
         with self._lock:
             lock = self._locks.setdefault(target.name, threading.Lock())
         with lock:
-            if target.name not in self._records:
-                doc = runner.run([target], policies=self.policies, artifacts=self.artifacts_dir())
-                self._records[target.name] = doc.records
-            return self._records[target.name]
+            if target.name in self._records:
+                return self._records[target.name]
+            shared = self.shared_dir(factory)
+            cache = shared / ("%s.records.json" % target.name)
+            with open(shared / ("%s.lock" % target.name), "a") as lf:
+                fcntl.flock(lf, fcntl.LOCK_EX)
+                if cache.exists():
+                    recs = [Record.from_json(r) for r in json.loads(cache.read_text())]
+                else:
+                    artifacts = self.artifacts or shared / "logs"
+                    doc = runner.run([target], policies=self.policies, artifacts=artifacts)
+                    recs = doc.records
+                    tmp = cache.with_suffix(".tmp")
+                    tmp.write_text(json.dumps([r.to_json() for r in recs]))
+                    tmp.replace(cache)
+            self._records[target.name] = recs
+            return recs
 
 
 STATE = pytest.StashKey[HarnessState]()
@@ -114,10 +137,13 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", "%s: a target run by the %s backend" % (name, name))
     config.addinivalue_line("markers", "harness_target(name): the arena-harness target this item runs")
     # Markers named in the targets file are declared too, so --strict-markers accepts them.
+    # An explicit targets file is checked now: a mistake in it is a usage error, not a collection error.
     try:
         extra = {m for t in state.targets.targets for m in t.markers}
     except pytest.UsageError:
-        return  # reported when a test asks for the fixture
+        if state.targets_file is not None:
+            raise
+        return
     for m in sorted(extra):
         config.addinivalue_line("markers", "%s: arena-harness target marker" % m)
 
@@ -144,7 +170,7 @@ def harness_result(request: pytest.FixtureRequest) -> Record:
     missing = backends.get(target.backend)(target).missing()
     if missing is not None:
         skip_or_fail(target.backend, str(missing))
-    recs = [r for r in state.records(target) if r.policy == policy]
+    recs = [r for r in state.records(target, request.getfixturevalue("tmp_path_factory")) if r.policy == policy]
     if not recs:
         pytest.fail("%s/%s produced no record" % (target.name, policy), pytrace=False)
     return recs[0]

@@ -1,0 +1,103 @@
+"""The pytest plugin, run in an inner pytest session (pytester) against real local targets."""
+
+from __future__ import annotations
+
+import pytest
+
+TARGETS = """\
+targets:
+  - name: here
+    backend: local
+    markers: [smoke]
+    expect: {go-2012: high-arena, go-2012-pre: high-arena, go-modern: high-arena}
+  - name: here-wrong
+    backend: local
+    policies: [go-2012]
+    expect: {go-2012: fallback-32bit}
+  - name: nopython
+    backend: local
+    python: /nonexistent/python3
+    policies: [go-2012]
+"""
+
+TEST = """\
+from harness.plugin import check
+
+def test_arena(harness_result):
+    check(harness_result)
+"""
+
+
+@pytest.fixture
+def inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    monkeypatch.delenv("HARNESS_REQUIRE", raising=False)
+    pytester.makefile(".yaml", targets=TARGETS)
+    pytester.makepyfile(test_inner=TEST)
+    return pytester
+
+
+def args(*extra: str) -> list:
+    return ["--harness-targets", "targets.yaml", "-p", "no:cacheprovider", "--strict-markers", *extra]
+
+
+def test_one_item_per_target_and_policy(inner: pytest.Pytester) -> None:
+    r = inner.runpytest(*args("--collect-only", "-q"))
+    names = [ln.split("::")[1] for ln in r.outlines if "::" in ln]
+    assert names == [
+        "test_arena[here-go-2012-pre]",
+        "test_arena[here-go-2012]",
+        "test_arena[here-go-modern]",
+        "test_arena[here-wrong-go-2012]",
+        "test_arena[nopython-go-2012]",
+    ]
+
+
+def test_backend_and_target_markers_select(inner: pytest.Pytester) -> None:
+    r = inner.runpytest(*args("-m", "smoke"))
+    r.assert_outcomes(passed=3, deselected=2)
+    r = inner.runpytest(*args("-m", "local and not smoke", "-k", "here"))
+    r.assert_outcomes(failed=1, deselected=4)
+
+
+def test_failure_says_what_happened_and_where_the_log_is(inner: pytest.Pytester) -> None:
+    r = inner.runpytest(*args("-k", "here-wrong"))
+    r.assert_outcomes(failed=1, deselected=4)
+    out = r.stdout.str()
+    assert "here-wrong/go-2012: fail" in out
+    assert "expected fallback-32bit, got high-arena" in out
+    assert "console log: " in out and "here-wrong.log" in out
+    assert "Traceback" not in out
+
+
+def test_missing_tool_skips_with_the_install_hint(inner: pytest.Pytester) -> None:
+    r = inner.runpytest(*args("-k", "nopython", "-rs"))
+    r.assert_outcomes(skipped=1, deselected=4)
+    r.stdout.fnmatch_lines(["*local backend needs /nonexistent/python3: install it with: sudo apt-get install -y "
+                            "python3*"])
+
+
+def test_harness_require_turns_the_skip_into_a_failure(inner: pytest.Pytester,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HARNESS_REQUIRE", "local")
+    r = inner.runpytest(*args("-k", "nopython"))
+    r.assert_outcomes(errors=1, deselected=4)  # the fixture fails, so pytest counts an error
+    r.stdout.fnmatch_lines(["*local backend needs /nonexistent/python3*HARNESS_REQUIRE=local requires it*"])
+
+
+def test_policy_option(inner: pytest.Pytester) -> None:
+    r = inner.runpytest(*args("--harness-policy", "go-modern", "-m", "smoke"))
+    r.assert_outcomes(passed=1)
+
+
+def test_works_under_xdist_without_collisions(inner: pytest.Pytester) -> None:
+    r = inner.runpytest_subprocess(*args("-n", "2", "-k", "here and not wrong", "--harness-artifacts", "logs"))
+    r.assert_outcomes(passed=3)
+    logs = sorted(p.name for p in (inner.path / "logs").rglob("*.log"))
+    assert logs == ["here.log"]  # one boot for the target's three items
+
+
+def test_a_bad_targets_file_is_a_usage_error(inner: pytest.Pytester) -> None:
+    inner.makefile(".yaml", bad="targets:\n  - name: x\n    backend: nope\n")
+    r = inner.runpytest_subprocess("--harness-targets", "bad.yaml", "-p", "no:cacheprovider")
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    r.stderr.fnmatch_lines(["*arena-harness: bad.yaml:3 [[]x[]] backend: unknown backend 'nope'; known: *"])
