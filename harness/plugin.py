@@ -5,9 +5,9 @@ selected target and policy; each item carries its backend's name and the
 target's markers, so ``pytest -m uml`` runs exactly the UML ones. A target boots
 once per session and serves all its policies; under pytest-xdist the workers
 share that boot through a file lock in the session's temp directory. When a
-backend's tool is missing the
-item skips with the install hint, unless ``HARNESS_REQUIRE`` names the backend
-(or ``all``): then it fails, so CI never silently stops testing something.
+backend's tool is missing the item skips with the install hint, unless
+``HARNESS_REQUIRE`` names the backend (or ``all``): then it fails, so CI
+never silently stops testing something.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from harness import proc
 from harness.backends.base import Backend, RunContext, Tool
 from harness.config import Size
 from harness.console import BOOTED, DONE
-from harness.errors import ToolMissing
+from harness.errors import HarnessError, ToolMissing
 
 MiB = 1 << 20
 
@@ -92,8 +92,24 @@ class UmlBackend(Backend):
         raw = "ah-%s-%s" % (ctx.run_id, self.target.name)
         return re.sub(r"[^A-Za-z0-9_.-]", "_", raw)[:60]
 
+    def _check_reachable(self, path: Path) -> None:
+        """An unprivileged UML must be able to reach its own directory and the zipapp."""
+        if path.is_file() and path.stat().st_mode & 0o004 == 0:
+            raise HarnessError("UML runs as nobody and cannot read %s: make it world-readable" % path)
+        for parent in [path, *path.parents] if path.is_dir() else list(path.parents):
+            if parent.stat().st_mode & 0o001 == 0:
+                raise HarnessError(
+                    "UML runs as nobody and cannot enter %s (mode %o): use a temp directory others can enter "
+                    "(TMPDIR=/tmp) or set unprivileged: false on target %s"
+                    % (parent, parent.stat().st_mode & 0o777, self.target.name)
+                )
+
     def prepare(self, ctx: RunContext) -> None:
         init, out, mnt, uml_dir = self._paths(ctx)
+        if self._run_as() is not None:
+            ctx.workdir.chmod(0o755)
+            self._check_reachable(ctx.workdir)
+            self._check_reachable(ctx.payload)
         for d in (out, mnt, uml_dir):
             d.mkdir(mode=0o755)
         command = shlex.join([self.options.python, str(ctx.payload)] + self.probe_args(ctx))
@@ -113,7 +129,6 @@ class UmlBackend(Backend):
             # Only these two directories are the guest's to write; the rest of the host is read-only.
             for d in (out, uml_dir):
                 os.chown(d, *owner)
-            ctx.workdir.chmod(0o755)
 
     def argv(self, ctx: RunContext) -> list:  # type: ignore[type-arg]
         init, _, _, uml_dir = self._paths(ctx)

@@ -1,0 +1,137 @@
+"""A real UML kernel: isolation from the host, hangs, panics, and nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator, Tuple
+
+import pytest
+
+from harness import config, payload, proc
+from harness.backends.base import GuestRun, RunContext
+from harness.backends.uml import UmlBackend
+from harness.errors import HarnessError
+from harness.results import Status, classify
+from tests.conftest import require_tool
+
+pytestmark = [pytest.mark.integration, pytest.mark.uml]
+
+
+def uml_target(extra: str = "") -> config.Target:
+    text = "targets:\n  - name: t\n    backend: uml\n    timeout: 60s\n" + extra
+    return config.parse(text, "t.yaml").targets[0]
+
+
+def boot(tmp_path: Path, init_body: str, timeout: float = 60.0) -> Tuple[UmlBackend, RunContext, GuestRun]:
+    """Boot the real backend, with the init replaced by ``init_body`` (after the harness wrote its own)."""
+    require_tool("uml", "linux.uml", "sudo apt-get install -y user-mode-linux")
+    target = uml_target()
+    backend = UmlBackend(target)
+    work = tmp_path / "work"
+    work.mkdir()
+    pyz = payload.build(tmp_path)
+    ctx = RunContext("itest%d" % os.getpid(), target, ["go-2012"], work, pyz, tmp_path / "console.log", timeout)
+    backend.prepare(ctx)
+    init = work / "init.sh"
+    init.write_text("#!/bin/sh\nexport PATH=/usr/sbin:/usr/bin:/sbin:/bin\nmount -t proc proc /proc\n" + init_body)
+    try:
+        completed = backend.execute(ctx)
+        run = backend.collect(ctx, completed)
+    finally:
+        backend.shutdown()
+    return backend, ctx, run
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """Like pytest's, but reachable by the unprivileged user UML runs as (pytest's basetemp is 0700)."""
+    d = Path(tempfile.mkdtemp(prefix="arena-itest-"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_an_unreachable_workdir_is_one_clear_error(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("only root runs UML as nobody")
+    hidden = tmp_path / "hidden"
+    hidden.mkdir(mode=0o700)
+    (hidden / "work").mkdir()
+    target = uml_target()
+    ctx = RunContext("x", target, ["go-2012"], hidden / "work", payload.build(tmp_path), tmp_path / "c.log", 5)
+    with pytest.raises(HarnessError, match=r"UML runs as nobody and cannot enter .*/hidden \(mode 700\)"):
+        UmlBackend(target).prepare(ctx)
+
+
+def uml_processes(umid: str) -> list:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [ln for ln in out.splitlines() if umid in ln and "ps -eo" not in ln]
+
+
+def test_the_guest_cannot_write_the_hosts_files(tmp_path: Path) -> None:
+    victim_dir = tmp_path / "victim"
+    victim_dir.mkdir(mode=0o755)
+    victim = victim_dir / "owned"
+    body = """
+echo "uid=$(id -u)"
+echo pwn > {v} 2>/dev/null && echo WROTE_VIA_ROOT || echo BLOCKED_ROOT
+mount -o remount,rw / 2>/dev/null; echo pwn > {v} 2>/dev/null && echo WROTE_VIA_REMOUNT || echo BLOCKED_REMOUNT
+mount -t hostfs -o {d} none {mnt} 2>/dev/null && (echo pwn > {mnt}/owned 2>/dev/null && echo WROTE_VIA_HOSTFS \\
+    || echo BLOCKED_HOSTFS) || echo BLOCKED_HOSTFS_MOUNT
+umount {mnt} 2>/dev/null
+mount -t hostfs -o {out} none {mnt} && echo ok > {mnt}/allowed && echo WROTE_SHARE
+echo @@ARENA-HARNESS-DONE@@
+poweroff -f
+"""
+    work = tmp_path / "work"
+    _, ctx, run = boot(tmp_path, body.format(v=victim, d=victim_dir, mnt=work / "mnt", out=work / "out"))
+    log = ctx.log_path.read_text()
+    assert "uid=0" in log  # the guest is root inside
+    assert "BLOCKED_ROOT" in log and "BLOCKED_REMOUNT" in log
+    assert "WROTE_VIA" not in log
+    if os.geteuid() == 0:
+        assert "BLOCKED_HOSTFS" in log  # UML itself runs as nobody
+    assert "WROTE_SHARE" in log  # the dedicated results directory is writable
+    assert not victim.exists()
+    assert run.panic is None
+
+
+def test_a_hanging_guest_times_out_and_leaves_nothing(tmp_path: Path) -> None:
+    start = time.monotonic()
+    backend, ctx, run = boot(tmp_path, "echo sleeping\nsleep 1000\n", timeout=8)
+    assert time.monotonic() - start < 8 + 5
+    assert run.timed_out and run.documents == {}
+    rec = classify(ctx.target, "go-2012", run)
+    assert rec.status is Status.TIMEOUT and rec.detail == "deadline of 60s reached; no result before the deadline"
+    assert uml_processes(backend.umid(ctx)) == []
+    assert proc.live_pids() == []
+
+
+def test_an_init_that_exits_is_a_kernel_panic(tmp_path: Path) -> None:
+    backend, ctx, run = boot(tmp_path, "echo bye\nexit 3\n", timeout=30)
+    assert run.panic is not None and "Attempted to kill init" in run.panic
+    rec = classify(ctx.target, "go-2012", run)
+    assert rec.status is Status.PANIC and rec.detail.startswith("kernel panic: Kernel panic - not syncing")
+    assert "Kernel panic" in ctx.log_path.read_text()  # the console is kept
+    assert uml_processes(backend.umid(ctx)) == []
+
+
+def test_the_run_leaves_no_umid_dir_or_temp_dir(tmp_path: Path) -> None:
+    from harness import runner
+
+    require_tool("uml", "linux.uml", "sudo apt-get install -y user-mode-linux")
+    before = set(os.listdir("/tmp"))
+    doc = runner.run([uml_target("    expect: {go-2012: fallback-32bit}\n")], policies=["go-2012"],
+                     artifacts=tmp_path)
+    (rec,) = doc.records
+    assert rec.status is Status.PASS, rec.detail
+    assert rec.channel == "share"
+    assert rec.kernel and rec.kernel != os.uname().release  # the guest's own kernel
+    assert {p for p in set(os.listdir("/tmp")) - before if p.startswith("arena-harness-")} == set()
+    assert not Path(os.path.expanduser("~/.uml")).joinpath("ah-" + doc.run_id + "-t").exists()
+    assert shutil.which("linux.uml")
