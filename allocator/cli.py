@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
         % (",".join(PRESETS), ",".join(SIM_KEYS)),
     )
     probe.add_argument("--grow", default=DEFAULT_GROW, help="growth plan (default %(default)s)")
-    probe.add_argument("--touch-every", default=str(DEFAULT_TOUCH_EVERY), help="touch one page per SIZE mapped (0: none)")
+    probe.add_argument("--touch-every", default=str(DEFAULT_TOUCH_EVERY),
+                       help="touch one page per SIZE mapped (0: none)")
     probe.add_argument("--rlimit-as", metavar="SIZE", help="set RLIMIT_AS on this process first (real runs)")
     probe.add_argument("--no-trace", action="store_true", help="leave the call trace out")
     sub.add_parser("policies", help="list the policies")

@@ -177,9 +177,10 @@ class Go2012(Runtime):
                 return None, "reservation-exhausted"
             # Past the reservation: take memory where the OS puts it, and hope
             # it lies in the range we have bitmap for.
-            p = self.SysAlloc(n)
-            if p is None:
+            got = self.SysAlloc(n)
+            if got is None:
                 return None, "os"
+            p = got
             if p < self.arena_start or p + n - self.arena_start >= MaxArena32:
                 self.printf(
                     "runtime: memory allocated by OS (%s) not in usable range [%s,%s)"

@@ -14,7 +14,17 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Tuple
 
 from allocator.runtime import Runtime
-from allocator.space import ENOMEM, MAP_ANON, MAP_FIXED, MAP_PRIVATE, PROT_NONE, PROT_READ, PROT_WRITE, AddressSpace, hexa
+from allocator.space import (
+    ENOMEM,
+    MAP_ANON,
+    MAP_FIXED,
+    MAP_PRIVATE,
+    PROT_NONE,
+    PROT_READ,
+    PROT_WRITE,
+    AddressSpace,
+    hexa,
+)
 
 pageSize = 8192
 pallocChunkPages = 512
@@ -108,16 +118,16 @@ class GoModern(Runtime):
         with self.trace.enter("sysAlloc"):
             n = align_up(n, self.heapArenaBytes)
             if self.linear is not None:
-                v = align_up(self.linear[0], self.heapArenaBytes)
-                if v + n <= self.linear[1]:
-                    self.linear[0] = v + n
-                    self.arenas.append([v, v + n])
-                    return v, n, "linear"
+                at = align_up(self.linear[0], self.heapArenaBytes)
+                if at + n <= self.linear[1]:
+                    self.linear[0] = at + n
+                    self.arenas.append([at, at + n])
+                    return at, n, "linear"
             v_found: Optional[int] = None
+            v: Optional[int] = None
             while self.hints:
                 hint = self.hints[0]
                 p = hint.addr - n if hint.down else hint.addr
-                v: Optional[int] = None
                 if p + n < p or p + n - 1 >= self.addr_limit or p <= 0:
                     v = None  # outside the addressable heap: don't ask
                 else:
@@ -141,9 +151,10 @@ class GoModern(Runtime):
             size = n
             if v_found is None:
                 # All of the hints failed: take any sufficiently aligned address.
-                v_found, size = self.sysReserveAligned(0, n, self.heapArenaBytes)
-                if v_found is None:
+                got, size = self.sysReserveAligned(0, n, self.heapArenaBytes)
+                if got is None:
                     return None, 0, "os"
+                v_found = got
                 self.hints[:0] = [Hint(v_found + size), Hint(v_found, down=True)]
                 path = "os"
             bad = ""

@@ -135,7 +135,7 @@ def run_isolated(policy: str, **kw: Any) -> Dict[str, Any]:
 
 def internal_error(e: BaseException) -> str:
     tb = traceback.extract_tb(e.__traceback__)
-    where = "%s:%d" % (os.path.basename(tb[-1].filename), tb[-1].lineno) if tb else "?"
+    where = "%s:%s" % (os.path.basename(tb[-1].filename), tb[-1].lineno) if tb else "?"
     return "internal error: %s: %s (at %s)" % (type(e).__name__, e, where)
 
 

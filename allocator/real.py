@@ -96,10 +96,10 @@ class RealSpace(AddressSpace):
         p = self._mmap(addr or None, length, prot, flags, -1, 0)
         if p is None:  # NULL is a valid mapping only with MAP_FIXED at 0, which we never ask
             return ctypes.get_errno() or ENOMEM
-        p &= self._mask
-        if p == self._mask:  # MAP_FAILED
+        addr = int(p) & self._mask
+        if addr == self._mask:  # MAP_FAILED
             return ctypes.get_errno() or ENOMEM
-        return p
+        return addr
 
     def _raw_munmap(self, addr: int, length: int) -> int:
         ctypes.set_errno(0)

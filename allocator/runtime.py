@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NoReturn, Optional, Tuple
 
 from allocator.space import AddressSpace, hexa
 
@@ -72,7 +72,7 @@ class Runtime:
     def printf(self, msg: str) -> None:
         self.messages.append(msg)
 
-    def throw(self, msg: str) -> "Throw":
+    def throw(self, msg: str) -> NoReturn:
         self.messages.append("throw: " + msg)
         raise Throw(msg)
 

@@ -12,7 +12,7 @@ mincore of an unmapped page, or beyond the task size, is ENOMEM.
 from __future__ import annotations
 
 import bisect
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from allocator.space import (
     EEXIST,
@@ -68,7 +68,7 @@ def parse_size(text: str) -> int:
 
 
 _BOOL = {"1": True, "yes": True, "true": True, "on": True, "0": False, "no": False, "false": False, "off": False}
-SIM_KEYS = {
+SIM_KEYS: Dict[str, Callable[[str], Any]] = {
     "task-size": parse_size,
     "rlimit-as": parse_size,
     "pointer-bits": int,
@@ -146,7 +146,7 @@ class SimKernel(AddressSpace):
         self.mmap_base = mmap_base if mmap_base is not None else stack_top - 128 * MiB - 8 * MiB
         self._starts: List[int] = []
         self._maps: List[Tuple[int, int, int]] = []  # (start, end, prot), sorted, disjoint
-        self.touched: set = set()
+        self.touched: Set[int] = set()
         self._insert(image, self._page_up(self.end), 0x7)  # text, data, bss, brk heap
         self._insert(stack_top - 132 * KiB, stack_top, 0x3)  # [stack]
 

@@ -14,7 +14,7 @@ from typing import List, NoReturn, Optional, Sequence
 from allocator.probe import POLICIES, expand_policies
 from harness import __version__, backends, config, report, runner
 from harness.config import Target
-from harness.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, HarnessError, UsageError
+from harness.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, HarnessError, UsageError
 from harness.results import Record
 
 DEFAULT_ARTIFACTS = "arena-harness-out"

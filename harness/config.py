@@ -256,7 +256,7 @@ def _options(backend_cls: Any, raw: Dict[str, Any], lines: Dict[str, int], ctx: 
     for key, value in raw.items():
         kwargs[key] = convert(value, hints[key], ctx, lines.get(key), key)
     missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]  # type: ignore[misc]
+               and f.default_factory is dataclasses.MISSING]
     if missing:
         raise ctx.error(None, missing[0], "required by the %s backend" % backend_cls.name)
     opts = opt_cls(**kwargs)
@@ -324,7 +324,8 @@ def _target(raw: Any, line: int, defaults: Mapping[str, Any], ctx: _Ctx, seen: D
         exp = Expectation.parse(text)
         if exp.outcome not in OUTCOMES:
             raise ctx.error(pline, "expect.%s" % policy,
-                            "expected one of %s (or \"crash: <message>\"), got %s" % (", ".join(OUTCOMES), _describe(text)))
+                            "expected one of %s (or \"crash: <message>\"), got %s"
+                            % (", ".join(OUTCOMES), _describe(text)))
         expect.append((policy, exp))
     markers = convert(merged.get("markers", []) or [], Tuple[str, ...], ctx, kl("markers"), "markers")
     for m in markers:

@@ -128,8 +128,8 @@ def markdown(doc: RunDocument) -> str:
         kernel = next((r.kernel for r in by_policy.values() if r.kernel), None) or "-"
         row = []
         for p in policies:
-            r = by_policy.get(p)
-            row.append("%s %s" % (icon[r.status.value], _outcome(r).replace("|", "\\|")) if r else "")
+            cell = by_policy.get(p)
+            row.append("%s %s" % (icon[cell.status.value], _outcome(cell).replace("|", "\\|")) if cell else "")
         lines.append("| %s | %s | %s |" % (target, kernel, " | ".join(row)))
     notes = [r for r in doc.records if r.status != Status.PASS and r.detail]
     if notes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -52,7 +53,7 @@ def test_a_good_file_becomes_frozen_dataclasses() -> None:
     assert uml.expectation("go-2012-pre") == Expectation("crash", "runtime: out of memory")
     assert uml.all_markers == ("uml", "slow")
     assert uml.line == 9
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         uml.name = "other"  # type: ignore[misc]
 
 
@@ -96,7 +97,8 @@ def test_unknown_backend_lists_the_known_ones() -> None:
         ("markers: [slow]", "markers: slow", 'targets.yaml:13 [uml-256m] markers: expected a list, got "slow"'),
         ("kernel_args: [quiet, loglevel=3]", "kernel_args: [mem=1G]",
          "targets.yaml:12 [uml-256m] kernel_args: 'mem=1G' is set by the harness; use the target's own keys instead"),
-        ("  - name: uml-256m", "  - name: local", "targets.yaml:9 [local] name: duplicate target name (first at line 5)"),
+        ("  - name: uml-256m", "  - name: local",
+         "targets.yaml:9 [local] name: duplicate target name (first at line 5)"),
         ("  - name: uml-256m", "  - name: bad name", "targets.yaml:9 name: expected a name of letters, "
                                                    "digits, '.', '_' or '-', got \"bad name\""),
     ],

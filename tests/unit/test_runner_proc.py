@@ -38,12 +38,11 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def arena_tmpdirs() -> set:
-    return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("arena-harness-")}
+def run_tmpdirs(run_id: str) -> list:
+    return [p for p in os.listdir(tempfile.gettempdir()) if p.startswith("arena-harness-%s-" % run_id)]
 
 
 def test_a_fake_backend_is_found_by_name_and_judged(fake_backend: type, tmp_path: Path) -> None:
-    before = arena_tmpdirs()
     doc = runner.run(targets(fake_backend, "a:ok"), artifacts=tmp_path)
     assert doc.complete
     by_policy = {r.policy: r for r in doc.records}
@@ -53,7 +52,7 @@ def test_a_fake_backend_is_found_by_name_and_judged(fake_backend: type, tmp_path
     assert by_policy["go-2012"].channel == "console"
     log = Path(by_policy["go-2012"].log or "")
     assert log.read_text().startswith("$ %s -c " % sys.executable)
-    assert arena_tmpdirs() == before  # the run's temp dir is gone
+    assert run_tmpdirs(doc.run_id) == []  # the run's temp dir is gone
 
 
 @pytest.mark.parametrize(
@@ -62,7 +61,8 @@ def test_a_fake_backend_is_found_by_name_and_judged(fake_backend: type, tmp_path
         ("garbage", Status.ERROR, "no result (exit status 0): random noise | {not json"),
         ("truncated", Status.ERROR, "result frame began but never ended (output truncated)"),
         ("nothing", Status.ERROR, "no result (exit status 0), no output"),
-        ("panic", Status.PANIC, "kernel panic: Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100"),
+        ("panic", Status.PANIC,
+         "kernel panic: Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100"),
         ("hang", Status.TIMEOUT, "deadline of 3s reached; no result before the deadline"),
         ("crash-backend", Status.ERROR, "internal error in fake backend: RuntimeError: backend exploded"),
     ],

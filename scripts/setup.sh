@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Set up arena-harness on a Debian or Ubuntu machine: system packages, then the
+# package and its test tools into ./.venv. Safe to run again: it installs only
+# what is missing. Used by scripts/matrix.sh and scripts/test.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+# What the harness and its tests use: Python with venv, User-Mode Linux for
+# the uml targets, and ps (procps) for the leftover checks.
+PACKAGES="python3 python3-venv user-mode-linux procps"
+
+missing=""
+for p in $PACKAGES; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    echo "setup: installing$missing" >&2
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >&2
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv" >&2
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' >&2
