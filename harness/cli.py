@@ -7,12 +7,13 @@ import argparse
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from types import FrameType
 from typing import List, NoReturn, Optional, Sequence
 
 from allocator.probe import POLICIES, expand_policies
-from harness import __version__, backends, config, report, runner
+from harness import __version__, backends, config, images, report, runner
 from harness.config import Target
 from harness.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, HarnessError, UsageError
 from harness.results import Record
@@ -52,6 +53,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("doctor", help="which backends can run here, and how to install what is missing")
     targets_arg(d)
+
+    im = sub.add_parser("images", help="build, list or prune the cached guest images")
+    isub = im.add_subparsers(dest="images_command", metavar="ACTION")
+    b = isub.add_parser("build", help="build every image the targets need (nothing if cached)")
+    targets_arg(b)
+    b.add_argument("--only", metavar="NAME", action="append", help="only this target's images (repeatable)")
+    isub.add_parser("list", help="list the cache's entries")
+    pr = isub.add_parser("prune", help="remove entries the targets do not use (and broken leftovers)")
+    targets_arg(pr)
+    pr.add_argument("--all", action="store_true", help="remove every entry")
+    pr.add_argument("--older-than", metavar="DAYS", type=float, help="only entries unused for DAYS days")
     return p
 
 
@@ -60,8 +72,11 @@ def _progress(total: int, stream: "object") -> runner.Progress:
 
     def show(event: str, target: Target, message: str, records: Sequence[Record]) -> None:
         out = sys.stderr
+        if event == "build":
+            print("[ img ] %-22s %s" % (target.name, message), file=out, flush=True)
+            return
         if event == "start":
-            print("[ ..  ] %-22s %s (%s, deadline %.0fs)" % (target.name, message, target.backend, target.timeout),
+            print("[ ..  ] %-22s starting (%s, boot deadline %.0fs)" % (target.name, target.backend, target.timeout),
                   file=out, flush=True)
             return
         done[0] += 1
@@ -142,6 +157,56 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
+def _human(n: float) -> str:
+    for unit in ("B", "K", "M", "G"):
+        if n < 1024 or unit == "G":
+            return "%.0f%s" % (n, unit) if unit == "B" else "%.1f%s" % (n, unit)
+        n /= 1024
+    return str(n)
+
+
+def cmd_images(args: argparse.Namespace) -> int:
+    cache = images.Cache()
+    action = args.images_command
+    if action == "list":
+        entries = cache.entries()
+        print("cache: %s" % cache.root)
+        for e in entries:
+            used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.used))
+            print("  %-10s %-36s %8s  built in %5.1fs  used %s  %s" % (e.kind, e.name, _human(e.size), e.build_s,
+                                                                        used, e.key))
+        print("%d entries, %s" % (len(entries), _human(sum(e.size for e in entries))))
+        return EXIT_OK
+    if action not in ("build", "prune"):
+        raise UsageError("an action is required: build, list or prune")
+    ts = config.load(args.targets)
+    targets = ts.select(getattr(args, "only", None))
+    if action == "build":
+        start = time.monotonic()
+        for t in targets:
+            backend = backends.get(t.backend)(t)
+            recipes = backend.recipes()
+            if not recipes:
+                continue
+            t0 = time.monotonic()
+            backend.provision(cache, lambda msg, name=t.name: print("[ img ] %-22s %s" % (name, msg),
+                                                                    file=sys.stderr, flush=True))
+            print("%-22s ready in %.1fs: %s" % (t.name, time.monotonic() - t0,
+                                              ", ".join("%s %s" % (r.kind, r.name) for r in recipes)))
+        print("%d built, %d already cached, %.1fs" % (cache.builds, cache.hits, time.monotonic() - start))
+        return EXIT_OK
+    keep: List[Path] = []
+    if not args.all:
+        for t in targets:
+            keep.extend(cache.path(r) for r in backends.get(t.backend)(t).recipes())
+    older = args.older_than * 86400 if args.older_than is not None else None
+    removed = cache.prune(keep=keep, older_than=older)
+    for path in removed:
+        print("removed %s" % path)
+    print("%d removed" % len(removed))
+    return EXIT_OK
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -152,7 +217,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             return cmd_list(args)
         if args.command == "doctor":
             return cmd_doctor(args)
-        raise UsageError("a command is required: run, list or doctor (see arena-harness --help)")
+        if args.command == "images":
+            return cmd_images(args)
+        raise UsageError("a command is required: run, list, doctor or images (see arena-harness --help)")
     except HarnessError as e:
         print("arena-harness: %s" % e, file=sys.stderr)
         return e.exit_code

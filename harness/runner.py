@@ -20,14 +20,14 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from harness import backends, payload, proc
+from harness import backends, images, payload, proc
 from harness.backends.base import RunContext
 from harness.config import Target
 from harness.errors import HarnessError
 from harness.results import Record, RunDocument, Status, classify, skipped
 
 Progress = Callable[[str, Target, str, Sequence[Record]], None]
-"""progress(event, target, message, records): event is "start" or "done"."""
+"""progress(event, target, message, records): event is "build", "start" or "done"."""
 
 
 def new_run_id() -> str:
@@ -45,15 +45,22 @@ def policies_for(target: Target, requested: Optional[Sequence[str]]) -> List[str
 
 
 def run_target(
-    target: Target, policies: List[str], run_id: str, tmp: Path, pyz: Path, logs: Path
+    target: Target, policies: List[str], run_id: str, tmp: Path, pyz: Path, logs: Path,
+    cache: Optional[images.Cache] = None, log: Optional[images.Log] = None,
 ) -> List[Record]:
     """Boot one target and judge each policy; every failure becomes records, never an exception."""
     backend = backends.get(target.backend)(target)
     missing = backend.missing()
     if missing is not None:
         return [skipped(target, p, str(missing)) for p in policies]
-    workdir = Path(tempfile.mkdtemp(prefix="%s." % target.name, dir=str(tmp)))
     log_path = logs / ("%s.log" % target.name)
+    start = time.monotonic()
+    try:
+        # Image builds are not part of the boot: they get their own (long) deadlines.
+        backend.provision(cache or images.Cache(), log or (lambda msg: None))
+    except HarnessError as e:
+        return [_error(target, p, str(e), log_path, time.monotonic() - start) for p in policies]
+    workdir = Path(tempfile.mkdtemp(prefix="%s." % target.name, dir=str(tmp)))
     ctx = RunContext(run_id, target, policies, workdir, pyz, log_path, target.timeout)
     start = time.monotonic()
     try:
@@ -85,6 +92,7 @@ def run(
     run_id: Optional[str] = None,
     argv: Optional[List[str]] = None,
     targets_file: Optional[str] = None,
+    cache: Optional[images.Cache] = None,
 ) -> RunDocument:
     run_id = run_id or new_run_id()
     logs = Path(artifacts) / run_id
@@ -103,7 +111,11 @@ def run(
         def one(i: int, target: Target, ps: List[str]) -> None:
             if progress:
                 progress("start", target, "booting", [])
-            recs = run_target(target, ps, run_id, tmp, pyz, logs)
+            def log(msg: str) -> None:
+                if progress:
+                    progress("build", target, msg, [])
+
+            recs = run_target(target, ps, run_id, tmp, pyz, logs, cache, log)
             with lock:
                 results[i] = recs
             if progress:

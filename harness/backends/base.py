@@ -1,11 +1,15 @@
 """What every backend shares: options, required tools, and the lifecycle of one boot.
 
-Lifecycle, in this order, all driven by :meth:`Backend.run`:
+Lifecycle, in this order:
 
+0. ``provision(cache, log)``  build or fetch the images the target needs (cached;
+   called by the runner before the boot's deadline starts);
 1. ``prepare(ctx)``  ship the allocator (read-only) and write what the guest needs;
 2. ``execute(ctx)``  boot or reach the target and run the probe, under the deadline;
 3. ``collect(ctx, completed)``  read the results (a share file, else console frames);
 4. ``shutdown()``  always, also after errors; safe to call twice.
+
+Steps 1-4 are driven by :meth:`Backend.run`.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
-from harness import proc
+from harness import images, proc
 from harness.config import Target
 from harness.console import DONE, extract_frames, find_panic, parse_documents
 from harness.errors import ToolMissing
@@ -84,6 +88,15 @@ class Backend:
         return None
 
     # -- the lifecycle ---------------------------------------------------------------------------
+    def recipes(self) -> List[images.Recipe]:
+        """The cached images this target boots from (none by default)."""
+        return []
+
+    def provision(self, cache: images.Cache, log: images.Log) -> None:
+        """Make sure every image this target needs is in the cache. Default: build its recipes."""
+        for recipe in self.recipes():
+            cache.get(recipe, log)
+
     def run(self, ctx: RunContext) -> GuestRun:
         try:
             self.prepare(ctx)

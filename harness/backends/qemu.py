@@ -1,0 +1,230 @@
+"""QEMU system VMs (TCG by default): a Debian kernel, a busybox initramfs, the guest root over 9p.
+
+Per-architecture facts are data (``ARCHES``). A boot: the cached initramfs plus
+a small per-boot cpio (the allocator zipapp and its arguments) as ``-initrd``;
+the guest root shared read-only over 9p (the host's ``/`` for x86_64, else a
+cached Debian root filesystem of the guest's architecture); results come back
+through a second, writable 9p share, or framed on the serial console.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Dict, List, Optional, Tuple
+
+from harness import images, proc
+from harness.backends.base import Backend, RunContext, Tool
+from harness.config import Size
+from harness.errors import HarnessError, ToolMissing
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    name: str
+    debian: str  # Debian's name for the architecture
+    qemu: str
+    qemu_package: str
+    machine: Tuple[str, ...]
+    cpu: str
+    console: str
+    kernel_package: str
+    image_glob: str
+    suite: str  # default Debian release of kernel and root filesystem
+    host_root: bool  # the host's / can be the guest root (same architecture)
+    modules: Tuple[str, ...]
+    firmware: Tuple[str, ...] = ()
+    firmware_package: Optional[str] = None
+
+
+_9P = ("9p", "9pnet_virtio", "virtio_pci")
+ARCHES: Dict[str, ArchSpec] = {
+    "x86_64": ArchSpec("x86_64", "amd64", "qemu-system-x86_64", "qemu-system-x86", (), "max,-la57", "ttyS0",
+                       "linux-image-amd64", "boot/vmlinuz-*", "bookworm", True, _9P),
+    "i386": ArchSpec("i386", "i386", "qemu-system-i386", "qemu-system-x86", (), "max", "ttyS0",
+                     "linux-image-686", "boot/vmlinuz-*", "bookworm", False, _9P),
+    "arm64": ArchSpec("arm64", "arm64", "qemu-system-aarch64", "qemu-system-arm", ("-M", "virt"),
+                      "max,pauth-impdef=on", "ttyAMA0", "linux-image-arm64", "boot/vmlinuz-*", "bookworm", False,
+                      _9P),
+    "riscv64": ArchSpec("riscv64", "riscv64", "qemu-system-riscv64", "qemu-system-misc", ("-M", "virt"), "rv64",
+                        "ttyS0", "linux-image-riscv64", "boot/vmlinux-*", "trixie", False, _9P,
+                        ("-bios", "/usr/lib/riscv64-linux-gnu/opensbi/generic/fw_dynamic.bin"), "opensbi"),
+}
+
+
+@dataclass(frozen=True)
+class QemuOptions:
+    arch: str = "x86_64"
+    suite: Optional[str] = None  # the kernel's Debian release (default: the arch's)
+    kernel_package: Optional[str] = None
+    rootfs: str = "auto"  # host | debian | auto (host where the arch matches)
+    rootfs_suite: Optional[str] = None
+    cpu: Optional[str] = None
+    memory: Size = Size(512 * MiB)
+    smp: int = 1
+    kernel_args: Tuple[str, ...] = ("quiet",)
+    accel: str = "tcg"  # tcg | auto (KVM when a short trial boot shows it works)
+
+    def validate(self) -> Optional[Tuple[str, str]]:
+        if self.arch not in ARCHES:
+            return "arch", "%r is not a known arch, options are %s" % (self.arch, ", ".join(ARCHES))
+        if self.rootfs not in ("host", "debian", "auto"):
+            return "rootfs", "expected host, debian or auto, got %r" % self.rootfs
+        if self.rootfs == "host" and not ARCHES[self.arch].host_root:
+            return "rootfs", "the host's / cannot be a %s guest's root; use debian" % self.arch
+        if self.accel not in ("tcg", "auto"):
+            return "accel", "expected tcg or auto, got %r" % self.accel
+        if self.memory < 128 * MiB:
+            return "memory", 'expected at least "128M", got %d bytes' % self.memory
+        if not 1 <= self.smp <= 8:
+            return "smp", "expected 1 to 8 CPUs, got %d" % self.smp
+        return None
+
+    @property
+    def spec(self) -> ArchSpec:
+        return ARCHES[self.arch]
+
+    @property
+    def host_root(self) -> bool:
+        if self.rootfs == "auto":
+            return self.spec.host_root and os.uname().machine == self.spec.name
+        return self.rootfs == "host"
+
+
+_kvm_verdict: Dict[str, bool] = {}
+
+
+class QemuBackend(Backend):
+    name: ClassVar[str] = "qemu"
+    Options: ClassVar[type] = QemuOptions
+    description: ClassVar[str] = "QEMU system VMs (x86_64, i386, arm64, riscv64) with a 9p root"
+
+    def __init__(self, target: object) -> None:
+        super().__init__(target)  # type: ignore[arg-type]
+        self._kit: Optional[Path] = None
+        self._initramfs: Optional[Path] = None
+        self._root: Optional[Path] = None
+
+    # -- availability and images ------------------------------------------------------------
+    def required_tools(self) -> Tuple[Tool, ...]:
+        spec = self.options.spec
+        tools = [Tool(spec.qemu, spec.qemu_package)]
+        return tuple(tools)
+
+    def missing(self) -> Optional[ToolMissing]:
+        problem = super().missing()
+        if problem:
+            return problem
+        spec = self.options.spec
+        if spec.firmware and not Path(spec.firmware[-1]).exists():
+            return ToolMissing(self.name, spec.firmware[-1], "install it with: sudo apt-get install -y %s"
+                               % spec.firmware_package)
+        cache = images.Cache()
+        if not all(cache.ready(r) for r in self.recipes()) and proc.which("mmdebstrap") is None:
+            return ToolMissing(self.name, "mmdebstrap", "install it with: sudo apt-get install -y mmdebstrap")
+        return None
+
+    def kit(self) -> images.KernelKit:
+        o = self.options
+        spec = o.spec
+        return images.KernelKit(spec.debian, o.suite or spec.suite, o.kernel_package or spec.kernel_package,
+                                spec.image_glob, spec.modules)
+
+    def initramfs(self) -> images.Initramfs:
+        return images.Initramfs(self.kit(), images.recipe_text("qemu", "init.sh"))
+
+    def rootfs(self) -> Optional[images.Rootfs]:
+        o = self.options
+        if o.host_root:
+            return None
+        return images.Rootfs(o.spec.debian, o.rootfs_suite or o.spec.suite)
+
+    def recipes(self) -> List[images.Recipe]:
+        out: List[images.Recipe] = [self.kit(), self.initramfs()]
+        root = self.rootfs()
+        if root is not None:
+            out.append(root)
+        return out
+
+    def provision(self, cache: images.Cache, log: images.Log) -> None:
+        self._kit = cache.get(self.kit(), log)
+        self._initramfs = cache.get(self.initramfs(), log) / "initramfs.cpio.gz"
+        root = self.rootfs()
+        self._root = Path("/") if root is None else cache.get(root, log) / "root"
+
+    # -- the boot ------------------------------------------------------------------------------
+    def prepare(self, ctx: RunContext) -> None:
+        if self._kit is None:
+            self.provision(images.Cache(), lambda msg: None)
+        assert self._initramfs is not None
+        (ctx.workdir / "out").mkdir()
+        per_boot = images.Cpio()
+        per_boot.file("payload/allocator.pyz", ctx.payload.read_bytes())
+        per_boot.file("payload/args", (" ".join(self.probe_args(ctx)) + "\n").encode())
+        # Concatenated cpio archives: the kernel unpacks the cached one, then this
+        # one, which must start 4-byte aligned (zero padding in between is skipped).
+        with open(ctx.workdir / "initrd", "wb") as f:
+            with open(self._initramfs, "rb") as base:
+                shutil.copyfileobj(base, f)
+            f.write(b"\0" * (-f.tell() % 4))
+            f.write(per_boot.bytes())
+
+    def accel(self) -> List[str]:
+        if self.options.accel == "auto" and self._kvm_works():
+            return ["-accel", "kvm"]
+        return ["-accel", "tcg"]
+
+    def _kvm_works(self) -> bool:
+        """Try KVM for real (a device node alone proves nothing): a short boot must reach the init."""
+        spec = self.options.spec
+        if spec.name in _kvm_verdict:
+            return _kvm_verdict[spec.name]
+        ok = False
+        if os.path.exists("/dev/kvm") and self._kit is not None and self._initramfs is not None:
+            c = proc.run([spec.qemu, "-accel", "kvm", *spec.machine, "-cpu", "host", "-m", "256", "-nographic",
+                          "-no-reboot", "-kernel", str(self._kit / "kernel"), "-initrd", str(self._initramfs),
+                          "-append", "console=%s panic=-1 quiet" % spec.console],
+                         timeout=15, watch=lambda ln: "booted" if "@@ARENA-HARNESS-BOOTED@@" in ln else None,
+                         after_stop_request=0.0, grace=1.0)
+            ok = c.stopped == "booted"
+        _kvm_verdict[spec.name] = ok
+        return ok
+
+    def argv(self, ctx: RunContext) -> List[str]:
+        o = self.options
+        spec = o.spec
+        assert self._kit is not None and self._root is not None
+        root_share = "local,path=%s,mount_tag=hostroot,security_model=none,readonly=on" % self._root
+        if o.host_root:
+            root_share += ",multidevs=remap"  # / spans several filesystems
+        out_share = "local,path=%s,mount_tag=out,security_model=none" % (ctx.workdir / "out")
+        append = ["console=%s" % spec.console, "panic=-1", "rdinit=/init", *o.kernel_args]
+        return [
+            spec.qemu,
+            *self.accel(),
+            *spec.machine,
+            "-cpu", o.cpu or spec.cpu,
+            "-m", "%d" % (o.memory // MiB),
+            "-smp", str(o.smp),
+            "-nographic",
+            "-no-reboot",
+            *spec.firmware,
+            "-kernel", str(self._kit / "kernel"),
+            "-initrd", str(ctx.workdir / "initrd"),
+            "-append", " ".join(append),
+            "-virtfs", root_share,
+            "-virtfs", out_share,
+        ]
+
+    def execute(self, ctx: RunContext) -> proc.Completed:
+        if not (ctx.workdir / "initrd").exists():
+            raise HarnessError("qemu: prepare() did not run")
+        return proc.run(self.argv(ctx), timeout=ctx.timeout, log_path=ctx.log_path, cwd=ctx.workdir,
+                        watch=self.done_watcher, after_stop_request=5.0)
+
+    def result_file(self, ctx: RunContext) -> Optional[Path]:
+        return ctx.workdir / "out" / "result.json"

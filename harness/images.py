@@ -1,0 +1,441 @@
+"""The image pipeline: recipes that build guest artefacts into a content-addressed cache.
+
+A recipe's key is a hash of its kind, its inputs and its version; its artefact
+lives in ``<cache>/<kind>-<name>-<key>/`` and is built once: builds run in a
+``.partial`` directory under a per-key file lock and are published by one
+rename, so an interrupted build never leaves a half-written entry and parallel
+runs build each entry once. The cache is ``$ARENA_HARNESS_CACHE``, else
+``$XDG_CACHE_HOME/arena-harness``, else ``~/.cache/arena-harness``.
+
+Recipes: ``KernelKit`` (a Debian kernel, busybox and the modules a 9p root
+needs, fetched with ``mmdebstrap --variant=extract``, no change to the host's
+apt), ``Rootfs`` (``mmdebstrap --variant=essential --include=python3``) and
+``Initramfs`` (busybox, modules and an init script, written as newc cpio).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gzip
+import hashlib
+import json
+import lzma
+import os
+import re
+import shutil
+import stat
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from harness import proc
+from harness.errors import HarnessError
+
+CACHE_ENV = "ARENA_HARNESS_CACHE"
+BUILD_TIMEOUT = 1800.0
+Log = Callable[[str], None]
+
+
+class BuildError(HarnessError):
+    pass
+
+
+def cache_root() -> Path:
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "arena-harness"
+
+
+def recipe_text(*parts: str) -> str:
+    """A recipe file from the repository's images/ (installed as the package ``harness.recipes``)."""
+    return resources.files("harness.recipes").joinpath(*parts).read_text(encoding="utf-8")
+
+
+# -- cpio (newc), for initramfs ------------------------------------------------------------
+
+
+class Cpio:
+    """A newc cpio archive written in Python: no cpio binary, no root needed for device nodes."""
+
+    def __init__(self) -> None:
+        self.parts: List[bytes] = []
+        self.ino = 1
+        self.names: set = set()
+
+    def _entry(self, name: str, mode: int, data: bytes = b"", rdev: Tuple[int, int] = (0, 0)) -> None:
+        name = name.lstrip("/")
+        if name in self.names:
+            return
+        self.names.add(name)
+        nb = name.encode() + b"\0"
+        hdr = "070701" + "".join(
+            "%08X" % v
+            for v in (self.ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(nb), 0)
+        )
+        self.ino += 1
+        out = hdr.encode() + nb
+        out += b"\0" * (-len(out) % 4)
+        out += data + b"\0" * (-len(data) % 4)
+        self.parts.append(out)
+
+    def dir(self, name: str) -> None:
+        parts = name.strip("/").split("/")
+        for i in range(1, len(parts) + 1):
+            self._entry("/".join(parts[:i]), stat.S_IFDIR | 0o755)
+
+    def file(self, name: str, data: bytes, mode: int = 0o644) -> None:
+        if "/" in name.strip("/"):
+            self.dir(name.strip("/").rsplit("/", 1)[0])
+        self._entry(name, stat.S_IFREG | mode, data)
+
+    def symlink(self, name: str, target: str) -> None:
+        self._entry(name, stat.S_IFLNK | 0o777, target.encode())
+
+    def chardev(self, name: str, major: int, minor: int) -> None:
+        self._entry(name, stat.S_IFCHR | 0o600, rdev=(major, minor))
+
+    def bytes(self) -> bytes:
+        self._entry("TRAILER!!!", 0)
+        return b"".join(self.parts)
+
+
+# -- the cache ------------------------------------------------------------------------------
+
+
+class Recipe:
+    kind = ""
+    version = 1
+
+    def inputs(self) -> Dict[str, object]:
+        raise NotImplementedError
+
+    @property
+    def name(self) -> str:
+        raise NotImplementedError
+
+    def key(self) -> str:
+        blob = json.dumps({"kind": self.kind, "version": self.version, "inputs": self.inputs()}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def dirname(self) -> str:
+        return "%s-%s-%s" % (self.kind, re.sub(r"[^A-Za-z0-9_.-]", "_", self.name), self.key())
+
+    def build(self, out: Path, cache: "Cache", log: Log) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class Entry:
+    path: Path
+    kind: str
+    name: str
+    key: str
+    size: int
+    built: float
+    used: float
+    build_s: float
+
+
+class Cache:
+    def __init__(self, root: Optional[Path] = None) -> None:
+        self.root = Path(root) if root else cache_root()
+        self.hits = 0
+        self.builds = 0
+
+    def path(self, recipe: Recipe) -> Path:
+        return self.root / recipe.dirname()
+
+    def ready(self, recipe: Recipe) -> bool:
+        return (self.path(recipe) / "manifest.json").is_file()
+
+    def get(self, recipe: Recipe, log: Optional[Log] = None) -> Path:
+        """The artefact directory of ``recipe``, built first if the cache does not have it."""
+        log = log or (lambda msg: None)
+        final = self.path(recipe)
+        if (final / "manifest.json").is_file():
+            self._touch(final)
+            self.hits += 1
+            return final
+        (self.root / "locks").mkdir(parents=True, exist_ok=True)
+        with open(self.root / "locks" / (recipe.key() + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if (final / "manifest.json").is_file():  # another run built it while we waited
+                self.hits += 1
+                return final
+            partial = self.root / (".%s.%d.partial" % (recipe.dirname(), os.getpid()))
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.mkdir(parents=True)
+            start = time.monotonic()
+            log("building %s %s" % (recipe.kind, recipe.name))
+            try:
+                recipe.build(partial, self, log)
+                manifest = {
+                    "kind": recipe.kind,
+                    "name": recipe.name,
+                    "key": recipe.key(),
+                    "inputs": recipe.inputs(),
+                    "built": time.time(),
+                    "build_s": round(time.monotonic() - start, 1),
+                }
+                (partial / "manifest.json").write_text(json.dumps(manifest, indent=1))
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(partial, final)
+            finally:
+                shutil.rmtree(partial, ignore_errors=True)
+            self.builds += 1
+            log("built %s %s in %.1fs" % (recipe.kind, recipe.name, time.monotonic() - start))
+            return final
+
+    def _touch(self, path: Path) -> None:
+        try:
+            os.utime(path / "manifest.json")
+        except OSError:
+            pass
+
+    def entries(self) -> List[Entry]:
+        out = []
+        if not self.root.is_dir():
+            return out
+        for d in sorted(self.root.iterdir()):
+            m = d / "manifest.json"
+            if not m.is_file():
+                continue
+            try:
+                meta = json.loads(m.read_text())
+            except ValueError:
+                continue
+            size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file() and not f.is_symlink())
+            out.append(Entry(d, meta.get("kind", "?"), meta.get("name", "?"), meta.get("key", "?"), size,
+                             meta.get("built", 0.0), m.stat().st_mtime, meta.get("build_s", 0.0)))
+        return out
+
+    def prune(self, keep: Iterable[Path] = (), older_than: Optional[float] = None) -> List[Path]:
+        """Remove entries not in ``keep`` (and, if given, unused for ``older_than`` seconds), and leftovers."""
+        keep_set = {Path(k).resolve() for k in keep}
+        removed = []
+        now = time.time()
+        for e in self.entries():
+            if e.path.resolve() in keep_set:
+                continue
+            if older_than is not None and now - e.used < older_than:
+                continue
+            shutil.rmtree(e.path, ignore_errors=True)
+            removed.append(e.path)
+        for d in self.root.glob(".*.partial") if self.root.is_dir() else []:
+            pid = d.name.rsplit(".", 2)[-2]
+            if not pid.isdigit() or not Path("/proc", pid).exists():
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(d)
+        return removed
+
+
+# -- recipes ------------------------------------------------------------------------------------
+
+
+def mmdebstrap(args: Sequence[str], log_path: Path, log: Log, what: str) -> None:
+    if proc.which("mmdebstrap") is None:
+        raise BuildError("building %s needs mmdebstrap: install it with: sudo apt-get install -y mmdebstrap" % what)
+    # The suite's main archive only: -updates and -security change daily and are
+    # sometimes caught mid-sync on a mirror; guests need no security updates.
+    hook = ('for f in "$1"/etc/apt/sources.list "$1"/etc/apt/sources.list.d/*.list; do '
+            '[ -f "$f" ] || continue; sed -i -e "/-updates /d" -e "/-security /d" "$f"; done')
+    c = proc.run(["mmdebstrap", "--setup-hook=" + hook, *args], timeout=BUILD_TIMEOUT, log_path=log_path,
+                 capture=True)
+    if c.returncode != 0 or c.timed_out:
+        tail = " | ".join(ln for ln in c.lines[-4:] if ln.strip())
+        raise BuildError("mmdebstrap failed for %s (see %s): %s" % (what, log_path, tail or c.error or c.returncode))
+
+
+_DEPENDS = re.compile(rb"depends=([A-Za-z0-9_,-]*)\0")
+
+
+def _read_module(path: Path) -> bytes:
+    data = path.read_bytes()
+    if path.name.endswith(".xz"):
+        data = lzma.decompress(data)
+    elif path.name.endswith(".zst"):
+        raise BuildError("zstd-compressed module %s is not supported" % path)
+    elif path.name.endswith(".gz"):
+        data = gzip.decompress(data)
+    return data
+
+
+def module_closure(moddir: Path, roots: Sequence[str]) -> List[Tuple[str, bytes]]:
+    """The modules ``roots`` need, dependencies first, builtins skipped: [(name, .ko bytes)]."""
+    files: Dict[str, Path] = {}
+    for f in moddir.rglob("*.ko*"):
+        files[f.name.split(".ko")[0].replace("-", "_")] = f
+    builtin = set()
+    bfile = moddir / "modules.builtin"
+    if bfile.is_file():
+        builtin = {ln.rsplit("/", 1)[-1].split(".ko")[0].replace("-", "_") for ln in bfile.read_text().split()}
+    ordered: List[Tuple[str, bytes]] = []
+    seen: set = set()
+
+    def visit(name: str, chain: Tuple[str, ...]) -> None:
+        name = name.replace("-", "_")
+        if name in seen or name in builtin:
+            return
+        if name in chain:
+            raise BuildError("module dependency cycle: %s" % " -> ".join(chain + (name,)))
+        if name not in files:
+            raise BuildError("module %s not found in %s (and not built in)" % (name, moddir))
+        data = _read_module(files[name])
+        m = _DEPENDS.search(data)
+        for dep in (m.group(1).decode().split(",") if m and m.group(1) else []):
+            if dep:
+                visit(dep, chain + (name,))
+        seen.add(name)
+        ordered.append((name, data))
+
+    for r in roots:
+        visit(r, ())
+    return ordered
+
+
+@dataclass(frozen=True)
+class KernelKit(Recipe):
+    """A Debian kernel image, its release string, busybox, and the modules for a 9p root."""
+
+    arch: str  # Debian architecture: amd64, i386, arm64, riscv64
+    suite: str
+    package: str  # linux-image-amd64, linux-image-686, ...
+    image_glob: str  # boot/vmlinuz-* (boot/vmlinux-* on riscv64)
+    modules: Tuple[str, ...]
+    kind = "kernel"
+    version = 1
+
+    @property
+    def name(self) -> str:
+        return "%s-%s-%s" % (self.suite, self.arch, self.package.replace("linux-image-", ""))
+
+    def inputs(self) -> Dict[str, object]:
+        return {"arch": self.arch, "suite": self.suite, "package": self.package, "image": self.image_glob,
+                "modules": list(self.modules)}
+
+    def build(self, out: Path, cache: Cache, log: Log) -> None:
+        x = out / "extract"
+        mmdebstrap(["--variant=extract", "--include=%s,busybox-static" % self.package, "--arch=%s" % self.arch,
+                     self.suite, str(x)], out / "build.log", log, "the %s kernel" % self.name)
+        images = sorted(x.glob(self.image_glob))
+        if not images:
+            raise BuildError("no kernel image matching %s in %s" % (self.image_glob, self.package))
+        image = images[-1]
+        release = image.name.split("-", 1)[1]
+        moddir = next((d for d in (x / "lib/modules" / release, x / "usr/lib/modules" / release) if d.is_dir()), None)
+        if moddir is None:
+            raise BuildError("no modules for %s in %s" % (release, self.package))
+        busybox = next((p for p in (x / "bin/busybox", x / "usr/bin/busybox") if p.exists()), None)
+        if busybox is None:
+            raise BuildError("busybox-static did not provide /bin/busybox")
+        shutil.copy2(image, out / "kernel")
+        shutil.copy2(busybox, out / "busybox")
+        (out / "release").write_text(release + "\n")
+        mods = out / "modules"
+        mods.mkdir()
+        order = []
+        for name, data in module_closure(moddir, self.modules):
+            (mods / (name + ".ko")).write_bytes(data)
+            order.append(name)
+        (mods / "order").write_text("\n".join(order) + "\n")
+        shutil.rmtree(x)
+
+
+@dataclass(frozen=True)
+class Rootfs(Recipe):
+    """A Debian root filesystem with python3, as a directory (``root/``) and, on request, a tarball."""
+
+    arch: str
+    suite: str
+    packages: Tuple[str, ...] = ("python3",)
+    tarball: bool = False
+    kind = "rootfs"
+    version = 1
+
+    @property
+    def name(self) -> str:
+        return "%s-%s" % (self.suite, self.arch)
+
+    def inputs(self) -> Dict[str, object]:
+        return {"arch": self.arch, "suite": self.suite, "packages": list(self.packages), "tarball": self.tarball}
+
+    def build(self, out: Path, cache: Cache, log: Log) -> None:
+        ensure_binfmt(self.arch, log)
+        root = out / "root"
+        mmdebstrap(["--variant=essential", "--include=%s" % ",".join(self.packages), "--arch=%s" % self.arch,
+                    self.suite, str(root)], out / "build.log", log, "the %s root filesystem" % self.name)
+        for d in ("proc", "sys", "dev", "tmp", "mnt", "run"):
+            (root / d).mkdir(exist_ok=True)
+        if self.tarball:
+            c = proc.run(["tar", "--numeric-owner", "-C", str(root), "-cf", str(out / "rootfs.tar"), "."],
+                         timeout=BUILD_TIMEOUT, log_path=out / "build.log")
+            if c.returncode != 0:
+                raise BuildError("tar of %s failed (see %s)" % (root, out / "build.log"))
+
+
+_HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "riscv64": "riscv64", "i686": "i386"}
+_NATIVE = {"amd64": {"amd64", "i386"}, "arm64": {"arm64"}, "riscv64": {"riscv64"}}
+_QEMU_USER = {"arm64": "aarch64", "riscv64": "riscv64", "armhf": "arm", "i386": "i386", "amd64": "x86_64"}
+
+
+def ensure_binfmt(arch: str, log: Log) -> None:
+    """Foreign-arch rootfs builds run the guest's binaries through qemu-user: binfmt_misc must be ready."""
+    host = _HOST_ARCH.get(os.uname().machine, os.uname().machine)
+    if arch in _NATIVE.get(host, {host}):
+        return
+    entry = Path("/proc/sys/fs/binfmt_misc/qemu-%s" % _QEMU_USER.get(arch, arch))
+    if entry.exists() and entry.read_text().startswith("enabled"):
+        return
+    hint = "sudo apt-get install -y qemu-user-static binfmt-support"
+    if not Path("/usr/bin/qemu-%s-static" % _QEMU_USER.get(arch, arch)).exists():
+        raise BuildError("building a %s root filesystem needs qemu-user-static: %s" % (arch, hint))
+    if not Path("/proc/sys/fs/binfmt_misc/register").exists():
+        log("mounting binfmt_misc")
+        c = proc.run(["mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc"], timeout=30)
+        if c.returncode != 0:
+            raise BuildError("cannot mount binfmt_misc (needs root): %s" % c.output.strip())
+    if proc.which("update-binfmts"):
+        proc.run(["update-binfmts", "--enable", "qemu-%s" % _QEMU_USER.get(arch, arch)], timeout=60)
+    if not (entry.exists() and entry.read_text().startswith("enabled")):
+        raise BuildError("binfmt for %s is not enabled (%s): %s" % (arch, entry, hint))
+
+
+@dataclass(frozen=True)
+class Initramfs(Recipe):
+    """busybox + a kit's modules + an init script, gzipped newc cpio."""
+
+    kit: KernelKit
+    init: str  # the init script's text
+    extra_dirs: Tuple[str, ...] = field(default=("proc", "sys", "dev", "host", "tmp", "payload"))
+    kind = "initramfs"
+    version = 1
+
+    @property
+    def name(self) -> str:
+        return self.kit.name
+
+    def inputs(self) -> Dict[str, object]:
+        return {"kit": self.kit.key(), "init": hashlib.sha256(self.init.encode()).hexdigest(),
+                "dirs": list(self.extra_dirs)}
+
+    def build(self, out: Path, cache: Cache, log: Log) -> None:
+        kit = cache.get(self.kit, log)
+        c = Cpio()
+        for d in ("bin", "sbin", "modules") + self.extra_dirs:
+            c.dir(d)
+        c.chardev("dev/console", 5, 1)
+        c.chardev("dev/null", 1, 3)
+        c.file("bin/busybox", (kit / "busybox").read_bytes(), 0o755)
+        for applet in ("sh", "mount", "umount", "insmod", "mkdir", "cat", "echo", "poweroff", "chroot", "cp",
+                       "sleep", "uname", "cut", "sync", "halt"):
+            c.symlink("bin/%s" % applet, "busybox")
+        for ko in sorted((kit / "modules").glob("*.ko")):
+            c.file("modules/%s" % ko.name, ko.read_bytes())
+        c.file("modules/order", (kit / "modules" / "order").read_bytes())
+        c.file("init", self.init.encode(), 0o755)
+        with gzip.open(out / "initramfs.cpio.gz", "wb", compresslevel=6) as f:
+            f.write(c.bytes())

@@ -1,0 +1,1 @@
+"""Guest recipes (init scripts, Dockerfiles), installed as the package data ``harness.recipes``."""
