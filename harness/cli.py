@@ -189,8 +189,11 @@ def cmd_images(args: argparse.Namespace) -> int:
             if not recipes:
                 continue
             t0 = time.monotonic()
-            backend.provision(cache, lambda msg, name=t.name: print("[ img ] %-22s %s" % (name, msg),
-                                                                    file=sys.stderr, flush=True))
+
+            def log(msg: str, name: str = t.name) -> None:
+                print("[ img ] %-22s %s" % (name, msg), file=sys.stderr, flush=True)
+
+            backend.provision(cache, log)
             print("%-22s ready in %.1fs: %s" % (t.name, time.monotonic() - t0,
                                               ", ".join("%s %s" % (r.kind, r.name) for r in recipes)))
         print("%d built, %d already cached, %.1fs" % (cache.builds, cache.hits, time.monotonic() - start))

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from harness import proc
 from harness.errors import HarnessError
@@ -63,7 +63,7 @@ class Cpio:
     def __init__(self) -> None:
         self.parts: List[bytes] = []
         self.ino = 1
-        self.names: set = set()
+        self.names: Set[str] = set()
 
     def _entry(self, name: str, mode: int, data: bytes = b"", rdev: Tuple[int, int] = (0, 0)) -> None:
         name = name.lstrip("/")
@@ -197,7 +197,7 @@ class Cache:
             pass
 
     def entries(self) -> List[Entry]:
-        out = []
+        out: List[Entry] = []
         if not self.root.is_dir():
             return out
         for d in sorted(self.root.iterdir()):
@@ -274,7 +274,7 @@ def module_closure(moddir: Path, roots: Sequence[str]) -> List[Tuple[str, bytes]
     if bfile.is_file():
         builtin = {ln.rsplit("/", 1)[-1].split(".ko")[0].replace("-", "_") for ln in bfile.read_text().split()}
     ordered: List[Tuple[str, bytes]] = []
-    seen: set = set()
+    seen: Set[str] = set()
 
     def visit(name: str, chain: Tuple[str, ...]) -> None:
         name = name.replace("-", "_")

@@ -8,9 +8,12 @@ cd "$(dirname "$0")/.."
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-# What the harness and its tests use: Python with venv, User-Mode Linux for
-# the uml targets, and ps (procps) for the leftover checks.
-PACKAGES="python3 python3-venv user-mode-linux procps"
+# What the harness and its tests use: Python with venv; User-Mode Linux; QEMU
+# for four architectures (opensbi: riscv64 firmware); mmdebstrap to fetch
+# kernels and build root filesystems, with qemu-user-static and binfmt-support
+# for foreign-arch ones; ps (procps) for the leftover checks.
+PACKAGES="python3 python3-venv user-mode-linux qemu-system-x86 qemu-system-arm qemu-system-misc opensbi
+          qemu-user-static binfmt-support mmdebstrap procps"
 
 missing=""
 for p in $PACKAGES; do

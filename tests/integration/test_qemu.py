@@ -1,0 +1,45 @@
+"""Real QEMU guests beyond the matrix: a warm cache builds nothing, a panicking kernel is a panic."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import backends, config, images, runner
+from harness.results import Status
+from tests.conftest import require_tool
+
+pytestmark = [pytest.mark.integration, pytest.mark.qemu]
+
+
+def test_the_second_provision_downloads_and_builds_nothing() -> None:
+    require_tool("qemu", "mmdebstrap", "sudo apt-get install -y mmdebstrap")
+    target = config.load().select(["qemu-x86_64"])[0]
+    backend = backends.get("qemu")(target)
+    cache = images.Cache()
+    backend.provision(cache, lambda m: None)  # cold or warm: afterwards everything is there
+    again = images.Cache()
+    start = time.monotonic()
+    backends.get("qemu")(target).provision(again, lambda m: None)
+    assert again.builds == 0 and again.hits == 2
+    assert time.monotonic() - start < 1.0
+
+
+def test_a_kernel_that_finds_no_init_is_a_panic(tmp_path: Path) -> None:
+    require_tool("qemu", "qemu-system-x86_64", "sudo apt-get install -y qemu-system-x86")
+    ts = config.parse("""
+targets:
+  - name: qemu-noinit
+    backend: qemu
+    arch: x86_64
+    timeout: 120s
+    kernel_args: [quiet, rdinit=/nonexistent, init=/nonexistent]
+""", "t.yaml")
+    doc = runner.run(ts.targets, policies=["go-2012"], artifacts=tmp_path)
+    (rec,) = doc.records
+    assert rec.status is Status.PANIC, rec.detail
+    assert rec.detail is not None and rec.detail.startswith("kernel panic: Kernel panic - not syncing")
+    assert "Kernel panic" in Path(rec.log or "").read_text()
+    assert rec.duration_s < 60  # -no-reboot ends the VM; the deadline was not needed
