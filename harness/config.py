@@ -133,8 +133,9 @@ class Target:
 
     @property
     def all_markers(self) -> Tuple[str, ...]:
-        """The backend's name is always a marker: ``pytest -m uml`` selects every uml target."""
-        out = [self.backend]
+        """The backend's name is always a marker: ``pytest -m uml`` selects every uml target
+        (a dash becomes an underscore: ``-m qemu_user``)."""
+        out = [self.backend.replace("-", "_")]
         out.extend(m for m in self.markers if m not in out)
         return tuple(out)
 

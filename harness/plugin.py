@@ -134,7 +134,7 @@ def pytest_configure(config: pytest.Config) -> None:
     state = HarnessState(config)
     config.stash[STATE] = state
     for name in backends.names():
-        config.addinivalue_line("markers", "%s: a target run by the %s backend" % (name, name))
+        config.addinivalue_line("markers", "%s: a target run by the %s backend" % (name.replace("-", "_"), name))
     config.addinivalue_line("markers", "harness_target(name): the arena-harness target this item runs")
     # Markers named in the targets file are declared too, so --strict-markers accepts them.
     # An explicit targets file is checked now: a mistake in it is a usage error, not a collection error.

@@ -134,3 +134,20 @@ def test_the_run_leaves_no_umid_dir_or_temp_dir(tmp_path: Path) -> None:
     assert [p for p in os.listdir(tempfile.gettempdir()) if p.startswith("arena-harness-%s-" % doc.run_id)] == []
     assert not Path(os.path.expanduser("~/.uml")).joinpath("ah-" + doc.run_id + "-t").exists()
     assert shutil.which("linux.uml")
+
+
+def test_another_releases_uml_runs_in_its_root_and_leaves_no_mount(tmp_path: Path) -> None:
+    from harness import runner
+
+    if os.geteuid() != 0:
+        pytest.skip("running another release's UML needs root (a chroot)")
+    target = config.load().select(["uml-6.12"])[0]
+    doc = runner.run([target], policies=["go-2012"], artifacts=tmp_path)
+    (rec,) = doc.records
+    assert rec.status is Status.PASS, rec.detail
+    assert rec.kernel is not None and rec.kernel.startswith("6.12")
+    assert rec.channel == "share"  # hostfs=PATH, the new mount API's spelling, worked
+    assert rec.probe is not None and rec.probe["facts"]["python"].startswith("3.13")  # trixie's python3
+    mounts = Path("/proc/mounts").read_text()
+    assert "arena-harness" not in mounts and "/dev/shm" not in "".join(
+        ln for ln in mounts.splitlines() if "rootfs-trixie" in ln)

@@ -1,0 +1,86 @@
+"""qemu-user: the guest architecture's python3 under user-mode emulation, a cheap small address space.
+
+``qemu-<arch>-static -L ROOT [-R SIZE] ROOT/usr/bin/python3 allocator.pyz probe ...``
+with ROOT a cached Debian root filesystem of that architecture. Without ``-R``
+the guest shares the host's 47-bit space; ``reserved_va`` (``-R``) limits it,
+like a small-VA kernel would (4 GiB, or 256 GiB as under Sv39).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Dict, List, Optional, Tuple
+
+from harness import images, proc
+from harness.backends.base import Backend, RunContext, Tool
+from harness.config import Size
+from harness.errors import ToolMissing
+
+# Debian architecture -> (qemu-user name, default suite)
+USER_ARCHES: Dict[str, Tuple[str, str]] = {
+    "arm64": ("aarch64", "bookworm"),
+    "riscv64": ("riscv64", "trixie"),
+    "i386": ("i386", "bookworm"),
+    "amd64": ("x86_64", "bookworm"),
+}
+
+
+@dataclass(frozen=True)
+class QemuUserOptions:
+    arch: str = "arm64"
+    suite: Optional[str] = None
+    reserved_va: Optional[Size] = None
+
+    def validate(self) -> Optional[Tuple[str, str]]:
+        if self.arch not in USER_ARCHES:
+            return "arch", "%r is not a known arch, options are %s" % (self.arch, ", ".join(USER_ARCHES))
+        if self.reserved_va is not None and self.reserved_va < (256 << 20):
+            return "reserved_va", 'expected at least "256M", got %d bytes' % self.reserved_va
+        return None
+
+
+class QemuUserBackend(Backend):
+    name: ClassVar[str] = "qemu-user"
+    Options: ClassVar[type] = QemuUserOptions
+    description: ClassVar[str] = "user-mode emulation with a reserved address space (-R)"
+
+    def __init__(self, target: object) -> None:
+        super().__init__(target)  # type: ignore[arg-type]
+        self._root: Optional[Path] = None
+
+    @property
+    def emulator(self) -> str:
+        return "qemu-%s-static" % USER_ARCHES[self.options.arch][0]
+
+    def required_tools(self) -> Tuple[Tool, ...]:
+        tools = [Tool(self.emulator, "qemu-user-static")]
+        if not images.Cache().ready(self.recipes()[0]):
+            tools.append(Tool("mmdebstrap", "mmdebstrap"))
+        return tuple(tools)
+
+    def missing(self) -> Optional[ToolMissing]:
+        problem = super().missing()
+        if problem is None and not images.Cache().ready(self.recipes()[0]) and os.geteuid() != 0:
+            return ToolMissing(self.name, "root", "building a foreign root filesystem needs root (binfmt, chroot)")
+        return problem
+
+    def recipes(self) -> List[images.Recipe]:
+        o = self.options
+        return [images.Rootfs(o.arch, o.suite or USER_ARCHES[o.arch][1])]
+
+    def provision(self, cache: images.Cache, log: images.Log) -> None:
+        self._root = cache.get(self.recipes()[0], log) / "root"
+
+    def execute(self, ctx: RunContext) -> proc.Completed:
+        if self._root is None:
+            self.provision(images.Cache(), lambda msg: None)
+        assert self._root is not None
+        argv = [self.emulator, "-L", str(self._root)]
+        if self.options.reserved_va is not None:
+            argv += ["-R", str(int(self.options.reserved_va))]
+        argv += [str(self._root / "usr/bin/python3"), str(ctx.payload)] + self.probe_args(ctx)
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONDONTWRITEBYTECODE": "1", "LC_ALL": "C",
+               "HOME": str(ctx.workdir)}
+        return proc.run(argv, timeout=ctx.timeout, log_path=ctx.log_path, env=env, cwd=ctx.workdir)
