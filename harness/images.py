@@ -347,12 +347,11 @@ class KernelKit(Recipe):
 
 @dataclass(frozen=True)
 class Rootfs(Recipe):
-    """A Debian root filesystem with python3, as a directory (``root/``) and, on request, a tarball."""
+    """A Debian root filesystem with python3, as a directory (``root/``)."""
 
     arch: str
     suite: str
     packages: Tuple[str, ...] = ("python3",)
-    tarball: bool = False
     kind = "rootfs"
     version = 1
 
@@ -361,7 +360,7 @@ class Rootfs(Recipe):
         return "%s-%s" % (self.suite, self.arch)
 
     def inputs(self) -> Dict[str, object]:
-        return {"arch": self.arch, "suite": self.suite, "packages": list(self.packages), "tarball": self.tarball}
+        return {"arch": self.arch, "suite": self.suite, "packages": list(self.packages)}
 
     def build(self, out: Path, cache: Cache, log: Log) -> None:
         ensure_binfmt(self.arch, log)
@@ -370,11 +369,29 @@ class Rootfs(Recipe):
                     self.suite, str(root)], out / "build.log", log, "the %s root filesystem" % self.name)
         for d in ("proc", "sys", "dev", "tmp", "mnt", "run"):
             (root / d).mkdir(exist_ok=True)
-        if self.tarball:
-            c = proc.run(["tar", "--numeric-owner", "-C", str(root), "-cf", str(out / "rootfs.tar"), "."],
-                         timeout=BUILD_TIMEOUT, log_path=out / "build.log")
-            if c.returncode != 0:
-                raise BuildError("tar of %s failed (see %s)" % (root, out / "build.log"))
+
+
+@dataclass(frozen=True)
+class RootfsTarball(Recipe):
+    """A cached root filesystem as ``rootfs.tar`` (for ``docker import``)."""
+
+    rootfs: Rootfs
+    kind = "rootfs-tar"
+    version = 1
+
+    @property
+    def name(self) -> str:
+        return self.rootfs.name
+
+    def inputs(self) -> Dict[str, object]:
+        return {"rootfs": self.rootfs.key()}
+
+    def build(self, out: Path, cache: Cache, log: Log) -> None:
+        root = cache.get(self.rootfs, log) / "root"
+        c = proc.run(["tar", "--numeric-owner", "--exclude=./dev/*", "-C", str(root), "-cf",
+                      str(out / "rootfs.tar"), "."], timeout=BUILD_TIMEOUT, log_path=out / "build.log")
+        if c.returncode != 0:
+            raise BuildError("tar of %s failed (see %s)" % (root, out / "build.log"))
 
 
 _HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "riscv64": "riscv64", "i686": "i386"}

@@ -11,9 +11,10 @@ SUDO=""
 # What the harness and its tests use: Python with venv; User-Mode Linux; QEMU
 # for four architectures (opensbi: riscv64 firmware); mmdebstrap to fetch
 # kernels and build root filesystems, with qemu-user-static and binfmt-support
-# for foreign-arch ones; ps (procps) for the leftover checks.
+# for foreign-arch ones; docker.io for the docker targets; ps (procps) for the
+# leftover checks.
 PACKAGES="python3 python3-venv user-mode-linux qemu-system-x86 qemu-system-arm qemu-system-misc opensbi
-          qemu-user-static binfmt-support mmdebstrap procps"
+          qemu-user-static binfmt-support mmdebstrap docker.io procps"
 
 missing=""
 for p in $PACKAGES; do
@@ -23,6 +24,19 @@ if [ -n "$missing" ]; then
     echo "setup: installing$missing" >&2
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >&2
+fi
+
+# A Docker daemon for the docker targets, started as RECIPES.md says (no iptables,
+# no bridge: containers run with network none). It keeps running afterwards.
+if ! docker info >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ]; then
+        echo "setup: starting dockerd (log: /var/log/arena-harness-dockerd.log)" >&2
+        setsid nohup dockerd --iptables=false --bridge=none >/var/log/arena-harness-dockerd.log 2>&1 < /dev/null &
+        for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+        docker info >/dev/null 2>&1 || { echo "setup: dockerd did not start" >&2; tail -5 /var/log/arena-harness-dockerd.log >&2; exit 1; }
+    else
+        echo "setup: no Docker daemon runs; start one (sudo dockerd) for the docker targets" >&2
+    fi
 fi
 
 if [ ! -x .venv/bin/python ]; then

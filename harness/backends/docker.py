@@ -1,0 +1,210 @@
+"""Docker containers through the Docker SDK for Python (never the docker CLI).
+
+Images are built offline: a cached Debian root filesystem (``images.Rootfs``)
+is tarred (``images.RootfsTarball``) and imported as
+``arena-harness/rootfs:<suite>-<arch>-<key>``, labelled as a harness base image
+and reused. Each boot runs one container, locked down: no network, a read-only
+root, every capability dropped, ``no-new-privileges``, pids and memory limits,
+the allocator's directory mounted read-only. The JSON comes back in the
+container's output; the target's deadline is enforced by killing the container.
+Every container carries the labels ``arena-harness.run`` and
+``arena-harness.owner`` (host and pid), so a later run removes what a crashed
+one left (:func:`sweep`). Connects through ``DOCKER_HOST`` or the default socket.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Dict, List, Optional, Tuple
+
+from harness import images, proc
+from harness.backends.base import Backend, RunContext, Tool
+from harness.config import Size
+from harness.errors import HarnessError, ToolMissing
+
+MiB = 1 << 20
+LABEL = "arena-harness"
+IMAGE_REPO = "arena-harness/rootfs"
+ARCHES = {"amd64": "bookworm", "i386": "bookworm", "arm64": "bookworm"}
+
+
+def client() -> Any:
+    """A Docker SDK client, or a ToolMissing that says why there is none."""
+    try:
+        import docker
+    except ImportError:
+        raise ToolMissing("docker", "the docker Python package", "pip install docker") from None
+    try:
+        c = docker.from_env(timeout=120)
+        c.ping()
+        return c
+    except Exception as e:  # noqa: BLE001 - the SDK raises several kinds for "no daemon"
+        raise ToolMissing("docker", "a running Docker daemon",
+                          "sudo apt-get install -y docker.io, then start dockerd (scripts/setup.sh does both); "
+                          "%s" % str(e).split("\n")[0][:160]) from None
+
+
+def owner_label() -> str:
+    return "%s:%d" % (socket.gethostname(), os.getpid())
+
+
+def sweep(c: Any) -> List[str]:
+    """Remove harness containers whose owning process is gone (a crashed or killed run)."""
+    removed = []
+    host = socket.gethostname()
+    for ct in c.containers.list(all=True, filters={"label": LABEL}):
+        owner = ct.labels.get("arena-harness.owner", "")
+        h, _, pid = owner.rpartition(":")
+        alive = h == host and pid.isdigit() and Path("/proc", pid).exists()
+        if not alive:
+            ct.remove(force=True)
+            removed.append(ct.name)
+    return removed
+
+
+@dataclass(frozen=True)
+class DockerOptions:
+    arch: str = "amd64"
+    suite: Optional[str] = None
+    memory: Size = Size(512 * MiB)
+    pids: int = 64
+
+    def validate(self) -> Optional[Tuple[str, str]]:
+        if self.arch not in ARCHES:
+            return "arch", "%r is not a known arch, options are %s" % (self.arch, ", ".join(ARCHES))
+        if self.memory < 64 * MiB:
+            return "memory", 'expected at least "64M", got %d bytes' % self.memory
+        if self.pids < 8:
+            return "pids", "expected at least 8, got %d" % self.pids
+        return None
+
+
+class DockerBackend(Backend):
+    name: ClassVar[str] = "docker"
+    Options: ClassVar[type] = DockerOptions
+    description: ClassVar[str] = "a locked-down container from an offline-built Debian image"
+
+    def __init__(self, target: object) -> None:
+        super().__init__(target)  # type: ignore[arg-type]
+        self._client: Any = None
+        self._image: Optional[str] = None
+        self._container: Any = None
+
+    # -- images ------------------------------------------------------------------------------
+    def rootfs(self) -> images.Rootfs:
+        return images.Rootfs(self.options.arch, self.options.suite or ARCHES[self.options.arch])
+
+    def recipes(self) -> List[images.Recipe]:
+        return [images.RootfsTarball(self.rootfs())]
+
+    def image_tag(self) -> str:
+        tar = self.recipes()[0]
+        return "%s:%s-%s" % (IMAGE_REPO, tar.name, tar.key())
+
+    def required_tools(self) -> Tuple[Tool, ...]:
+        if images.Cache().ready(self.recipes()[0]):
+            return ()
+        return (Tool("mmdebstrap", "mmdebstrap"),)
+
+    def missing(self) -> Optional[ToolMissing]:
+        try:
+            self._client = client()
+        except ToolMissing as e:
+            return e
+        return super().missing()
+
+    def provision(self, cache: images.Cache, log: images.Log) -> None:
+        c = self._client or client()
+        self._client = c
+        tag = self.image_tag()
+        try:
+            c.images.get(tag)
+        except Exception:  # noqa: BLE001 - docker.errors.ImageNotFound
+            tar = cache.get(self.recipes()[0], log) / "rootfs.tar"
+            log("importing %s" % tag)
+            repo, _, version = tag.partition(":")
+            c.api.import_image_from_file(str(tar), repository=repo, tag=version,
+                                         changes=["LABEL %s=base" % LABEL, 'CMD ["python3"]'])
+        self._image = tag
+
+    # -- the boot ------------------------------------------------------------------------------
+    def prepare(self, ctx: RunContext) -> None:
+        """Only the allocator is mounted into the container: a directory of its own, read-only."""
+        probe = ctx.workdir / "probe"
+        probe.mkdir()
+        shutil.copyfile(ctx.payload, probe / ctx.payload.name)
+        (probe / ctx.payload.name).chmod(0o444)
+
+    def command(self, ctx: RunContext) -> List[str]:
+        return ["python3", "/probe/" + ctx.payload.name] + self.probe_args(ctx)
+
+    def execute(self, ctx: RunContext) -> proc.Completed:
+        if self._image is None:
+            self.provision(images.Cache(), lambda msg: None)
+        c = self._client
+        sweep(c)
+        name = "ah-%s-%s" % (ctx.run_id, self.target.name)
+        start = time.monotonic()
+        lines: List[str] = []
+        timed_out = False
+        returncode: Optional[int] = None
+        with open(ctx.log_path, "a", encoding="utf-8", errors="backslashreplace") as log:
+            log.write("$ docker run (SDK) %s %s\n" % (self._image, " ".join(self.command(ctx))))
+            try:
+                self._container = c.containers.run(
+                    self._image,
+                    self.command(ctx),
+                    name=name,
+                    detach=True,
+                    network_mode="none",
+                    read_only=True,
+                    cap_drop=["ALL"],
+                    security_opt=["no-new-privileges"],
+                    pids_limit=self.options.pids,
+                    mem_limit=int(self.options.memory),
+                    volumes={str(ctx.workdir / "probe"): {"bind": "/probe", "mode": "ro"}},
+                    environment={"PYTHONDONTWRITEBYTECODE": "1", "LC_ALL": "C"},
+                    labels={LABEL: "container", "arena-harness.run": ctx.run_id,
+                            "arena-harness.target": self.target.name, "arena-harness.owner": owner_label()},
+                )
+            except Exception as e:  # noqa: BLE001 - docker.errors.APIError and friends
+                raise HarnessError("docker: cannot start a container from %s: %s" % (self._image, e)) from None
+            try:
+                result = self._container.wait(timeout=max(1.0, ctx.timeout - (time.monotonic() - start)))
+                returncode = int(result.get("StatusCode", -1))
+            except Exception:  # noqa: BLE001 - requests' ReadTimeout / ConnectionError
+                timed_out = True
+                try:
+                    self._container.kill()
+                except Exception:  # noqa: BLE001 - it may have ended meanwhile
+                    pass
+            raw = self._container.logs(stdout=True, stderr=True)
+            for line in raw.decode("utf-8", errors="backslashreplace").splitlines():
+                lines.append(line)
+                log.write(line + "\n")
+            if timed_out:
+                log.write("[harness] deadline of %.1fs reached: container killed\n" % ctx.timeout)
+        return proc.Completed([], returncode, time.monotonic() - start, "\n".join(lines), timed_out=timed_out,
+                              stopped="timeout" if timed_out else None, lines=lines)
+
+    def shutdown(self) -> None:
+        if self._container is not None:
+            try:
+                self._container.remove(force=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+            self._container = None
+        super().shutdown()
+
+
+def labels_of(c: Any) -> Dict[str, List[str]]:
+    """What of the harness's is on the daemon: container and image names (for tests and doctor)."""
+    return {
+        "containers": [ct.name for ct in c.containers.list(all=True, filters={"label": LABEL})],
+        "images": [t for im in c.images.list(filters={"label": LABEL}) for t in im.tags],
+    }
