@@ -301,6 +301,9 @@ def _target(raw: Any, line: int, defaults: Mapping[str, Any], ctx: _Ctx, seen: D
         if key in COMMON_KEYS:
             continue
         if key not in option_names:
+            hint = getattr(backend_cls, "key_hints", {}).get(key)
+            if hint:
+                raise ctx.error(key_lines.get(key, line), key, hint)
             allowed = sorted(COMMON_KEYS) + sorted(option_names)
             raise ctx.error(key_lines.get(key, line), key,
                             "unknown key for a %s target; known keys: %s" % (backend_name, ", ".join(allowed)))

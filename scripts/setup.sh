@@ -11,10 +11,10 @@ SUDO=""
 # What the harness and its tests use: Python with venv; User-Mode Linux; QEMU
 # for four architectures (opensbi: riscv64 firmware); mmdebstrap to fetch
 # kernels and build root filesystems, with qemu-user-static and binfmt-support
-# for foreign-arch ones; docker.io for the docker targets; ps (procps) for the
-# leftover checks.
+# for foreign-arch ones; docker.io for the docker targets; openssh-server for
+# the ssh tests (they start their own sshd); ps (procps) for the leftover checks.
 PACKAGES="python3 python3-venv user-mode-linux qemu-system-x86 qemu-system-arm qemu-system-misc opensbi
-          qemu-user-static binfmt-support mmdebstrap docker.io procps"
+          qemu-user-static binfmt-support mmdebstrap docker.io openssh-server procps"
 
 missing=""
 for p in $PACKAGES; do

@@ -1,0 +1,200 @@
+"""Machines reached over SSH with paramiko: real boards, vendor kernels, cloud VMs.
+
+Host keys are checked against a known_hosts file; a host not in it is refused
+unless the target opts in with ``accept_new_host_key: true`` (then the key is
+saved). A changed key is always refused. Authentication: a key file, or the
+agent; a password only through an environment variable named by
+``password_env`` (never in the targets file). Each run makes a fresh temp dir
+on the remote (``mktemp -d``), ships the allocator there over SFTP, runs it
+with the remote ``python3`` under the target's deadline, and removes the dir
+whatever happened.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar, Dict, List, Optional, Tuple
+
+from harness import proc
+from harness.backends.base import Backend, RunContext
+from harness.config import Seconds
+from harness.errors import HarnessError, ToolMissing
+
+
+class SshError(HarnessError):
+    pass
+
+
+@dataclass(frozen=True)
+class SshOptions:
+    host: str = ""
+    port: int = 22
+    user: str = "root"
+    key_file: Optional[str] = None
+    use_agent: bool = True
+    password_env: Optional[str] = None  # the NAME of an environment variable holding the password
+    known_hosts: str = "~/.ssh/known_hosts"
+    accept_new_host_key: bool = False
+    connect_timeout: Seconds = Seconds(10.0)
+    python: str = "python3"
+
+    def validate(self) -> Optional[Tuple[str, str]]:
+        if not self.host:
+            return "host", "expected a host name or address"
+        if not 0 < self.port < 65536:
+            return "port", "expected a port number, got %d" % self.port
+        if self.password_env is not None and not self.password_env.replace("_", "").isalnum():
+            return "password_env", "expected the name of an environment variable, like SSH_PASSWORD"
+        return None
+
+
+class SshBackend(Backend):
+    name: ClassVar[str] = "ssh"
+    Options: ClassVar[type] = SshOptions
+    description: ClassVar[str] = "a machine reached over SSH (paramiko)"
+    key_hints: ClassVar[Dict[str, str]] = {
+        "password": "a password does not belong in a targets file: use key_file, the agent, or "
+                    "password_env: NAME_OF_AN_ENVIRONMENT_VARIABLE",
+    }
+
+    def __init__(self, target: object) -> None:
+        super().__init__(target)  # type: ignore[arg-type]
+        self._client: Any = None
+        self._remote_dir: Optional[str] = None
+
+    def missing(self) -> Optional[ToolMissing]:
+        try:
+            import paramiko  # noqa: F401
+        except ImportError:
+            return ToolMissing(self.name, "the paramiko Python package", "pip install paramiko")
+        return None
+
+    @property
+    def where(self) -> str:
+        o = self.options
+        return "%s@%s:%d" % (o.user, o.host, o.port)
+
+    # -- connecting ------------------------------------------------------------------------
+    def connect(self) -> Any:
+        import paramiko
+
+        o = self.options
+        c = paramiko.SSHClient()
+        known = os.path.expanduser(o.known_hosts)
+        if os.path.exists(known):
+            c.load_host_keys(known)
+        if o.accept_new_host_key:
+            c.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        else:
+            c.set_missing_host_key_policy(paramiko.RejectPolicy())
+        password = None
+        if o.password_env:
+            password = os.environ.get(o.password_env)
+            if password is None:
+                raise SshError("%s: password_env names %s, which is not set" % (self.where, o.password_env))
+        try:
+            c.connect(o.host, port=o.port, username=o.user, key_filename=os.path.expanduser(o.key_file)
+                      if o.key_file else None, password=password, allow_agent=o.use_agent,
+                      look_for_keys=o.key_file is None and password is None, timeout=o.connect_timeout,
+                      banner_timeout=o.connect_timeout, auth_timeout=o.connect_timeout)
+        except paramiko.BadHostKeyException as e:
+            raise SshError("%s: the host key CHANGED (got %s %s, %s has another): refusing to connect; if the "
+                           "change is expected, remove the old key with ssh-keygen -R" %
+                           (self.where, e.key.get_name(), e.key.get_fingerprint().hex(), known)) from None
+        except paramiko.AuthenticationException as e:
+            raise SshError("%s: authentication failed (%s)" % (self.where, e)) from None
+        except paramiko.SSHException as e:
+            if "not found in known_hosts" in str(e):
+                raise SshError("%s: unknown host key (not in %s): add it with ssh-keyscan, or set "
+                               "accept_new_host_key: true on the target" % (self.where, known)) from None
+            if "banner" in str(e) or "No existing session" in str(e):
+                # The port answered, SSH did not (paramiko reports it either way).
+                raise SshError("%s: connection timed out: no SSH server answered within %.0fs"
+                               % (self.where, o.connect_timeout)) from None
+            raise SshError("%s: %s" % (self.where, e)) from None
+        except (socket.timeout, TimeoutError):
+            raise SshError("%s: connection timed out after %.0fs" % (self.where, o.connect_timeout)) from None
+        except paramiko.ssh_exception.NoValidConnectionsError:
+            raise SshError("%s: connection refused" % self.where) from None
+        except OSError as e:
+            raise SshError("%s: %s" % (self.where, e.strerror or e)) from None
+        if o.accept_new_host_key:
+            os.makedirs(os.path.dirname(known) or ".", exist_ok=True)
+            c.save_host_keys(known)
+        return c
+
+    def _exec(self, command: str, timeout: float) -> Tuple[int, str, str, bool]:
+        """Run a remote command with a deadline: (status, stdout, stderr, timed_out)."""
+        chan = self._client.get_transport().open_session(timeout=timeout)
+        chan.settimeout(0.2)
+        chan.exec_command(command)
+        out: List[bytes] = []
+        err: List[bytes] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            while chan.recv_ready():
+                out.append(chan.recv(65536))
+            while chan.recv_stderr_ready():
+                err.append(chan.recv_stderr(65536))
+            if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                break
+            if time.monotonic() >= deadline:
+                chan.close()
+                return -1, b"".join(out).decode(errors="backslashreplace"), \
+                    b"".join(err).decode(errors="backslashreplace"), True
+            time.sleep(0.02)
+        status = chan.recv_exit_status()
+        chan.close()
+        return status, b"".join(out).decode(errors="backslashreplace"), \
+            b"".join(err).decode(errors="backslashreplace"), False
+
+    # -- the lifecycle --------------------------------------------------------------------------
+    def execute(self, ctx: RunContext) -> proc.Completed:
+        start = time.monotonic()
+        self._client = self.connect()
+        py = shlex.quote(self.options.python)
+        status, out, _, _ = self._exec("command -v %s && mktemp -d /tmp/arena-harness.XXXXXXXX" % py, 30)
+        lines = out.split()
+        if status != 0 or len(lines) < 2:
+            raise SshError("%s: no %s on the remote: install Python 3 there (apt-get install python3)"
+                           % (self.where, self.options.python))
+        self._remote_dir = lines[-1]
+        remote_pyz = "%s/allocator.pyz" % self._remote_dir
+        sftp = self._client.open_sftp()
+        try:
+            sftp.put(str(ctx.payload), remote_pyz)
+            sftp.chmod(remote_pyz, 0o444)
+        finally:
+            sftp.close()
+        remaining = max(1.0, ctx.timeout - (time.monotonic() - start))
+        # The remote side enforces the deadline too, so nothing outlives it there.
+        command = "if command -v timeout >/dev/null; then T='timeout -s KILL %d'; else T=; fi; " \
+                  "cd %s && PYTHONDONTWRITEBYTECODE=1 exec $T %s %s %s" % (
+                      int(remaining) + 1, shlex.quote(self._remote_dir), py, shlex.quote(remote_pyz),
+                      " ".join(shlex.quote(a) for a in self.probe_args(ctx)))
+        status, out, err, timed_out = self._exec(command, remaining)
+        text = out + ("\n" + err if err else "")
+        lines = text.splitlines()
+        with open(ctx.log_path, "a", encoding="utf-8", errors="backslashreplace") as log:
+            log.write("$ ssh %s %s\n" % (self.where, command))
+            log.write(text + ("\n" if text and not text.endswith("\n") else ""))
+            if timed_out:
+                log.write("[harness] deadline of %.1fs reached: channel closed\n" % ctx.timeout)
+        return proc.Completed([], None if timed_out else status, time.monotonic() - start, text,
+                              timed_out=timed_out, stopped="timeout" if timed_out else None, lines=lines)
+
+    def shutdown(self) -> None:
+        if self._client is not None:
+            try:
+                if self._remote_dir and self._remote_dir.startswith("/tmp/arena-harness."):
+                    self._exec("rm -rf %s" % shlex.quote(self._remote_dir), 30)
+            except Exception:  # noqa: BLE001 - the connection may be gone; nothing more to do
+                pass
+            self._client.close()
+            self._client = None
+            self._remote_dir = None
+        super().shutdown()
