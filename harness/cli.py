@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -13,10 +14,10 @@ from types import FrameType
 from typing import List, NoReturn, Optional, Sequence
 
 from allocator.probe import POLICIES, expand_policies
-from harness import __version__, backends, config, images, report, runner
+from harness import __version__, backends, config, diff, images, report, runner
 from harness.config import Target
 from harness.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, HarnessError, UsageError
-from harness.results import Record
+from harness.results import Record, RunDocument
 
 DEFAULT_ARTIFACTS = "arena-harness-out"
 
@@ -44,12 +45,36 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", metavar="F", type=Path, help="write the results as JSON")
     r.add_argument("--junit", metavar="F", type=Path, help="write JUnit XML")
     r.add_argument("--markdown", metavar="F", type=Path, help="write a Markdown summary")
+    r.add_argument("--html", metavar="F", type=Path, help="write a self-contained HTML report")
+    r.add_argument("--shard", metavar="K/N", help="run only the K-th of N even, deterministic slices of the targets")
+    r.add_argument("--group", metavar="NAME", action="append", help="only the targets of this CI group (repeatable)")
     r.add_argument("--artifacts", metavar="DIR", type=Path, default=Path(DEFAULT_ARTIFACTS),
                    help="where console logs are kept (default ./%s/RUN-ID)" % DEFAULT_ARTIFACTS)
     r.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
 
     ls = sub.add_parser("list", help="list the targets")
     targets_arg(ls)
+
+    rp = sub.add_parser("report", help="render reports from a results file")
+    rp.add_argument("results", type=Path)
+    rp.add_argument("--junit", metavar="F", type=Path)
+    rp.add_argument("--markdown", metavar="F", type=Path)
+    rp.add_argument("--html", metavar="F", type=Path)
+
+    df = sub.add_parser("diff", help="compare two results files; exit 1 on regression")
+    df.add_argument("old", type=Path)
+    df.add_argument("new", type=Path)
+    df.add_argument("--markdown", metavar="F", type=Path, help="also write the diff as Markdown")
+    df.add_argument("--track", metavar="STATE", type=Path,
+                    help="open-regressions file: remembers where each regression first failed")
+
+    mg = sub.add_parser("merge", help="join results files (shards) into one")
+    mg.add_argument("output", type=Path)
+    mg.add_argument("inputs", type=Path, nargs="+")
+
+    gr = sub.add_parser("groups", help="the CI matrix: groups of targets and the kernels they cover")
+    targets_arg(gr)
+    gr.add_argument("--json", action="store_true", help="print the group names as a JSON list (for CI)")
 
     d = sub.add_parser("doctor", help="which backends can run here, and how to install what is missing")
     targets_arg(d)
@@ -98,13 +123,25 @@ def cmd_run(args: argparse.Namespace, argv: List[str]) -> int:
         raise UsageError("--jobs must be at least 1")
     targets_set = config.load(args.targets)
     targets = targets_set.select(args.only)
+    if args.group:
+        groups = {g.name: g for g in config.load_groups(targets_set)}
+        unknown = [g for g in args.group if g not in groups]
+        if unknown:
+            raise UsageError("unknown group %r; groups: %s" % (unknown[0], ", ".join(groups)))
+        wanted = {n for g in args.group for n in groups[g].targets}
+        targets = [t for t in targets if t.name in wanted]
+    if args.shard:
+        try:
+            targets = diff.shard(targets, args.shard)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     policies = None
     if args.policy:
         try:
             policies = expand_policies(args.policy)
         except ValueError as e:
             raise UsageError(str(e)) from None
-    for path in (args.json, args.junit, args.markdown):
+    for path in (args.json, args.junit, args.markdown, args.html):
         if path is not None and path.parent and not path.parent.exists():
             raise UsageError("cannot write %s: directory %s does not exist" % (path, path.parent))
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -125,6 +162,7 @@ def cmd_run(args: argparse.Namespace, argv: List[str]) -> int:
         doc.write(args.json)
     report.write(report.junit(doc), args.junit)
     report.write(report.markdown(doc), args.markdown)
+    report.write(report.html(doc), args.html)
     print(report.table(doc, color=sys.stdout.isatty()))
     print("console logs: %s" % doc.artifacts)
     if doc.interrupted:
@@ -140,6 +178,43 @@ def cmd_list(args: argparse.Namespace) -> int:
         print("%s  %-8s %s" % (t.name.ljust(width), t.backend, exp))
         if t.description:
             print("%s  %s" % (" " * width, t.description))
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    doc = RunDocument.load(args.results)
+    report.write(report.junit(doc), args.junit)
+    report.write(report.markdown(doc), args.markdown)
+    report.write(report.html(doc), args.html)
+    print(report.table(doc, color=sys.stdout.isatty()))
+    return EXIT_FAILED if doc.failed() else EXIT_OK
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    d = diff.compare(RunDocument.load(args.old), RunDocument.load(args.new))
+    if args.track:
+        diff.track(d, args.track)
+    print(diff.text(d))
+    report.write(diff.markdown(d), args.markdown)
+    return EXIT_FAILED if d.regressed else EXIT_OK
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    doc = diff.merge([RunDocument.load(p) for p in args.inputs])
+    doc.write(args.output)
+    print("%s: %d results from %d files; %s" % (args.output, len(doc.records), len(args.inputs),
+                                               report.summary_line(doc)))
+    return EXIT_OK
+
+
+def cmd_groups(args: argparse.Namespace) -> int:
+    groups = config.load_groups(config.load(args.targets))
+    if args.json:
+        print(json.dumps([g.name for g in groups]))
+        return EXIT_OK
+    for g in groups:
+        print("%-14s %s" % (g.name, ", ".join(g.targets)))
+        print("%-14s kernels: %s" % ("", "; ".join(g.kernels)))
     return EXIT_OK
 
 
@@ -222,7 +297,16 @@ def main(argv: Optional[List[str]] = None) -> int:
             return cmd_doctor(args)
         if args.command == "images":
             return cmd_images(args)
-        raise UsageError("a command is required: run, list, doctor or images (see arena-harness --help)")
+        if args.command == "report":
+            return cmd_report(args)
+        if args.command == "diff":
+            return cmd_diff(args)
+        if args.command == "merge":
+            return cmd_merge(args)
+        if args.command == "groups":
+            return cmd_groups(args)
+        raise UsageError("a command is required: run, list, doctor, images, report, diff, merge or groups "
+                         "(see arena-harness --help)")
     except HarnessError as e:
         print("arena-harness: %s" % e, file=sys.stderr)
         return e.exit_code

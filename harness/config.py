@@ -405,6 +405,31 @@ def parse(text: str, path: str = "<string>") -> TargetSet:
     return TargetSet(out, path)
 
 
+@dataclass(frozen=True)
+class Group:
+    name: str
+    kernels: Tuple[str, ...]
+    targets: Tuple[str, ...]
+
+
+def load_groups(targets: TargetSet) -> List[Group]:
+    """The CI matrix shipped in the package (matrix.yaml), checked against the targets."""
+    text = resources.files("harness").joinpath("matrix.yaml").read_text(encoding="utf-8")
+    doc = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader
+    ctx = _Ctx("<matrix.yaml>")
+    known = set(targets.names())
+    out = []
+    for raw, ln in zip(doc["groups"], getattr(doc["groups"], "item_lines", [])):
+        ctx.target = raw.get("name", "")
+        names = convert(raw.get("targets", []), Tuple[str, ...], ctx, ln, "targets")
+        for n in names:
+            if n not in known:
+                raise ctx.error(ln, "targets", "unknown target %r; targets: %s" % (n, ", ".join(sorted(known))))
+        out.append(Group(str(raw["name"]), convert(raw.get("kernels", []), Tuple[str, ...], ctx, ln, "kernels"),
+                         names))
+    return out
+
+
 def load(path: Optional[str] = None) -> TargetSet:
     """Load a targets file, or the default matrix shipped in the package when ``path`` is None."""
     if path is None:

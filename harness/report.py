@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from harness.results import PRECEDENCE, Record, RunDocument, Status
 
@@ -146,3 +146,176 @@ def write(text: str, path: Optional[Path]) -> None:
     tmp = p.with_name(".%s.tmp" % p.name)
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(p)
+
+
+# -- HTML ------------------------------------------------------------------------------------
+
+_STATUS_COLOR = {"pass": "#2e7d32", "fail": "#c62828", "error": "#ef6c00", "timeout": "#f9a825",
+                 "panic": "#6a1b9a", "skip": "#9e9e9e"}
+_OUTCOME_COLOR = {"high-arena": "#c8e6c9", "fallback-32bit": "#fff9c4", "native-32bit": "#bbdefb",
+                  "os-chosen": "#ffe0b2", "crash": "#ffcdd2"}
+_POLICY_COLOR = {"go-2012-pre": "#8e24aa", "go-2012": "#1565c0", "go-modern": "#00897b"}
+_CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#212121}
+h1{font-size:20px}h2{font-size:16px;margin-top:28px}
+table.grid{border-collapse:collapse}table.grid td,table.grid th{border:1px solid #ccc;padding:6px 10px;
+vertical-align:top}table.grid th{background:#f5f5f5;text-align:left}
+.cell{min-width:170px}.st{display:inline-block;color:#fff;border-radius:3px;padding:0 6px;font-size:12px;
+font-weight:600}details{margin-top:4px}summary{cursor:pointer;color:#555;font-size:12px}
+pre{font-size:11px;background:#fafafa;border:1px solid #eee;padding:6px;max-height:260px;overflow:auto;
+white-space:pre-wrap}.legend span{display:inline-block;margin-right:14px;font-size:12px}
+.small{color:#666;font-size:12px}
+"""
+
+
+def _esc(x: object) -> str:
+    import html as _html
+
+    return _html.escape("" if x is None else str(x))
+
+
+def _log_excerpt(path: Optional[str], lines: int = 40) -> str:
+    if not path:
+        return ""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="backslashreplace").splitlines()
+    except OSError:
+        return "(console log not found: %s)" % path
+    keep = [ln if len(ln) <= 300 else ln[:300] + " …(%d chars)" % len(ln) for ln in text[-lines:]]
+    return "\n".join(keep)
+
+
+def _addr(v: object) -> Optional[int]:
+    if isinstance(v, str) and v.startswith("0x"):
+        return int(v, 16)
+    return None
+
+
+def address_space_svg(records: List[Record], width: int = 760) -> str:
+    """A target's address space on a log2 axis: user space, the hint, where probes and arenas landed."""
+    import math
+
+    probes = [r.probe for r in records if r.probe and not r.probe.get("error")]
+    if not probes:
+        return ""
+    facts = probes[0].get("facts") or {}
+    bits = 64 if facts.get("pointer_bits", 64) == 64 else 32
+    lo_bit, hi_bit = 12, (57 if bits == 64 else 32)
+    left, right = 90, width - 20
+    row_h = 22
+    top_pad = 34
+    height = top_pad + row_h * len(probes) + 30
+
+    def x(addr: int) -> float:
+        b = math.log2(max(addr, 1 << lo_bit))
+        b = min(max(b, lo_bit), hi_bit)
+        return left + (right - left) * (b - lo_bit) / (hi_bit - lo_bit)
+
+    parts = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" role="img" '
+             'aria-label="address space">' % (width, height)]
+    user_top = _addr(facts.get("user_top"))
+    if user_top:
+        parts.append('<rect x="%.1f" y="%d" width="%.1f" height="%d" fill="#e3f2fd"/>'
+                     % (left, top_pad - 6, x(user_top) - left, row_h * len(probes) + 8))
+        parts.append('<line x1="%.1f" y1="14" x2="%.1f" y2="%d" stroke="#000" stroke-width="2"/>'
+                     % (x(user_top), x(user_top), height - 22))
+        parts.append('<text x="%.1f" y="12" font-size="11" text-anchor="middle">user top %s</text>'
+                     % (x(user_top), _esc(facts.get("user_top"))))
+    hint = 0xF8 << 32
+    if bits == 64:
+        parts.append('<line x1="%.1f" y1="22" x2="%.1f" y2="%d" stroke="#c62828" stroke-dasharray="4 3"/>'
+                     % (x(hint), x(hint), height - 22))
+        parts.append('<text x="%.1f" y="%d" font-size="10" fill="#c62828" text-anchor="middle">hint 0xf8&lt;&lt;32'
+                     '</text>' % (x(hint), height - 10))
+    for b in range(lo_bit, hi_bit + 1, 4 if bits == 64 else 2):
+        parts.append('<text x="%.1f" y="%d" font-size="9" fill="#888" text-anchor="middle">2^%d</text>'
+                     % (x(1 << b), height - 24, b))
+    for i, p in enumerate(probes):
+        y = top_pad + i * row_h
+        color = _POLICY_COLOR.get(p.get("policy", ""), "#555")
+        parts.append('<text x="4" y="%d" font-size="11" fill="%s">%s</text>' % (y + 12, color, _esc(p["policy"])))
+        heap = p.get("heap") or {}
+        spans: List[Tuple[int, int]] = []
+        if _addr(heap.get("arena_start")) and _addr(heap.get("arena_end")):
+            spans.append((_addr(heap["arena_start"]) or 0, _addr(heap["arena_end"]) or 0))
+        for a, b2 in heap.get("arenas") or []:
+            if _addr(a) and _addr(b2):
+                spans.append((_addr(a) or 0, _addr(b2) or 0))
+        for a, b2 in spans[:8]:
+            x0, x1 = x(a), x(b2)
+            parts.append('<rect x="%.1f" y="%d" width="%.1f" height="12" fill="%s" opacity="0.75">'
+                         '<title>arena %s-%s</title></rect>' % (x0, y + 2, max(x1 - x0, 3), color, hex(a), hex(b2)))
+        probe = _addr((p.get("reservation") or {}).get("probe"))
+        if probe:
+            px = x(probe)
+            parts.append('<path d="M%.1f %d l5 -8 h-10 z" fill="#212121"><title>probe landed at %s</title></path>'
+                         % (px, y + 16, hex(probe)))
+        if p.get("outcome") == "crash":
+            parts.append('<text x="%d" y="%d" font-size="10" fill="#c62828">✗ %s</text>'
+                         % (right - 230, y + 12, _esc(p.get("crash"))))
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def html(doc: RunDocument) -> str:
+    """One self-contained page (no network): the grid, per-cell details, an address-space picture per target."""
+    policies: List[str] = []
+    for r in doc.records:
+        if r.policy not in policies:
+            policies.append(r.policy)
+    by_target: Dict[str, Dict[str, Record]] = {}
+    for r in doc.records:
+        by_target.setdefault(r.target, {})[r.policy] = r
+    out = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
+           "<title>arena-harness %s</title><style>%s</style></head><body>" % (_esc(doc.run_id), _CSS),
+           "<h1>arena-harness run %s</h1>" % _esc(doc.run_id),
+           '<p class="small">%s — %s · %s</p>' % (_esc(doc.started), _esc(doc.finished), _esc(summary_line(doc))),
+           '<p class="legend">' + "".join('<span><b style="background:%s">&nbsp;&nbsp;&nbsp;</b> %s</span>'
+                                          % (c, o) for o, c in _OUTCOME_COLOR.items()) + "</p>",
+           '<table class="grid"><tr><th>target</th><th>kernel</th>'
+           + "".join("<th>%s</th>" % _esc(p) for p in policies) + "</tr>"]
+    for target, cells in by_target.items():
+        any_r = next(iter(cells.values()))
+        row = ['<tr><th><a href="#t-%s">%s</a><div class="small">%s</div></th><td class="small">%s<br>%s</td>'
+               % (_esc(target), _esc(target), _esc(any_r.backend), _esc(any_r.kernel or "-"),
+                  _esc(any_r.machine or ""))]
+        for p in policies:
+            cell = cells.get(p)
+            if cell is None:
+                row.append("<td></td>")
+                continue
+            bg = _OUTCOME_COLOR.get(cell.outcome or "", "#fff")
+            probe = cell.probe or {}
+            res = probe.get("reservation") or {}
+            fb = probe.get("fallback") or {}
+            detail = ["outcome: %s" % _outcome(cell), "expected: %s" % (cell.expected or "-"),
+                      "user top: %s" % ((probe.get("facts") or {}).get("user_top") or "-"),
+                      "hint: %s  probe: %s  high ok: %s" % (res.get("hint"), res.get("probe"), res.get("high_ok")),
+                      "fallback: %s  want: %s  arena: %s" % (fb.get("engaged"), fb.get("want"),
+                                                              "-".join(fb.get("arena") or []) or "-")]
+            if cell.detail:
+                detail.append("detail: %s" % cell.detail)
+            for m in probe.get("messages") or []:
+                detail.append("go: %s" % m)
+            trace = probe.get("trace") or []
+            trace_txt = "\n".join("%-16s %-8s %s len=%s %s %s -> %s%s" % (
+                e.get("fn"), e.get("call"), e.get("addr"), e.get("len"), e.get("prot", ""), e.get("flags", ""),
+                e.get("result"), " x%d" % e["count"] if e.get("count") else "") for e in trace[:60])
+            if len(trace) > 60:
+                trace_txt += "\n… %d more calls" % (len(trace) - 60)
+            row.append('<td class="cell" style="background:%s"><span class="st" style="background:%s">%s</span> '
+                       '%s<details><summary>details</summary><pre>%s</pre><pre>%s</pre></details></td>'
+                       % (bg, _STATUS_COLOR[cell.status.value], cell.status.value, _esc(_outcome(cell)),
+                          _esc("\n".join(detail)), _esc(trace_txt)))
+        out.append("".join(row) + "</tr>")
+    out.append("</table>")
+    for target, cells in by_target.items():
+        recs = [cells[p] for p in policies if p in cells]
+        out.append('<h2 id="t-%s">%s</h2>' % (_esc(target), _esc(target)))
+        svg = address_space_svg(recs)
+        out.append(svg or '<p class="small">no result to draw</p>')
+        log = next((r.log for r in recs if r.log), None)
+        out.append("<details><summary>console log excerpt (%s)</summary><pre>%s</pre></details>"
+                   % (_esc(log), _esc(_log_excerpt(log))))
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"

@@ -12,9 +12,10 @@ SUDO=""
 # for four architectures (opensbi: riscv64 firmware); mmdebstrap to fetch
 # kernels and build root filesystems, with qemu-user-static and binfmt-support
 # for foreign-arch ones; docker.io for the docker targets; openssh-server for
-# the ssh tests (they start their own sshd); ps (procps) for the leftover checks.
+# the ssh tests (they start their own sshd); chromium to check that the HTML
+# report renders; ps (procps) for the leftover checks.
 PACKAGES="python3 python3-venv user-mode-linux qemu-system-x86 qemu-system-arm qemu-system-misc opensbi
-          qemu-user-static binfmt-support mmdebstrap docker.io openssh-server procps"
+          qemu-user-static binfmt-support mmdebstrap docker.io openssh-server chromium procps"
 
 missing=""
 for p in $PACKAGES; do

@@ -1,0 +1,208 @@
+"""Comparing two runs: regressions, fixes, changed outcomes and addresses, targets added or gone.
+
+A regression is a (target, policy) whose status got worse (passing before,
+failing, erroring, timing out or panicking now) or whose outcome turned into a
+crash. With a tracking file (KernelCI-style), each open regression remembers
+the run where it first failed, and a fix reports the span it was open for.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from harness.results import Record, RunDocument, Status
+
+Key = Tuple[str, str]
+GOOD = (Status.PASS, Status.SKIP)
+
+
+@dataclass
+class Change:
+    target: str
+    policy: str
+    kind: str  # regression | fix | outcome | facts | added | gone
+    old: str
+    new: str
+    note: str = ""
+    first_failed: Optional[str] = None
+
+    @property
+    def key(self) -> str:
+        return "%s/%s" % (self.target, self.policy)
+
+
+@dataclass
+class Diff:
+    old: RunDocument
+    new: RunDocument
+    changes: List[Change] = field(default_factory=list)
+
+    def of(self, kind: str) -> List[Change]:
+        return [c for c in self.changes if c.kind == kind]
+
+    @property
+    def regressed(self) -> bool:
+        return bool(self.of("regression"))
+
+
+def _summary(r: Record) -> str:
+    out = r.outcome or "-"
+    if r.outcome == "crash" and r.crash:
+        out = "crash: %s" % r.crash
+    return "%s (%s)" % (r.status.value, out)
+
+
+def _facts(r: Record) -> Dict[str, Any]:
+    p = r.probe or {}
+    res = p.get("reservation") or {}
+    fb = p.get("fallback") or {}
+    return {
+        "user top": (p.get("facts") or {}).get("user_top"),
+        "kernel": r.kernel,
+        "probe landed at": res.get("probe"),
+        "fallback arena": "-".join(fb.get("arena") or []) or None,
+    }
+
+
+def compare(old: RunDocument, new: RunDocument) -> Diff:
+    d = Diff(old, new)
+    a: Dict[Key, Record] = {(r.target, r.policy): r for r in old.records}
+    b: Dict[Key, Record] = {(r.target, r.policy): r for r in new.records}
+    for key in sorted(set(a) | set(b)):
+        ra, rb = a.get(key), b.get(key)
+        if ra is None and rb is not None:
+            d.changes.append(Change(key[0], key[1], "added", "-", _summary(rb)))
+            continue
+        if rb is None and ra is not None:
+            d.changes.append(Change(key[0], key[1], "gone", _summary(ra), "-"))
+            continue
+        assert ra is not None and rb is not None
+        worse_status = ra.status in GOOD and rb.status not in GOOD
+        better_status = ra.status not in GOOD and rb.status in GOOD
+        to_crash = ra.outcome not in (None, "crash") and rb.outcome == "crash"
+        from_crash = ra.outcome == "crash" and rb.outcome not in (None, "crash")
+        if worse_status or (to_crash and not better_status):
+            d.changes.append(Change(key[0], key[1], "regression", _summary(ra), _summary(rb), rb.detail or ""))
+        elif better_status or (from_crash and rb.status in GOOD):
+            d.changes.append(Change(key[0], key[1], "fix", _summary(ra), _summary(rb)))
+        elif (ra.outcome, ra.crash) != (rb.outcome, rb.crash) or ra.status != rb.status:
+            d.changes.append(Change(key[0], key[1], "outcome", _summary(ra), _summary(rb)))
+        fa, fb = _facts(ra), _facts(rb)
+        moved = ["%s %s -> %s" % (k, fa[k], fb[k]) for k in fa if fa[k] != fb[k] and fa[k] and fb[k]]
+        if moved:
+            d.changes.append(Change(key[0], key[1], "facts", "", "", "; ".join(moved)))
+    return d
+
+
+def track(d: Diff, state_path: Path) -> List[Dict[str, Any]]:
+    """Update the open-regressions file; returns the regressions this diff closed (with their span)."""
+    try:
+        state: Dict[str, Any] = json.loads(state_path.read_text()) if state_path.exists() else {}
+    except ValueError:
+        state = {}
+    open_: Dict[str, Any] = state.get("open", {})
+    closed: List[Dict[str, Any]] = []
+    now = {"run": d.new.run_id, "at": d.new.started}
+    failing = {"%s/%s" % (r.target, r.policy) for r in d.new.records if r.status not in GOOD}
+    for c in d.of("regression"):
+        entry = open_.setdefault(c.key, {"first_failed": now, "last_passed": {"run": d.old.run_id,
+                                                                              "at": d.old.started}})
+        c.first_failed = entry["first_failed"]["run"]
+    for key in list(open_):
+        if key in failing:
+            open_[key]["last_failed"] = now
+        else:
+            entry = open_.pop(key)
+            closed.append({"key": key, "first_failed": entry["first_failed"], "fixed": now})
+    for c in d.changes:
+        if c.kind == "fix":
+            span = next((x for x in closed if x["key"] == c.key), None)
+            if span:
+                c.note = "open since run %s" % span["first_failed"]["run"]
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    state_path.write_text(json.dumps({"open": open_, "closed_last": closed}, indent=1) + "\n")
+    return closed
+
+
+_TITLES = [("regression", "Regressions"), ("fix", "Fixes"), ("outcome", "Changed outcomes"),
+           ("facts", "Changed addresses and facts"), ("added", "Added"), ("gone", "Gone")]
+
+
+def text(d: Diff) -> str:
+    lines = ["runs %s -> %s" % (d.old.run_id, d.new.run_id)]
+    for kind, title in _TITLES:
+        items = d.of(kind)
+        if not items:
+            continue
+        lines.append("%s (%d):" % (title, len(items)))
+        for c in items:
+            if kind == "facts":
+                lines.append("  %s: %s" % (c.key, c.note))
+                continue
+            extra = ""
+            if c.first_failed:
+                extra = " [first failed in run %s]" % c.first_failed
+            if c.note and kind != "facts":
+                extra += " (%s)" % c.note
+            lines.append("  %s: %s -> %s%s" % (c.key, c.old, c.new, extra))
+    if len(lines) == 1:
+        lines.append("no changes")
+    lines.append("%d regressions, %d fixes" % (len(d.of("regression")), len(d.of("fix"))))
+    return "\n".join(lines)
+
+
+def markdown(d: Diff) -> str:
+    out = ["## arena-harness: %s → %s" % (d.old.run_id, d.new.run_id), ""]
+    out.append("**%d regressions, %d fixes**" % (len(d.of("regression")), len(d.of("fix"))))
+    for kind, title in _TITLES:
+        items = d.of(kind)
+        if not items:
+            continue
+        out += ["", "### %s" % title, ""]
+        if kind == "facts":
+            out += ["- `%s`: %s" % (c.key, c.note) for c in items]
+            continue
+        out += ["| target/policy | before | after | note |", "|---|---|---|---|"]
+        for c in items:
+            note = c.note
+            if c.first_failed:
+                note = ("first failed in run %s. " % c.first_failed) + note
+            out.append("| `%s` | %s | %s | %s |" % (c.key, c.old, c.new, note.replace("|", "\\|")))
+    return "\n".join(out) + "\n"
+
+
+def merge(docs: List[RunDocument]) -> RunDocument:
+    """Join shard result files into one run document (records in the order given)."""
+    if not docs:
+        raise ValueError("nothing to merge")
+    seen: Dict[Key, Record] = {}
+    for doc in docs:
+        for r in doc.records:
+            seen[(r.target, r.policy)] = r
+    first = docs[0]
+    return RunDocument(
+        run_id="+".join(dict.fromkeys(d.run_id for d in docs)),
+        started=min(d.started for d in docs),
+        finished=max((d.finished or "") for d in docs) or None,
+        complete=all(d.complete for d in docs),
+        records=list(seen.values()),
+        argv=first.argv,
+        targets_file=first.targets_file,
+        artifacts=first.artifacts,
+        interrupted=next((d.interrupted for d in docs if d.interrupted), None),
+    )
+
+
+def shard(items: List[Any], spec: str) -> List[Any]:
+    """``K/N``: the K-th of N even, deterministic slices (round-robin over the given order)."""
+    try:
+        k_text, n_text = spec.split("/")
+        k, n = int(k_text), int(n_text)
+    except ValueError:
+        raise ValueError("--shard expects K/N, like 2/4, got %r" % spec) from None
+    if not (n >= 1 and 1 <= k <= n):
+        raise ValueError("--shard K/N needs 1 <= K <= N, got %r" % spec)
+    return [x for i, x in enumerate(items) if i % n == k - 1]

@@ -1,0 +1,216 @@
+"""diff, merge, shard and the HTML report on real runs of the local target; the workflows' commands."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+from typing import Dict, List, Set, Tuple
+
+import pytest
+import yaml
+
+from harness import cli, config, diff, report, runner
+from harness.results import RunDocument, Status
+from tests.conftest import ROOT, require_tool
+
+pytestmark = [pytest.mark.integration, pytest.mark.local]
+
+TARGETS = """
+targets:
+  - name: here
+    backend: local
+    expect: {go-2012: %s, go-2012-pre: high-arena}
+  - name: here-too
+    backend: local
+    policies: [go-modern]
+    expect: {go-modern: high-arena}
+"""
+
+
+def real_run(tmp_path: Path, name: str, expect: str = "high-arena") -> Path:
+    f = tmp_path / ("%s.yaml" % name)
+    f.write_text(TARGETS % expect)
+    out = tmp_path / ("%s.json" % name)
+    cli.main(["run", "--targets", str(f), "--json", str(out), "--artifacts", str(tmp_path / "logs"), "-q"])
+    return out
+
+
+def test_diff_reports_a_changed_outcome_as_a_regression_and_exits_1(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    good = real_run(tmp_path, "night1")
+    bad = real_run(tmp_path, "night2", expect="fallback-32bit")  # the same machine, a changed expectation
+    capsys.readouterr()
+    md = tmp_path / "diff.md"
+    state = tmp_path / "regressions.json"
+    assert cli.main(["diff", str(good), str(bad), "--markdown", str(md), "--track", str(state)]) == 1
+    out = capsys.readouterr().out
+    assert "Regressions (1):" in out
+    assert "here/go-2012: pass (high-arena) -> fail (high-arena)" in out
+    run2 = RunDocument.load(bad).run_id
+    assert "[first failed in run %s]" % run2 in out
+    assert out.strip().endswith("1 regressions, 0 fixes")
+    assert "| `here/go-2012` | pass (high-arena) | fail (high-arena) |" in md.read_text()
+    # Still failing the next night: the regression keeps its first failing run.
+    bad2 = real_run(tmp_path, "night3", expect="fallback-32bit")
+    assert cli.main(["diff", str(bad), str(bad2), "--track", str(state)]) == 0  # no *new* regression
+    assert '"first_failed"' in state.read_text() and run2 in state.read_text()
+    # Fixed: the span is reported and the entry closed.
+    good2 = real_run(tmp_path, "night4")
+    capsys.readouterr()
+    assert cli.main(["diff", str(bad2), str(good2), "--track", str(state)]) == 0
+    out = capsys.readouterr().out
+    assert "Fixes (1):" in out and "(open since run %s)" % run2 in out
+
+
+def test_diff_sees_targets_added_and_gone_and_moved_addresses(tmp_path: Path) -> None:
+    a = RunDocument.load(real_run(tmp_path, "a"))
+    b = RunDocument.load(real_run(tmp_path, "b"))
+    b.records = [r for r in b.records if r.target != "here-too"]
+    rec = b.records[0]
+    assert rec.probe is not None
+    rec.probe["facts"]["user_top"] = "0x7fc0000000"
+    d = diff.compare(a, b)
+    assert [c.key for c in d.of("gone")] == ["here-too/go-modern"]
+    top = a.records[0].probe["facts"]["user_top"]  # type: ignore[index]
+    assert any("user top %s -> 0x7fc0000000" % top in c.note for c in d.of("facts"))
+    assert not d.regressed
+    d2 = diff.compare(b, a)
+    assert [c.key for c in d2.of("added")] == ["here-too/go-modern"]
+
+
+def test_shard_is_even_deterministic_and_merge_joins(tmp_path: Path) -> None:
+    names = ["t%d" % i for i in range(10)]
+    shards = [diff.shard(names, "%d/3" % k) for k in (1, 2, 3)]
+    assert sorted(sum(shards, [])) == sorted(names) and [len(s) for s in shards] == [4, 3, 3]
+    assert diff.shard(names, "2/3") == shards[1]
+    with pytest.raises(ValueError, match="1 <= K <= N"):
+        diff.shard(names, "4/3")
+    ts = config.parse(TARGETS % "high-arena", "t.yaml").targets
+    parts = []
+    for k in (1, 2):
+        out = tmp_path / ("s%d.json" % k)
+        doc = runner.run(diff.shard(list(ts), "%d/2" % k), artifacts=tmp_path)
+        doc.write(out)
+        parts.append(out)
+    assert cli.main(["merge", str(tmp_path / "all.json"), *map(str, parts)]) == 0
+    merged = RunDocument.load(tmp_path / "all.json")
+    assert sorted((r.target, r.policy) for r in merged.records) == sorted(
+        [("here", p) for p in ("go-2012-pre", "go-2012", "go-modern")] + [("here-too", "go-modern")])
+    assert merged.complete and "+" in merged.run_id
+
+
+def read_png(path: Path) -> Tuple[int, int, List[bytes]]:
+    """A minimal PNG reader (8-bit RGB/RGBA, no interlace): width, height, unfiltered rows."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat = 8, b""
+    width = height = bpp = 0
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        chunk = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            width, height, depth, color = struct.unpack(">IIBB", chunk[:10])
+            assert depth == 8 and color in (2, 6)
+            bpp = 3 if color == 2 else 4
+        elif kind == b"IDAT":
+            idat += chunk
+        pos += 12 + length
+    raw = zlib.decompress(idat)
+    stride = width * bpp
+    rows: List[bytes] = []
+    prev = bytearray(stride)
+    for y in range(height):
+        f = raw[y * (stride + 1)]
+        line = bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        for i in range(stride):
+            a = line[i - bpp] if i >= bpp else 0
+            b = prev[i]
+            c = prev[i - bpp] if i >= bpp else 0
+            if f == 1:
+                line[i] = (line[i] + a) & 255
+            elif f == 2:
+                line[i] = (line[i] + b) & 255
+            elif f == 3:
+                line[i] = (line[i] + (a + b) // 2) & 255
+            elif f == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        rows.append(bytes(line))
+        prev = line
+    return width, height, rows
+
+
+def colours(path: Path) -> Set[Tuple[int, int, int]]:
+    width, height, rows = read_png(path)
+    bpp = len(rows[0]) // width
+    found: Set[Tuple[int, int, int]] = set()
+    for row in rows[::2]:
+        for i in range(0, len(row), bpp * 2):
+            found.add((row[i], row[i + 1], row[i + 2]))
+    return found
+
+
+def test_the_html_report_renders_in_headless_chromium(tmp_path: Path) -> None:
+    chromium = require_tool("browser", "chromium", "sudo apt-get install -y chromium")
+    results = real_run(tmp_path, "r")
+    page = tmp_path / "report.html"
+    assert cli.main(["report", str(results), "--html", str(page)]) == 0
+    text = page.read_text()
+    assert "<svg" in text and "hint 0xf8&lt;&lt;32" in text and "user top 0x" in text
+    assert not re.search(r"(src|href)=\"https?://", text)  # self-contained: nothing to fetch
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    "--user-data-dir=%s" % (tmp_path / "profile"), "--window-size=1200,900",
+                    "--screenshot=%s" % shot, page.as_uri()], capture_output=True, timeout=120, check=True)
+    width, height, _ = read_png(shot)
+    assert (width, height) == (1200, 900)
+    seen = colours(shot)
+    assert (0x2E, 0x7D, 0x32) in seen  # the "pass" badges of the grid
+    assert (0xC8, 0xE6, 0xC9) in seen  # high-arena cells
+    assert (0xE3, 0xF2, 0xFD) in seen  # the user-space band of an address-space picture
+
+
+def workflow_commands() -> List[Tuple[str, str]]:
+    out = []
+    for wf in sorted((ROOT / ".github" / "workflows").glob("*.yml")):
+        doc = yaml.safe_load(wf.read_text())
+        for job in doc["jobs"].values():
+            for step in job.get("steps", []):
+                if "run" in step:
+                    out.append((wf.name, step["run"]))
+    return out
+
+
+def test_the_workflows_run_only_commands_that_exist() -> None:
+    cmds = workflow_commands()
+    assert {name for name, _ in cmds} == {"ci.yml", "matrix.yml", "nightly.yml"}
+    parser = cli.build_parser()
+    seen: Dict[str, int] = {}
+    for name, script in cmds:
+        text = re.sub(r"\$\{\{[^}]*\}\}", "X1", script)
+        for m in re.finditer(r"\.venv/bin/arena-harness((?: +[^\s|;>)\"]+)*)", text):
+            argv = shlex.split(m.group(1))
+            parser.parse_args(argv)  # raises UsageError if the CLI lacks the command or an option
+            seen[argv[0]] = seen.get(argv[0], 0) + 1
+        for script_path in re.findall(r"\./scripts/[\w.-]+", text):
+            assert (ROOT / script_path[2:]).is_file(), "%s runs %s, which does not exist" % (name, script_path)
+    assert {"run", "groups", "merge", "diff", "report"} <= set(seen)
+
+
+def test_the_ci_matrix_names_real_targets() -> None:
+    groups = config.load_groups(config.load())
+    covered = {t for g in groups for t in g.targets}
+    assert covered == set(config.load().names())  # every shipped target runs in some CI job
+    assert all(g.kernels for g in groups)
+
+
+def test_html_of_errors_and_skips_is_still_a_page() -> None:
+    doc = RunDocument("x", "s", "f", False, [])
+    assert "<table" in report.html(doc)
+    assert Status.PASS.value == "pass"
