@@ -114,7 +114,11 @@ def _progress(total: int, stream: "object") -> runner.Progress:
     return show
 
 
+_caught: List[str] = []
+
+
 def _raise_interrupt(signum: int, frame: Optional[FrameType]) -> None:
+    _caught.append(signal.Signals(signum).name)
     raise KeyboardInterrupt
 
 
@@ -145,6 +149,7 @@ def cmd_run(args: argparse.Namespace, argv: List[str]) -> int:
         if path is not None and path.parent and not path.parent.exists():
             raise UsageError("cannot write %s: directory %s does not exist" % (path, path.parent))
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous_int = signal.signal(signal.SIGINT, _raise_interrupt)
     try:
         doc = runner.run(
             targets,
@@ -157,6 +162,9 @@ def cmd_run(args: argparse.Namespace, argv: List[str]) -> int:
         )
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
+    if doc.interrupted:
+        doc.interrupted = "interrupted by %s" % (_caught[-1] if _caught else "SIGINT")
     # Results are written before anything else can go wrong, also for an interrupted run.
     if args.json:
         doc.write(args.json)

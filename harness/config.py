@@ -124,6 +124,7 @@ class Target:
     grow: Optional[str] = None
     touch_every: Optional[int] = None
     rlimit_as: Optional[int] = None
+    watchdog: Optional[float] = None
     description: str = ""
     source: str = ""
     line: int = 0
@@ -173,6 +174,7 @@ COMMON_KEYS = {
     "grow": "the allocator's growth plan, like 64M*8,sysalloc:64M",
     "touch_every": "touch one page per SIZE mapped",
     "rlimit_as": "RLIMIT_AS for the allocator, like 1G",
+    "watchdog": "stop a guest that prints nothing for this long, like 30s",
 }
 
 
@@ -353,6 +355,7 @@ def _target(raw: Any, line: int, defaults: Mapping[str, Any], ctx: _Ctx, seen: D
     touch = convert(merged.get("touch_every"), Optional[Size], ctx, kl("touch_every"), "touch_every")
     rlimit = convert(merged.get("rlimit_as"), Optional[Size], ctx, kl("rlimit_as"), "rlimit_as")
     desc = convert(merged.get("description", ""), str, ctx, kl("description"), "description")
+    watchdog = convert(merged.get("watchdog"), Optional[Seconds], ctx, kl("watchdog"), "watchdog")
     return Target(
         name=name,
         backend=backend_name,
@@ -364,6 +367,7 @@ def _target(raw: Any, line: int, defaults: Mapping[str, Any], ctx: _Ctx, seen: D
         grow=grow,
         touch_every=None if touch is None else int(touch),
         rlimit_as=None if rlimit is None else int(rlimit),
+        watchdog=None if watchdog is None else float(watchdog),
         description=desc,
         source=ctx.path,
         line=seen[name],

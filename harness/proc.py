@@ -98,12 +98,15 @@ def run(
     user: Optional[int] = None,
     group: Optional[int] = None,
     capture: bool = True,
+    silence: Optional[float] = None,
 ) -> Completed:
     """Run ``argv`` with a deadline, streaming its output to ``log_path``.
 
     When ``watch`` returns a reason for a line, the process gets
     ``after_stop_request`` seconds to end by itself (a kernel that panicked may
-    still be printing), then is stopped. Output keeps being collected.
+    still be printing), then is stopped. Output keeps being collected. With
+    ``silence``, a process that prints nothing for that many seconds is stopped
+    as "silent" (a watchdog for guests that hang without a word).
     """
     argv = [str(a) for a in argv]
     start = time.monotonic()
@@ -136,10 +139,12 @@ def run(
         lines: List[str] = []
         stop_reason: List[str] = []
         stop_requested_at: List[float] = []
+        last_output = [time.monotonic()]
 
         def reader() -> None:
             assert proc.stdout is not None
             for raw in iter(proc.stdout.readline, b""):
+                last_output[0] = time.monotonic()
                 line = raw.decode("utf-8", errors="backslashreplace").rstrip("\r\n")
                 if capture:
                     lines.append(line)
@@ -168,6 +173,10 @@ def run(
                     stopped = stop_reason[0]
                     stop(proc, grace)
                     break
+                if silence is not None and now - last_output[0] >= silence:
+                    stopped = "silent"
+                    stop(proc, grace)
+                    break
                 try:
                     proc.wait(timeout=min(0.05, max(0.0, deadline - now)))
                 except subprocess.TimeoutExpired:
@@ -186,6 +195,8 @@ def run(
         if log:
             if timed_out:
                 log.write("[harness] deadline of %.1fs reached: process group stopped\n" % timeout)
+            elif stopped == "silent":
+                log.write("[harness] no output for %.1fs: process group stopped (watchdog)\n" % (silence or 0))
             elif stopped:
                 log.write("[harness] stopped: %s\n" % stopped)
         return Completed(

@@ -118,7 +118,10 @@ def classify(target: Target, policy: str, run: GuestRun) -> Record:
         detail = run.error or "no result for this policy"
     if run.timed_out:
         statuses.append(Status.TIMEOUT)
-        detail = "deadline of %.0fs reached%s" % (target.timeout, "; " + detail if detail else "")
+        if run.silent:
+            detail = "watchdog: no output from the guest for %.0fs" % (target.watchdog or 0)
+        else:
+            detail = "deadline of %.0fs reached%s" % (target.timeout, "; " + detail if detail else "")
     if run.panic:
         statuses.append(Status.PANIC)
         detail = "kernel panic: %s" % run.panic

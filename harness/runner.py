@@ -103,6 +103,7 @@ def run(
     plan = [(t, ps) for t, ps in plan if ps]
     results: Dict[int, List[Record]] = {}
     lock = threading.Lock()
+    stopping = threading.Event()
     tmp = Path(tempfile.mkdtemp(prefix="arena-harness-%s-" % run_id))
     try:
         os.chmod(tmp, 0o755)  # guests running as an unprivileged user read the zipapp from here
@@ -116,6 +117,11 @@ def run(
                     progress("build", target, msg, [])
 
             recs = run_target(target, ps, run_id, tmp, pyz, logs, cache, log)
+            if stopping.is_set():
+                for r in recs:
+                    if r.status is not Status.PASS:
+                        r.status = Status.ERROR
+                        r.detail = "interrupted: the run was stopped before this target finished"
             with lock:
                 results[i] = recs
             if progress:
@@ -128,6 +134,7 @@ def run(
                 f.result()
             doc.complete = True
         except KeyboardInterrupt:
+            stopping.set()
             doc.interrupted = "interrupted"
             for f in futures:
                 f.cancel()

@@ -55,8 +55,7 @@ class FakeBackend(Backend):
         }[o.behaviour]
         if o.delay:
             script = "import time; time.sleep(%r); " % o.delay + script
-        return proc.run([sys.executable, "-c", script], timeout=ctx.timeout, log_path=ctx.log_path,
-                        watch=self.done_watcher)
+        return self.spawn(ctx, [sys.executable, "-c", script], watch=self.done_watcher)
 
 
 @pytest.fixture

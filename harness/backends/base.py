@@ -60,6 +60,7 @@ class GuestRun:
     duration_s: float
     panic: Optional[str] = None
     timed_out: bool = False
+    silent: bool = False  # stopped by the watchdog (no output), a kind of timeout
     error: Optional[str] = None
     channel: Optional[str] = None
     extra: Dict[str, Any] = field(default_factory=dict)
@@ -114,7 +115,9 @@ class Backend:
     def collect(self, ctx: RunContext, completed: proc.Completed) -> GuestRun:
         """Documents from the share file if the guest wrote one, else from console frames."""
         panic = next((p for p in (find_panic(ln) for ln in completed.lines) if p), None)
-        run = GuestRun({}, ctx.log_path, completed.duration_s, panic=panic, timed_out=completed.timed_out)
+        silent = completed.stopped == "silent"
+        run = GuestRun({}, ctx.log_path, completed.duration_s, panic=panic,
+                       timed_out=completed.timed_out or silent, silent=silent)
         if not completed.started:
             run.error = completed.error
             return run
@@ -144,6 +147,8 @@ class Backend:
     def no_result_reason(self, completed: proc.Completed) -> str:
         if completed.timed_out:
             return "no result before the deadline"
+        if completed.stopped == "silent":
+            return "no output from the guest for %.0fs (watchdog)" % (self.target.watchdog or 0)
         tail = [ln for ln in completed.lines if ln.strip()][-5:]
         rc = completed.returncode
         what = "no result (exit status %s)" % rc
@@ -154,6 +159,11 @@ class Backend:
         self._shut = True
 
     # -- helpers for subclasses ----------------------------------------------------------------
+    def spawn(self, ctx: RunContext, argv: List[str], **kw: Any) -> proc.Completed:
+        """Start the boot's process: the target's deadline and watchdog, the console log, the boot's dir."""
+        kw.setdefault("cwd", ctx.workdir)
+        return proc.run(argv, timeout=ctx.timeout, log_path=ctx.log_path, silence=self.target.watchdog, **kw)
+
     def probe_args(self, ctx: RunContext) -> List[str]:
         t = self.target
         args = ["probe", "--policy", ",".join(ctx.policies), "--frame"]

@@ -17,6 +17,8 @@ class LocalOptions:
     def validate(self) -> Optional[Tuple[str, str]]:
         if not self.python.strip():
             return "python", "expected a Python interpreter, like python3"
+        if "/" in self.python and not os.access(self.python, os.X_OK):
+            return "python", "no such program: %s (fix the path, or give a name found on PATH)" % self.python
         return None
 
 
@@ -32,4 +34,4 @@ class LocalBackend(Backend):
         env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
         env.pop("PYTHONPATH", None)  # the guest side stands alone: only the zipapp
         argv = [self.options.python, str(ctx.payload)] + self.probe_args(ctx)
-        return proc.run(argv, timeout=ctx.timeout, log_path=ctx.log_path, env=env, cwd=ctx.workdir)
+        return self.spawn(ctx, argv, env=env)

@@ -223,8 +223,7 @@ class QemuBackend(Backend):
     def execute(self, ctx: RunContext) -> proc.Completed:
         if not (ctx.workdir / "initrd").exists():
             raise HarnessError("qemu: prepare() did not run")
-        return proc.run(self.argv(ctx), timeout=ctx.timeout, log_path=ctx.log_path, cwd=ctx.workdir,
-                        watch=self.done_watcher, after_stop_request=5.0)
+        return self.spawn(ctx, self.argv(ctx), watch=self.done_watcher, after_stop_request=5.0)
 
     def result_file(self, ctx: RunContext) -> Optional[Path]:
         return ctx.workdir / "out" / "result.json"

@@ -83,4 +83,4 @@ class QemuUserBackend(Backend):
         argv += [str(self._root / "usr/bin/python3"), str(ctx.payload)] + self.probe_args(ctx)
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONDONTWRITEBYTECODE": "1", "LC_ALL": "C",
                "HOME": str(ctx.workdir)}
-        return proc.run(argv, timeout=ctx.timeout, log_path=ctx.log_path, env=env, cwd=ctx.workdir)
+        return self.spawn(ctx, argv, env=env)

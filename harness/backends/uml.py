@@ -62,6 +62,8 @@ class UmlOptions:
     suite: Optional[str] = None  # run this Debian release's linux.uml inside its own root filesystem
 
     def validate(self) -> Optional[Tuple[str, str]]:
+        if "/" in self.kernel and not os.access(self.kernel, os.X_OK):
+            return "kernel", "no such program: %s (install user-mode-linux, or fix the path)" % self.kernel
         if self.memory < 32 * MiB:
             return "memory", 'expected at least "32M" for a UML guest, got %d bytes' % self.memory
         if not self.root.startswith("/"):
@@ -207,16 +209,8 @@ class UmlBackend(Backend):
             self.provision(images.Cache(), lambda msg: None)
         owner = None if self.options.suite else self._run_as()
         env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "HOME": str(ctx.workdir)}
-        return proc.run(
-            self.argv(ctx),
-            timeout=ctx.timeout,
-            log_path=ctx.log_path,
-            env=env,
-            cwd=ctx.workdir,
-            watch=self.done_watcher,
-            user=owner[0] if owner else None,
-            group=owner[1] if owner else None,
-        )
+        return self.spawn(ctx, self.argv(ctx), env=env, watch=self.done_watcher,
+                          user=owner[0] if owner else None, group=owner[1] if owner else None)
 
     def result_file(self, ctx: RunContext) -> Optional[Path]:
         return self._paths(ctx)[1] / "result.json"

@@ -16,7 +16,7 @@ targets:
     expect: {go-2012: fallback-32bit}
   - name: nopython
     backend: local
-    python: /nonexistent/python3
+    python: python3-nonexistent
     policies: [go-2012]
 """
 
@@ -72,7 +72,7 @@ def test_failure_says_what_happened_and_where_the_log_is(inner: pytest.Pytester)
 def test_missing_tool_skips_with_the_install_hint(inner: pytest.Pytester) -> None:
     r = inner.runpytest(*args("-k", "nopython", "-rs"))
     r.assert_outcomes(skipped=1, deselected=4)
-    r.stdout.fnmatch_lines(["*local backend needs /nonexistent/python3: install it with: sudo apt-get install -y "
+    r.stdout.fnmatch_lines(["*local backend needs python3-nonexistent: install it with: sudo apt-get install -y "
                             "python3*"])
 
 
@@ -81,7 +81,7 @@ def test_harness_require_turns_the_skip_into_a_failure(inner: pytest.Pytester,
     monkeypatch.setenv("HARNESS_REQUIRE", "local")
     r = inner.runpytest(*args("-k", "nopython"))
     r.assert_outcomes(errors=1, deselected=4)  # the fixture fails, so pytest counts an error
-    r.stdout.fnmatch_lines(["*local backend needs /nonexistent/python3*HARNESS_REQUIRE=local requires it*"])
+    r.stdout.fnmatch_lines(["*local backend needs python3-nonexistent*HARNESS_REQUIRE=local requires it*"])
 
 
 def test_policy_option(inner: pytest.Pytester) -> None:

@@ -90,11 +90,32 @@ def test_parallel_jobs_keep_the_target_order(fake_backend: type, tmp_path: Path)
 
 
 def test_missing_tool_skips_with_the_hint(tmp_path: Path) -> None:
-    ts = config.parse("targets:\n  - name: l\n    backend: local\n    python: /nonexistent/python3\n", "t.yaml")
+    ts = config.parse("targets:\n  - name: l\n    backend: local\n    python: python3-nonexistent\n", "t.yaml")
     doc = runner.run(ts.targets, artifacts=tmp_path)
     assert {r.status for r in doc.records} == {Status.SKIP}
-    assert doc.records[0].detail == ("local backend needs /nonexistent/python3: "
+    assert doc.records[0].detail == ("local backend needs python3-nonexistent: "
                                      "install it with: sudo apt-get install -y python3")
+
+
+def test_a_missing_explicit_program_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from harness import cli
+
+    f = tmp_path / "t.yaml"
+    f.write_text("targets:\n  - name: u\n    backend: uml\n    kernel: /nonexistent/linux.uml\n")
+    assert cli.main(["run", "--targets", str(f)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["arena-harness: %s:4 [u] kernel: no such program: /nonexistent/linux.uml "
+                   "(install user-mode-linux, or fix the path)" % f]
+
+
+def test_the_watchdog_stops_a_silent_guest(fake_backend: type, tmp_path: Path) -> None:
+    ts = config.parse("targets:\n  - name: quiet\n    backend: fake\n    behaviour: hang\n    timeout: 60s\n"
+                      "    watchdog: 1s\n", "t.yaml")
+    start = time.monotonic()
+    (rec,) = runner.run(ts.targets, artifacts=tmp_path, policies=["go-2012"]).records
+    assert time.monotonic() - start < 6
+    assert rec.status is Status.TIMEOUT and rec.detail == "watchdog: no output from the guest for 1s"
+    assert "no output for 1.0s: process group stopped (watchdog)" in Path(rec.log or "").read_text()
 
 
 # -- proc ----------------------------------------------------------------------------------
