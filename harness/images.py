@@ -429,7 +429,7 @@ class Initramfs(Recipe):
     init: str  # the init script's text
     extra_dirs: Tuple[str, ...] = field(default=("proc", "sys", "dev", "host", "tmp", "payload"))
     kind = "initramfs"
-    version = 1
+    version = 2
 
     @property
     def name(self) -> str:
@@ -448,7 +448,7 @@ class Initramfs(Recipe):
         c.chardev("dev/null", 1, 3)
         c.file("bin/busybox", (kit / "busybox").read_bytes(), 0o755)
         for applet in ("sh", "mount", "umount", "insmod", "mkdir", "cat", "echo", "poweroff", "chroot", "cp",
-                       "sleep", "uname", "cut", "sync", "halt"):
+                       "sleep", "uname", "cut", "sync", "halt", "ip"):
             c.symlink("bin/%s" % applet, "busybox")
         for ko in sorted((kit / "modules").glob("*.ko")):
             c.file("modules/%s" % ko.name, ko.read_bytes())
@@ -456,3 +456,54 @@ class Initramfs(Recipe):
         c.file("init", self.init.encode(), 0o755)
         with gzip.open(out / "initramfs.cpio.gz", "wb", compresslevel=6) as f:
             f.write(c.bytes())
+
+
+@dataclass(frozen=True)
+class SshDisk(Recipe):
+    """An ext4 disk image of a Debian root with python3 and openssh-server, for VMs reached over SSH.
+
+    Carries a generated user key (``id_ed25519``, authorized for root) and the
+    image's host key (``host_ed25519.pub``), so the harness can pin it.
+    """
+
+    rootfs: Rootfs
+    extra_mb: int = 256
+    kind = "ssh-disk"
+    version = 1
+
+    @property
+    def name(self) -> str:
+        return self.rootfs.name
+
+    def inputs(self) -> Dict[str, object]:
+        return {"rootfs": self.rootfs.key(), "extra_mb": self.extra_mb}
+
+    def build(self, out: Path, cache: Cache, log: Log) -> None:
+        root = cache.get(self.rootfs, log) / "root"
+        stage = out / "stage"
+        logf = out / "build.log"
+
+        def sh(argv: List[str], what: str) -> None:
+            c = proc.run(argv, timeout=BUILD_TIMEOUT, log_path=logf)
+            if c.returncode != 0:
+                raise BuildError("%s failed (see %s): %s" % (what, logf, c.error or c.output.strip()[-300:]))
+
+        # Hard links: the stage shares the cached root's files; only new files are written.
+        sh(["cp", "-al", str(root), str(stage)], "copying the root")
+        sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "arena-harness", "-f", str(out / "id_ed25519")],
+           "ssh-keygen")
+        ssh_dir = stage / "root" / ".ssh"
+        ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (ssh_dir / "authorized_keys").write_text((out / "id_ed25519.pub").read_text())
+        conf = stage / "etc/ssh/sshd_config.d"
+        conf.mkdir(parents=True, exist_ok=True)
+        (conf / "arena-harness.conf").write_text("PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+                                                 "UsePAM no\nUseDNS no\n")
+        host_key = stage / "etc/ssh/ssh_host_ed25519_key.pub"
+        if not host_key.exists():
+            raise BuildError("the image has no ed25519 host key (openssh-server's postinst did not run)")
+        shutil.copyfile(host_key, out / "host_ed25519.pub")
+        size_mb = sum(f.stat().st_size for f in stage.rglob("*") if f.is_file() and not f.is_symlink()) // (1 << 20)
+        sh(["mke2fs", "-q", "-t", "ext4", "-L", "root", "-d", str(stage), str(out / "disk.img"),
+            "%dM" % (size_mb + self.extra_mb)], "mke2fs")
+        shutil.rmtree(stage)

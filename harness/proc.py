@@ -85,6 +85,118 @@ def live_pids() -> List[int]:
         return list(_live)
 
 
+class Running:
+    """A started child: its output streams to the log (and to ``lines``) on a reader thread."""
+
+    def __init__(self, argv: List[str], popen: "subprocess.Popen[bytes]", log: Optional[IO[str]],
+                 watch: Optional[LineWatcher], capture: bool) -> None:
+        self.argv = argv
+        self.popen = popen
+        self.log = log
+        self.watch = watch
+        self.capture = capture
+        self.started_at = time.monotonic()
+        self.lines: List[str] = []
+        self.stop_reason: Optional[str] = None
+        self.stop_requested_at: Optional[float] = None
+        self.last_output = self.started_at
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, name="proc-reader-%d" % popen.pid, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for raw in iter(self.popen.stdout.readline, b""):
+            line = raw.decode("utf-8", errors="backslashreplace").rstrip("\r\n")
+            with self._cond:
+                self.last_output = time.monotonic()
+                if self.capture:
+                    self.lines.append(line)
+                if self.log:
+                    self.log.write(line + "\n")
+                    self.log.flush()
+                if self.watch is not None and self.stop_reason is None:
+                    why = self.watch(line)
+                    if why:
+                        self.stop_reason, self.stop_requested_at = why, time.monotonic()
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def wait_for(self, predicate: Callable[[str], bool], timeout: float) -> Optional[str]:
+        """The first line (seen so far or later) for which ``predicate`` holds, or None at the deadline
+        or when the process ends first."""
+        deadline = time.monotonic() + timeout
+        checked = 0
+        with self._cond:
+            while True:
+                for line in self.lines[checked:]:
+                    if predicate(line):
+                        return line
+                checked = len(self.lines)
+                left = deadline - time.monotonic()
+                if left <= 0 or (not self.alive() and not self._reader.is_alive()):
+                    return None
+                self._cond.wait(min(left, 0.5))
+
+    def finish(self, grace: float = 2.0) -> None:
+        """Stop the group (safe if it already ended) and forget the child."""
+        stop(self.popen, grace)
+        self._reap()
+
+    def _reap(self) -> None:
+        # The group may hold helpers after the leader exits (UML's threads).
+        _signal_group(self.popen, signal.SIGKILL)
+        with _live_lock:
+            _live.pop(self.popen.pid, None)
+        self._reader.join(timeout=5)
+
+
+def start(
+    argv: Sequence[str],
+    *,
+    log_path: Optional[Path] = None,
+    env: Optional[Mapping[str, str]] = None,
+    cwd: Optional[Path] = None,
+    watch: Optional[LineWatcher] = None,
+    user: Optional[int] = None,
+    group: Optional[int] = None,
+    capture: bool = True,
+) -> "Running | Completed":
+    """Start ``argv`` in a new session; a Completed (``started=False``) if it could not be started."""
+    argv = [str(a) for a in argv]
+    log: Optional[IO[str]] = None
+    if log_path is not None:
+        log = open(log_path, "a", encoding="utf-8", errors="backslashreplace")
+        log.write("$ %s\n" % shlex.join(argv))
+        log.flush()
+    try:
+        popen = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=dict(env) if env is not None else None,
+            cwd=str(cwd) if cwd else None,
+            user=user,
+            group=group,
+            extra_groups=[] if group is not None else None,
+        )
+    except OSError as e:
+        msg = "cannot start %s: %s" % (argv[0], e.strerror or e)
+        if log:
+            log.write(msg + "\n")
+            log.close()
+        return Completed(argv, None, 0.0, "", started=False, error=msg)
+    with _live_lock:
+        _live[popen.pid] = popen
+    return Running(argv, popen, log, watch, capture)
+
+
 def run(
     argv: Sequence[str],
     *,
@@ -108,106 +220,49 @@ def run(
     ``silence``, a process that prints nothing for that many seconds is stopped
     as "silent" (a watchdog for guests that hang without a word).
     """
-    argv = [str(a) for a in argv]
-    start = time.monotonic()
-    log: Optional[IO[str]] = None
-    if log_path is not None:
-        log = open(log_path, "a", encoding="utf-8", errors="backslashreplace")
-        log.write("$ %s\n" % shlex.join(argv))
-        log.flush()
+    began = time.monotonic()
+    r = start(argv, log_path=log_path, env=env, cwd=cwd, watch=watch, user=user, group=group, capture=capture)
+    if isinstance(r, Completed):
+        return r
+    deadline = began + timeout
+    timed_out = False
+    stopped: Optional[str] = None
     try:
         try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env=dict(env) if env is not None else None,
-                cwd=str(cwd) if cwd else None,
-                user=user,
-                group=group,
-                extra_groups=[] if group is not None else None,
-            )
-        except OSError as e:
-            msg = "cannot start %s: %s" % (argv[0], e.strerror or e)
-            if log:
-                log.write(msg + "\n")
-            return Completed(argv, None, time.monotonic() - start, "", started=False, error=msg)
-        with _live_lock:
-            _live[proc.pid] = proc
-        lines: List[str] = []
-        stop_reason: List[str] = []
-        stop_requested_at: List[float] = []
-        last_output = [time.monotonic()]
-
-        def reader() -> None:
-            assert proc.stdout is not None
-            for raw in iter(proc.stdout.readline, b""):
-                last_output[0] = time.monotonic()
-                line = raw.decode("utf-8", errors="backslashreplace").rstrip("\r\n")
-                if capture:
-                    lines.append(line)
-                if log:
-                    log.write(line + "\n")
-                    log.flush()
-                if watch is not None and not stop_reason:
-                    why = watch(line)
-                    if why:
-                        stop_reason.append(why)
-                        stop_requested_at.append(time.monotonic())
-
-        t = threading.Thread(target=reader, name="proc-reader-%d" % proc.pid, daemon=True)
-        t.start()
-        deadline = start + timeout
-        timed_out = False
-        stopped: Optional[str] = None
-        try:
-            while proc.poll() is None:
+            while r.popen.poll() is None:
                 now = time.monotonic()
                 if now >= deadline:
                     timed_out, stopped = True, "timeout"
-                    stop(proc, grace)
+                    stop(r.popen, grace)
                     break
-                if stop_requested_at and now >= stop_requested_at[0] + after_stop_request:
-                    stopped = stop_reason[0]
-                    stop(proc, grace)
+                if r.stop_requested_at is not None and now >= r.stop_requested_at + after_stop_request:
+                    stopped = r.stop_reason
+                    stop(r.popen, grace)
                     break
-                if silence is not None and now - last_output[0] >= silence:
+                if silence is not None and now - r.last_output >= silence:
                     stopped = "silent"
-                    stop(proc, grace)
+                    stop(r.popen, grace)
                     break
                 try:
-                    proc.wait(timeout=min(0.05, max(0.0, deadline - now)))
+                    r.popen.wait(timeout=min(0.05, max(0.0, deadline - now)))
                 except subprocess.TimeoutExpired:
                     pass
         except BaseException:
-            stop(proc, grace)
+            stop(r.popen, grace)
             raise
         finally:
-            # The group may hold helpers after the leader exits (UML's threads).
-            _signal_group(proc, signal.SIGKILL)
-            with _live_lock:
-                _live.pop(proc.pid, None)
-        t.join(timeout=5)
-        if stopped is None and stop_reason:
-            stopped = stop_reason[0]
-        if log:
+            r._reap()
+        if stopped is None and r.stop_reason:
+            stopped = r.stop_reason
+        if r.log:
             if timed_out:
-                log.write("[harness] deadline of %.1fs reached: process group stopped\n" % timeout)
+                r.log.write("[harness] deadline of %.1fs reached: process group stopped\n" % timeout)
             elif stopped == "silent":
-                log.write("[harness] no output for %.1fs: process group stopped (watchdog)\n" % (silence or 0))
+                r.log.write("[harness] no output for %.1fs: process group stopped (watchdog)\n" % (silence or 0))
             elif stopped:
-                log.write("[harness] stopped: %s\n" % stopped)
-        return Completed(
-            argv,
-            proc.returncode,
-            time.monotonic() - start,
-            "\n".join(lines),
-            timed_out=timed_out,
-            stopped=stopped,
-            lines=lines,
-        )
+                r.log.write("[harness] stopped: %s\n" % stopped)
+        return Completed(r.argv, r.popen.returncode, time.monotonic() - began, "\n".join(r.lines),
+                         timed_out=timed_out, stopped=stopped, lines=r.lines)
     finally:
-        if log:
-            log.close()
+        if r.log:
+            r.log.close()

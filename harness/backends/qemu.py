@@ -5,19 +5,28 @@ a small per-boot cpio (the allocator zipapp and its arguments) as ``-initrd``;
 the guest root shared read-only over 9p (the host's ``/`` for x86_64, else a
 cached Debian root filesystem of the guest's architecture); results come back
 through a second, writable 9p share, or framed on the serial console.
+
+With ``boot: ssh`` the VM instead boots a disk image with sshd (``images.SshDisk``,
+run with ``snapshot=on``), user-mode networking forwards a loopback port to its
+port 22, and the probe runs through the ``ssh`` backend with the image's host
+key pinned: how users test cloud images.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Dict, List, Optional, Tuple
 
 from harness import images, proc
 from harness.backends.base import Backend, RunContext, Tool
-from harness.config import Size
+from harness.config import Seconds, Size
+from harness.console import find_panic
 from harness.errors import HarnessError, ToolMissing
 
 MiB = 1 << 20
@@ -68,6 +77,7 @@ class QemuOptions:
     smp: int = 1
     kernel_args: Tuple[str, ...] = ("quiet",)
     accel: str = "tcg"  # tcg | auto (KVM when a short trial boot shows it works)
+    boot: str = "9p"  # 9p: the initramfs runs the probe; ssh: a disk image with sshd, probed over SSH
 
     def validate(self) -> Optional[Tuple[str, str]]:
         if self.arch not in ARCHES:
@@ -76,6 +86,8 @@ class QemuOptions:
             return "rootfs", "expected host, debian or auto, got %r" % self.rootfs
         if self.rootfs == "host" and not ARCHES[self.arch].host_root:
             return "rootfs", "the host's / cannot be a %s guest's root; use debian" % self.arch
+        if self.boot not in ("9p", "ssh"):
+            return "boot", "expected 9p or ssh, got %r" % self.boot
         if self.accel not in ("tcg", "auto"):
             return "accel", "expected tcg or auto, got %r" % self.accel
         if self.memory < 128 * MiB:
@@ -108,6 +120,7 @@ class QemuBackend(Backend):
         self._kit: Optional[Path] = None
         self._initramfs: Optional[Path] = None
         self._root: Optional[Path] = None
+        self._disk: Optional[Path] = None
 
     # -- availability and images ------------------------------------------------------------
     def required_tools(self) -> Tuple[Tool, ...]:
@@ -131,20 +144,33 @@ class QemuBackend(Backend):
     def kit(self) -> images.KernelKit:
         o = self.options
         spec = o.spec
+        # ext4 needs crc32c through the crypto API: a soft dependency that depends= does not list.
+        modules = spec.modules + (("virtio_blk", "crc32c_generic", "ext4", "virtio_net") if o.boot == "ssh" else ())
         return images.KernelKit(spec.debian, o.suite or spec.suite, o.kernel_package or spec.kernel_package,
-                                spec.image_glob, spec.modules)
+                                spec.image_glob, modules)
 
     def initramfs(self) -> images.Initramfs:
-        return images.Initramfs(self.kit(), images.recipe_text("qemu", "init.sh"))
+        init = "init-ssh.sh" if self.options.boot == "ssh" else "init.sh"
+        return images.Initramfs(self.kit(), images.recipe_text("qemu", init))
 
     def rootfs(self) -> Optional[images.Rootfs]:
         o = self.options
+        if o.boot == "ssh":
+            return images.Rootfs(o.spec.debian, o.rootfs_suite or o.spec.suite, ("python3", "openssh-server"))
         if o.host_root:
             return None
         return images.Rootfs(o.spec.debian, o.rootfs_suite or o.spec.suite)
 
+    def disk(self) -> images.SshDisk:
+        root = self.rootfs()
+        assert root is not None
+        return images.SshDisk(root)
+
     def recipes(self) -> List[images.Recipe]:
         out: List[images.Recipe] = [self.kit(), self.initramfs()]
+        if self.options.boot == "ssh":
+            out.append(self.disk())
+            return out
         root = self.rootfs()
         if root is not None:
             out.append(root)
@@ -153,6 +179,9 @@ class QemuBackend(Backend):
     def provision(self, cache: images.Cache, log: images.Log) -> None:
         self._kit = cache.get(self.kit(), log)
         self._initramfs = cache.get(self.initramfs(), log) / "initramfs.cpio.gz"
+        if self.options.boot == "ssh":
+            self._disk = cache.get(self.disk(), log)
+            return
         root = self.rootfs()
         self._root = Path("/") if root is None else cache.get(root, log) / "root"
 
@@ -161,6 +190,8 @@ class QemuBackend(Backend):
         if self._kit is None:
             self.provision(images.Cache(), lambda msg: None)
         assert self._initramfs is not None
+        if self.options.boot == "ssh":
+            return  # the image is the guest; the allocator goes over SSH
         (ctx.workdir / "out").mkdir()
         per_boot = images.Cpio()
         per_boot.file("payload/allocator.pyz", ctx.payload.read_bytes())
@@ -220,10 +251,62 @@ class QemuBackend(Backend):
             "-virtfs", out_share,
         ]
 
+    def ssh_argv(self, ctx: RunContext, port: int) -> List[str]:
+        o = self.options
+        spec = o.spec
+        assert self._kit is not None and self._initramfs is not None and self._disk is not None
+        append = ["console=%s" % spec.console, "panic=-1", "rdinit=/init", *o.kernel_args]
+        return [spec.qemu, *self.accel(), *spec.machine, "-cpu", o.cpu or spec.cpu, "-m", "%d" % (o.memory // MiB),
+                "-smp", str(o.smp), "-nographic", "-no-reboot", *spec.firmware,
+                "-kernel", str(self._kit / "kernel"), "-initrd", str(self._initramfs), "-append", " ".join(append),
+                "-drive", "file=%s,if=virtio,format=raw,snapshot=on" % (self._disk / "disk.img"),
+                "-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:%d-:22" % port,
+                "-device", "virtio-net-pci,netdev=n0"]
+
+    def execute_over_ssh(self, ctx: RunContext) -> proc.Completed:
+        """Boot the disk image, wait for its sshd, run the probe through the ssh backend, end the VM."""
+        from harness.backends.ssh import SshBackend, SshOptions
+
+        assert self._disk is not None
+        begin = time.monotonic()
+        with socket.socket() as s:  # a free loopback port for hostfwd
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        vm = proc.start(self.ssh_argv(ctx, port), log_path=ctx.log_path, cwd=ctx.workdir)
+        if isinstance(vm, proc.Completed):
+            return vm
+        try:
+            seen = vm.wait_for(lambda ln: "@@ARENA-HARNESS-SSHD-READY@@" in ln or find_panic(ln) is not None,
+                               ctx.timeout)
+            if seen is None or "@@ARENA-HARNESS-SSHD-READY@@" not in seen:
+                timed_out = seen is None and vm.alive()
+                return proc.Completed(vm.argv, vm.popen.poll(), time.monotonic() - begin, "\n".join(vm.lines),
+                                      timed_out=timed_out, stopped="timeout" if timed_out else None,
+                                      lines=list(vm.lines))
+            known = ctx.workdir / "known_hosts"
+            kind, key = (self._disk / "host_ed25519.pub").read_text().split()[:2]
+            known.write_text("[127.0.0.1]:%d %s %s\n" % (port, kind, key))
+            left = max(1.0, ctx.timeout - (time.monotonic() - begin))
+            over = dataclasses.replace(self.target, backend="ssh", timeout=left, options=SshOptions(
+                host="127.0.0.1", port=port, user="root", key_file=str(self._disk / "id_ed25519"),
+                use_agent=False, known_hosts=str(known), connect_timeout=Seconds(min(30.0, left))))
+            ssh = SshBackend(over)
+            try:
+                done = ssh.execute(dataclasses.replace(ctx, timeout=left))
+            finally:
+                ssh.shutdown()
+            lines = list(vm.lines) + done.lines
+            return proc.Completed(done.argv, done.returncode, time.monotonic() - begin, "\n".join(lines),
+                                  timed_out=done.timed_out, stopped=done.stopped, lines=lines)
+        finally:
+            vm.finish(grace=1.0)
+
     def execute(self, ctx: RunContext) -> proc.Completed:
+        if self.options.boot == "ssh":
+            return self.execute_over_ssh(ctx)
         if not (ctx.workdir / "initrd").exists():
             raise HarnessError("qemu: prepare() did not run")
         return self.spawn(ctx, self.argv(ctx), watch=self.done_watcher, after_stop_request=5.0)
 
     def result_file(self, ctx: RunContext) -> Optional[Path]:
-        return ctx.workdir / "out" / "result.json"
+        return None if self.options.boot == "ssh" else ctx.workdir / "out" / "result.json"

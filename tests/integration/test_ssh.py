@@ -199,3 +199,17 @@ def test_the_remote_temp_dir_is_removed_after_a_timeout(sshd: Sshd, tmp_path: Pa
 def test_a_password_in_the_targets_file_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"password: a password does not belong in a targets file"):
         config.parse("targets:\n  - name: s\n    backend: ssh\n    host: h\n    password: hunter2\n", "s.yaml")
+
+
+def test_a_vm_image_reached_over_ssh_reports_its_own_kernel(tmp_path: Path) -> None:
+    require_tool("qemu", "qemu-system-x86_64", "sudo apt-get install -y qemu-system-x86")
+    t = config.load().select(["qemu-x86_64-ssh"])[0]
+    doc = runner.run([t], policies=["go-2012"], artifacts=tmp_path)
+    (rec,) = doc.records
+    assert rec.status is Status.PASS, rec.detail
+    assert rec.kernel is not None and rec.kernel != os.uname().release  # the guest's kernel, not the host's
+    assert rec.probe is not None and rec.probe["facts"]["kernel"] == rec.kernel
+    log = Path(rec.log or "").read_text()
+    assert "@@ARENA-HARNESS-SSHD-READY@@" in log and "$ ssh root@127.0.0.1:" in log
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "hostfwd=tcp:127.0.0.1" not in ps  # the VM is gone
