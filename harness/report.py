@@ -111,15 +111,20 @@ def junit(doc: RunDocument) -> str:
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
-def markdown(doc: RunDocument) -> str:
-    """A targets x policies grid and the notes, for a CI job summary."""
+def grid(doc: RunDocument) -> Tuple[List[str], Dict[str, Dict[str, Record]]]:
+    """The policies in order of appearance, and target -> policy -> record."""
     policies: List[str] = []
+    cells: Dict[str, Dict[str, Record]] = {}
     for r in doc.records:
         if r.policy not in policies:
             policies.append(r.policy)
-    cells: Dict[str, Dict[str, Record]] = {}
-    for r in doc.records:
         cells.setdefault(r.target, {})[r.policy] = r
+    return policies, cells
+
+
+def markdown(doc: RunDocument) -> str:
+    """A targets x policies grid and the notes, for a CI job summary."""
+    policies, cells = grid(doc)
     icon = {"pass": "✅", "fail": "❌", "error": "⚠️", "timeout": "⏱️", "panic": "💥", "skip": "⏭️"}
     lines = ["# arena-harness run %s" % doc.run_id, "", summary_line(doc), ""]
     lines.append("| target | kernel | " + " | ".join(policies) + " |")
@@ -259,13 +264,7 @@ def address_space_svg(records: List[Record], width: int = 760) -> str:
 
 def html(doc: RunDocument) -> str:
     """One self-contained page (no network): the grid, per-cell details, an address-space picture per target."""
-    policies: List[str] = []
-    for r in doc.records:
-        if r.policy not in policies:
-            policies.append(r.policy)
-    by_target: Dict[str, Dict[str, Record]] = {}
-    for r in doc.records:
-        by_target.setdefault(r.target, {})[r.policy] = r
+    policies, by_target = grid(doc)
     out = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
            "<title>arena-harness %s</title><style>%s</style></head><body>" % (_esc(doc.run_id), _CSS),
            "<h1>arena-harness run %s</h1>" % _esc(doc.run_id),

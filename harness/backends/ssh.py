@@ -180,6 +180,7 @@ class SshBackend(Backend):
         text = out + ("\n" + err if err else "")
         lines = text.splitlines()
         with open(ctx.log_path, "a", encoding="utf-8", errors="backslashreplace") as log:
+            log.write("[harness] remote dir %s\n" % self._remote_dir)
             log.write("$ ssh %s %s\n" % (self.where, command))
             log.write(text + ("\n" if text and not text.endswith("\n") else ""))
             if timed_out:

@@ -104,6 +104,8 @@ def test_a_crashed_runs_containers_are_swept(docker_client: Any) -> None:
 
 
 def test_only_cached_base_images_remain(docker_client: Any) -> None:
+    target = config.load().select(["docker-amd64"])[0]
+    DockerBackend(target).provision(images.Cache(), lambda m: None)
     tags = labels_of(docker_client)["images"]
     assert tags and all(t.startswith("arena-harness/rootfs:") for t in tags)
     for im in docker_client.images.list(filters={"label": LABEL}):

@@ -22,7 +22,7 @@ targets:
   - name: first
     backend: local
     policies: [go-2012]
-  - name: slow-uml
+  - name: slow-uml-%s
     backend: uml
     policies: [go-2012]
     timeout: 120s
@@ -40,7 +40,8 @@ def leftovers(run_id: str) -> list:
 def test_a_signal_mid_boot_writes_what_was_collected(tmp_path: Path, sig: signal.Signals) -> None:
     require_tool("uml", "linux.uml", "sudo apt-get install -y user-mode-linux")
     f = tmp_path / "t.yaml"
-    f.write_text(TARGETS)
+    f.write_text(TARGETS % sig.name)
+    slow = "slow-uml-%s" % sig.name
     out = tmp_path / "r.json"
     p = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "--targets", str(f), "--json", str(out),
                           "--artifacts", str(tmp_path / "logs")], cwd=str(ROOT), stdout=subprocess.PIPE,
@@ -49,7 +50,7 @@ def test_a_signal_mid_boot_writes_what_was_collected(tmp_path: Path, sig: signal
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-        if "umid=ah-" in ps and "-slow-uml" in ps:
+        if "umid=ah-" in ps and "-%s" % slow in ps:
             break
         time.sleep(0.05)
     else:
@@ -63,8 +64,8 @@ def test_a_signal_mid_boot_writes_what_was_collected(tmp_path: Path, sig: signal
     assert doc["run"]["interrupted"] == "interrupted by %s" % sig.name
     by_target = {r["target"]: r for r in doc["results"]}
     assert by_target["first"]["status"] == "pass"  # collected before the signal, kept
-    if "slow-uml" in by_target:
-        assert by_target["slow-uml"]["detail"].startswith("interrupted")
+    if slow in by_target:
+        assert by_target[slow]["detail"].startswith("interrupted")
     assert "incomplete run: interrupted by %s" % sig.name in stdout
     time.sleep(0.3)
     assert leftovers(doc["run"]["id"]) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -104,8 +105,11 @@ def with_options(t: config.Target, **kw: object) -> config.Target:
     return dataclasses.replace(t, options=dataclasses.replace(t.options, **kw))
 
 
-def remote_tmpdirs() -> set:
-    return {p for p in os.listdir("/tmp") if p.startswith("arena-harness.")}
+def remote_dirs(rec: object) -> list:
+    """The remote temp dirs this record's run made (the backend logs each), still present."""
+    log = Path(rec.log or "").read_text()
+    made = re.findall(r"\[harness\] remote dir (\S+)", log)
+    return [d for d in made if os.path.exists(d)]
 
 
 def run_one(t: config.Target, tmp_path: Path, policies: list = ["go-2012"]):  # noqa: B006
@@ -114,11 +118,11 @@ def run_one(t: config.Target, tmp_path: Path, policies: list = ["go-2012"]):  # 
 
 
 def test_localhost_over_ssh_reports_high_arena(sshd: Sshd, tmp_path: Path) -> None:
-    before = remote_tmpdirs()
     rec = run_one(target(sshd), tmp_path)
     assert rec.status is Status.PASS, rec.detail
     assert rec.outcome == "high-arena" and rec.kernel == os.uname().release
-    assert remote_tmpdirs() == before  # the remote temp dir is gone
+    assert "[harness] remote dir /tmp/arena-harness." in Path(rec.log or "").read_text()
+    assert remote_dirs(rec) == []  # the remote temp dir is gone
 
 
 def test_a_changed_host_key_fails_with_one_clear_line(sshd: Sshd, tmp_path: Path) -> None:
@@ -150,12 +154,10 @@ def test_authentication_failure(sshd: Sshd, tmp_path: Path) -> None:
 
 
 def test_no_python_on_the_remote(sshd: Sshd, tmp_path: Path) -> None:
-    before = remote_tmpdirs()
     rec = run_one(with_options(target(sshd), python="python3-nonexistent"), tmp_path)
     assert rec.status is Status.ERROR
     assert rec.detail == "%s@127.0.0.1:%d: no python3-nonexistent on the remote: install Python 3 there " \
                          "(apt-get install python3)" % (sshd.user, sshd.port)
-    assert remote_tmpdirs() == before
 
 
 def test_connection_refused(sshd: Sshd, tmp_path: Path) -> None:
@@ -181,19 +183,19 @@ def test_connect_timeout(sshd: Sshd, tmp_path: Path) -> None:
 
 
 def test_the_remote_temp_dir_is_removed_after_a_timeout(sshd: Sshd, tmp_path: Path) -> None:
-    before = remote_tmpdirs()
     import dataclasses
 
     t = dataclasses.replace(target(sshd), timeout=3.0)
     fake_py = tmp_path / "slowpy"  # a "python" that never finishes
-    fake_py.write_text("#!/bin/sh\nsleep 600\n")
+    nap = "600.%d" % os.getpid()  # a sleep no other test runs
+    fake_py.write_text("#!/bin/sh\nexec sleep %s\n" % nap)
     fake_py.chmod(0o755)
     rec = run_one(with_options(t, python=str(fake_py)), tmp_path)
     assert rec.status is Status.TIMEOUT, rec.detail
     time.sleep(0.5)
-    assert remote_tmpdirs() == before
+    assert remote_dirs(rec) == []
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert "sleep 600" not in ps
+    assert "sleep %s" % nap not in ps
 
 
 def test_a_password_in_the_targets_file_is_refused() -> None:
