@@ -43,3 +43,26 @@ targets:
     assert rec.detail is not None and rec.detail.startswith("kernel panic: Kernel panic - not syncing")
     assert "Kernel panic" in Path(rec.log or "").read_text()
     assert rec.duration_s < 60  # -no-reboot ends the VM; the deadline was not needed
+
+
+def test_a_hanging_guest_times_out_within_the_deadline(tmp_path: Path) -> None:
+    require_tool("qemu", "qemu-system-x86_64", "sudo apt-get install -y qemu-system-x86")
+    # PID 1 is cat reading the serial console, which never gets input: the guest hangs after booting.
+    ts = config.parse("""
+targets:
+  - name: qemu-hang
+    backend: qemu
+    arch: x86_64
+    timeout: 25s
+    kernel_args: [quiet, rdinit=/bin/cat]
+""", "t.yaml")
+    start = time.monotonic()
+    doc = runner.run(ts.targets, policies=["go-2012"], artifacts=tmp_path)
+    (rec,) = doc.records
+    assert time.monotonic() - start < 25 + 5
+    assert rec.status is Status.TIMEOUT, rec.detail
+    assert rec.detail == "deadline of 25s reached; no result before the deadline"
+    import subprocess
+
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "rdinit=/bin/cat" not in ps
