@@ -39,10 +39,6 @@ class Completed:
     error: Optional[str] = None  # the process could not be started at all
     lines: List[str] = field(default_factory=list)
 
-    @property
-    def cmdline(self) -> str:
-        return shlex.join(self.argv)
-
 
 def which(tool: str) -> Optional[str]:
     return shutil.which(tool)

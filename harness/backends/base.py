@@ -14,7 +14,7 @@ Steps 1-4 are driven by :meth:`Backend.run`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
@@ -63,7 +63,6 @@ class GuestRun:
     silent: bool = False  # stopped by the watchdog (no output), a kind of timeout
     error: Optional[str] = None
     channel: Optional[str] = None
-    extra: Dict[str, Any] = field(default_factory=dict)
 
 
 class Backend:
@@ -75,7 +74,6 @@ class Backend:
     def __init__(self, target: Target) -> None:
         self.target = target
         self.options = target.options
-        self._shut = False
 
     # -- availability -------------------------------------------------------------------------
     def required_tools(self) -> Tuple[Tool, ...]:
@@ -155,8 +153,7 @@ class Backend:
         return what + (": " + " | ".join(tail) if tail else ", no output")
 
     def shutdown(self) -> None:
-        """Release what the boot holds. Safe to call twice."""
-        self._shut = True
+        """Release what the boot holds. Safe to call twice. Default: nothing is held."""
 
     # -- helpers for subclasses ----------------------------------------------------------------
     def spawn(self, ctx: RunContext, argv: List[str], **kw: Any) -> proc.Completed:
