@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 from harness import images, proc
 from harness.backends.base import Backend, RunContext, Tool
-from harness.config import Size
+from harness.config import Size, Target
 from harness.errors import HarnessError, ToolMissing
 
 MiB = 1 << 20
@@ -89,8 +89,8 @@ class DockerBackend(Backend):
     Options: ClassVar[type] = DockerOptions
     description: ClassVar[str] = "a locked-down container from an offline-built Debian image"
 
-    def __init__(self, target: object) -> None:
-        super().__init__(target)  # type: ignore[arg-type]
+    def __init__(self, target: Target) -> None:
+        super().__init__(target)
         self._client: Any = None
         self._image: Optional[str] = None
         self._container: Any = None

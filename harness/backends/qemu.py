@@ -25,7 +25,7 @@ from typing import ClassVar, Dict, List, Optional, Tuple
 
 from harness import images, proc
 from harness.backends.base import Backend, RunContext, Tool
-from harness.config import Seconds, Size
+from harness.config import Seconds, Size, Target
 from harness.console import find_panic
 from harness.errors import HarnessError, ToolMissing
 
@@ -115,8 +115,8 @@ class QemuBackend(Backend):
     Options: ClassVar[type] = QemuOptions
     description: ClassVar[str] = "QEMU system VMs (x86_64, i386, arm64, riscv64) with a 9p root"
 
-    def __init__(self, target: object) -> None:
-        super().__init__(target)  # type: ignore[arg-type]
+    def __init__(self, target: Target) -> None:
+        super().__init__(target)
         self._kit: Optional[Path] = None
         self._initramfs: Optional[Path] = None
         self._root: Optional[Path] = None

@@ -15,7 +15,7 @@ from typing import ClassVar, Dict, List, Optional, Tuple
 
 from harness import images, proc
 from harness.backends.base import Backend, RunContext, Tool
-from harness.config import Size
+from harness.config import Size, Target
 from harness.errors import ToolMissing
 
 # Debian architecture -> (qemu-user name, default suite)
@@ -46,8 +46,8 @@ class QemuUserBackend(Backend):
     Options: ClassVar[type] = QemuUserOptions
     description: ClassVar[str] = "user-mode emulation with a reserved address space (-R)"
 
-    def __init__(self, target: object) -> None:
-        super().__init__(target)  # type: ignore[arg-type]
+    def __init__(self, target: Target) -> None:
+        super().__init__(target)
         self._root: Optional[Path] = None
 
     @property

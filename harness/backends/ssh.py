@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 from harness import proc
 from harness.backends.base import Backend, RunContext
-from harness.config import Seconds
+from harness.config import Seconds, Target
 from harness.errors import HarnessError, ToolMissing
 
 
@@ -61,8 +61,8 @@ class SshBackend(Backend):
                     "password_env: NAME_OF_AN_ENVIRONMENT_VARIABLE",
     }
 
-    def __init__(self, target: object) -> None:
-        super().__init__(target)  # type: ignore[arg-type]
+    def __init__(self, target: Target) -> None:
+        super().__init__(target)
         self._client: Any = None
         self._remote_dir: Optional[str] = None
 

@@ -27,7 +27,7 @@ from typing import ClassVar, List, Optional, Tuple
 
 from harness import images, proc
 from harness.backends.base import Backend, RunContext, Tool
-from harness.config import Size
+from harness.config import Size, Target
 from harness.console import BOOTED, DONE
 from harness.errors import HarnessError, ToolMissing
 
@@ -81,8 +81,8 @@ class UmlBackend(Backend):
     Options: ClassVar[type] = UmlOptions
     description: ClassVar[str] = "User-Mode Linux with the host root shared read-only"
 
-    def __init__(self, target: object) -> None:
-        super().__init__(target)  # type: ignore[arg-type]
+    def __init__(self, target: Target) -> None:
+        super().__init__(target)
         self._root: Optional[Path] = None
 
     def required_tools(self) -> Tuple[Tool, ...]:
