@@ -225,14 +225,11 @@ class QemuBackend(Backend):
         _kvm_verdict[spec.name] = ok
         return ok
 
-    def argv(self, ctx: RunContext) -> List[str]:
+    def vm_argv(self, initrd: Path) -> List[str]:
+        """The machine both boot modes share: CPU, memory, console, firmware, kernel, initrd, command line."""
         o = self.options
         spec = o.spec
-        assert self._kit is not None and self._root is not None
-        root_share = "local,path=%s,mount_tag=hostroot,security_model=none,readonly=on" % self._root
-        if o.host_root:
-            root_share += ",multidevs=remap"  # / spans several filesystems
-        out_share = "local,path=%s,mount_tag=out,security_model=none" % (ctx.workdir / "out")
+        assert self._kit is not None
         append = ["console=%s" % spec.console, "panic=-1", "rdinit=/init", *o.kernel_args]
         return [
             spec.qemu,
@@ -245,23 +242,27 @@ class QemuBackend(Backend):
             "-no-reboot",
             *spec.firmware,
             "-kernel", str(self._kit / "kernel"),
-            "-initrd", str(ctx.workdir / "initrd"),
+            "-initrd", str(initrd),
             "-append", " ".join(append),
-            "-virtfs", root_share,
-            "-virtfs", out_share,
         ]
 
+    def argv(self, ctx: RunContext) -> List[str]:
+        """9p boot: the per-boot initrd, the guest root read-only and the results share writable."""
+        assert self._root is not None
+        root_share = "local,path=%s,mount_tag=hostroot,security_model=none,readonly=on" % self._root
+        if self.options.host_root:
+            root_share += ",multidevs=remap"  # / spans several filesystems
+        out_share = "local,path=%s,mount_tag=out,security_model=none" % (ctx.workdir / "out")
+        return self.vm_argv(ctx.workdir / "initrd") + ["-virtfs", root_share, "-virtfs", out_share]
+
     def ssh_argv(self, ctx: RunContext, port: int) -> List[str]:
-        o = self.options
-        spec = o.spec
-        assert self._kit is not None and self._initramfs is not None and self._disk is not None
-        append = ["console=%s" % spec.console, "panic=-1", "rdinit=/init", *o.kernel_args]
-        return [spec.qemu, *self.accel(), *spec.machine, "-cpu", o.cpu or spec.cpu, "-m", "%d" % (o.memory // MiB),
-                "-smp", str(o.smp), "-nographic", "-no-reboot", *spec.firmware,
-                "-kernel", str(self._kit / "kernel"), "-initrd", str(self._initramfs), "-append", " ".join(append),
-                "-drive", "file=%s,if=virtio,format=raw,snapshot=on" % (self._disk / "disk.img"),
-                "-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:%d-:22" % port,
-                "-device", "virtio-net-pci,netdev=n0"]
+        """SSH boot: the disk image (writes discarded) and user-mode networking forwarding ``port`` to :22."""
+        assert self._initramfs is not None and self._disk is not None
+        return self.vm_argv(self._initramfs) + [
+            "-drive", "file=%s,if=virtio,format=raw,snapshot=on" % (self._disk / "disk.img"),
+            "-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:%d-:22" % port,
+            "-device", "virtio-net-pci,netdev=n0",
+        ]
 
     def execute_over_ssh(self, ctx: RunContext) -> proc.Completed:
         """Boot the disk image, wait for its sshd, run the probe through the ssh backend, end the VM."""
