@@ -236,6 +236,14 @@ class Cache:
 # -- recipes ------------------------------------------------------------------------------------
 
 
+def build_step(argv: Sequence[str], log_path: Path, what: str) -> None:
+    """One command of a recipe, logged to the entry's build.log; failure is one BuildError with the log's tail."""
+    c = proc.run(list(argv), timeout=BUILD_TIMEOUT, log_path=log_path)
+    if c.returncode != 0 or c.timed_out:
+        tail = " | ".join(ln for ln in c.lines[-4:] if ln.strip())
+        raise BuildError("%s failed (see %s): %s" % (what, log_path, tail or c.error or c.returncode))
+
+
 def mmdebstrap(args: Sequence[str], log_path: Path, log: Log, what: str) -> None:
     if proc.which("mmdebstrap") is None:
         raise BuildError("building %s needs mmdebstrap: install it with: sudo apt-get install -y mmdebstrap" % what)
@@ -243,11 +251,7 @@ def mmdebstrap(args: Sequence[str], log_path: Path, log: Log, what: str) -> None
     # sometimes caught mid-sync on a mirror; guests need no security updates.
     hook = ('for f in "$1"/etc/apt/sources.list "$1"/etc/apt/sources.list.d/*.list; do '
             '[ -f "$f" ] || continue; sed -i -e "/-updates /d" -e "/-security /d" "$f"; done')
-    c = proc.run(["mmdebstrap", "--setup-hook=" + hook, *args], timeout=BUILD_TIMEOUT, log_path=log_path,
-                 capture=True)
-    if c.returncode != 0 or c.timed_out:
-        tail = " | ".join(ln for ln in c.lines[-4:] if ln.strip())
-        raise BuildError("mmdebstrap failed for %s (see %s): %s" % (what, log_path, tail or c.error or c.returncode))
+    build_step(["mmdebstrap", "--setup-hook=" + hook, *args], log_path, "mmdebstrap for %s" % what)
 
 
 _DEPENDS = re.compile(rb"depends=([A-Za-z0-9_,-]*)\0")
@@ -388,10 +392,8 @@ class RootfsTarball(Recipe):
 
     def build(self, out: Path, cache: Cache, log: Log) -> None:
         root = cache.get(self.rootfs, log) / "root"
-        c = proc.run(["tar", "--numeric-owner", "--exclude=./dev/*", "-C", str(root), "-cf",
-                      str(out / "rootfs.tar"), "."], timeout=BUILD_TIMEOUT, log_path=out / "build.log")
-        if c.returncode != 0:
-            raise BuildError("tar of %s failed (see %s)" % (root, out / "build.log"))
+        build_step(["tar", "--numeric-owner", "--exclude=./dev/*", "-C", str(root), "-cf", str(out / "rootfs.tar"),
+                    "."], out / "build.log", "tar of %s" % root)
 
 
 _HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "riscv64": "riscv64", "i686": "i386"}
@@ -482,16 +484,10 @@ class SshDisk(Recipe):
         root = cache.get(self.rootfs, log) / "root"
         stage = out / "stage"
         logf = out / "build.log"
-
-        def sh(argv: List[str], what: str) -> None:
-            c = proc.run(argv, timeout=BUILD_TIMEOUT, log_path=logf)
-            if c.returncode != 0:
-                raise BuildError("%s failed (see %s): %s" % (what, logf, c.error or c.output.strip()[-300:]))
-
         # Hard links: the stage shares the cached root's files; only new files are written.
-        sh(["cp", "-al", str(root), str(stage)], "copying the root")
-        sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "arena-harness", "-f", str(out / "id_ed25519")],
-           "ssh-keygen")
+        build_step(["cp", "-al", str(root), str(stage)], logf, "copying the root")
+        build_step(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "arena-harness",
+                    "-f", str(out / "id_ed25519")], logf, "ssh-keygen")
         ssh_dir = stage / "root" / ".ssh"
         ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         (ssh_dir / "authorized_keys").write_text((out / "id_ed25519.pub").read_text())
@@ -504,6 +500,6 @@ class SshDisk(Recipe):
             raise BuildError("the image has no ed25519 host key (openssh-server's postinst did not run)")
         shutil.copyfile(host_key, out / "host_ed25519.pub")
         size_mb = sum(f.stat().st_size for f in stage.rglob("*") if f.is_file() and not f.is_symlink()) // (1 << 20)
-        sh(["mke2fs", "-q", "-t", "ext4", "-L", "root", "-d", str(stage), str(out / "disk.img"),
-            "%dM" % (size_mb + self.extra_mb)], "mke2fs")
+        build_step(["mke2fs", "-q", "-t", "ext4", "-L", "root", "-d", str(stage), str(out / "disk.img"),
+            "%dM" % (size_mb + self.extra_mb)], logf, "mke2fs")
         shutil.rmtree(stage)
