@@ -11,10 +11,10 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
-from typing import List, NoReturn, Optional, Sequence
+from typing import Callable, Dict, List, NoReturn, Optional, Sequence
 
 from allocator.probe import POLICIES, expand_policies
-from harness import __version__, backends, config, diff, images, report, runner
+from harness import __version__, backends, config, diff, images, report, results, runner
 from harness.config import Target
 from harness.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, HarnessError, UsageError
 from harness.results import Record, RunDocument
@@ -136,7 +136,7 @@ def cmd_run(args: argparse.Namespace, argv: List[str]) -> int:
         targets = [t for t in targets if t.name in wanted]
     if args.shard:
         try:
-            targets = diff.shard(targets, args.shard)
+            targets = runner.shard(targets, args.shard)
         except ValueError as e:
             raise UsageError(str(e)) from None
     policies = None
@@ -208,7 +208,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    doc = diff.merge([RunDocument.load(p) for p in args.inputs])
+    doc = results.merge([RunDocument.load(p) for p in args.inputs])
     doc.write(args.output)
     print("%s: %d results from %d files; %s" % (args.output, len(doc.records), len(args.inputs),
                                                report.summary_line(doc)))
@@ -293,28 +293,27 @@ def cmd_images(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
+    "list": cmd_list,
+    "doctor": cmd_doctor,
+    "images": cmd_images,
+    "report": cmd_report,
+    "diff": cmd_diff,
+    "merge": cmd_merge,
+    "groups": cmd_groups,
+}
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
         if args.command == "run":
             return cmd_run(args, argv)
-        if args.command == "list":
-            return cmd_list(args)
-        if args.command == "doctor":
-            return cmd_doctor(args)
-        if args.command == "images":
-            return cmd_images(args)
-        if args.command == "report":
-            return cmd_report(args)
-        if args.command == "diff":
-            return cmd_diff(args)
-        if args.command == "merge":
-            return cmd_merge(args)
-        if args.command == "groups":
-            return cmd_groups(args)
-        raise UsageError("a command is required: run, list, doctor, images, report, diff, merge or groups "
-                         "(see arena-harness --help)")
+        command = COMMANDS.get(args.command)
+        if command is None:
+            raise UsageError("a command is required: run, %s (see arena-harness --help)" % ", ".join(COMMANDS))
+        return command(args)
     except HarnessError as e:
         print("arena-harness: %s" % e, file=sys.stderr)
         return e.exit_code

@@ -172,37 +172,3 @@ def markdown(d: Diff) -> str:
                 note = ("first failed in run %s. " % c.first_failed) + note
             out.append("| `%s` | %s | %s | %s |" % (c.key, c.old, c.new, note.replace("|", "\\|")))
     return "\n".join(out) + "\n"
-
-
-def merge(docs: List[RunDocument]) -> RunDocument:
-    """Join shard result files into one run document (records in the order given)."""
-    if not docs:
-        raise ValueError("nothing to merge")
-    seen: Dict[Key, Record] = {}
-    for doc in docs:
-        for r in doc.records:
-            seen[(r.target, r.policy)] = r
-    first = docs[0]
-    return RunDocument(
-        run_id="+".join(dict.fromkeys(d.run_id for d in docs)),
-        started=min(d.started for d in docs),
-        finished=max((d.finished or "") for d in docs) or None,
-        complete=all(d.complete for d in docs),
-        records=list(seen.values()),
-        argv=first.argv,
-        targets_file=first.targets_file,
-        artifacts=first.artifacts,
-        interrupted=next((d.interrupted for d in docs if d.interrupted), None),
-    )
-
-
-def shard(items: List[Any], spec: str) -> List[Any]:
-    """``K/N``: the K-th of N even, deterministic slices (round-robin over the given order)."""
-    try:
-        k_text, n_text = spec.split("/")
-        k, n = int(k_text), int(n_text)
-    except ValueError:
-        raise ValueError("--shard expects K/N, like 2/4, got %r" % spec) from None
-    if not (n >= 1 and 1 <= k <= n):
-        raise ValueError("--shard K/N needs 1 <= K <= N, got %r" % spec)
-    return [x for i, x in enumerate(items) if i % n == k - 1]

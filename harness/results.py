@@ -13,7 +13,7 @@ import socket
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from harness.backends.base import GuestRun
 from harness.config import Target
@@ -219,3 +219,25 @@ class RunDocument:
             artifacts=run.get("artifacts"),
             interrupted=run.get("interrupted"),
         )
+
+
+def merge(docs: List[RunDocument]) -> RunDocument:
+    """Join shard result files into one run document (records in the order given)."""
+    if not docs:
+        raise ValueError("nothing to merge")
+    seen: Dict[Tuple[str, str], Record] = {}
+    for doc in docs:
+        for r in doc.records:
+            seen[(r.target, r.policy)] = r
+    first = docs[0]
+    return RunDocument(
+        run_id="+".join(dict.fromkeys(d.run_id for d in docs)),
+        started=min(d.started for d in docs),
+        finished=max((d.finished or "") for d in docs) or None,
+        complete=all(d.complete for d in docs),
+        records=list(seen.values()),
+        argv=first.argv,
+        targets_file=first.targets_file,
+        artifacts=first.artifacts,
+        interrupted=next((d.interrupted for d in docs if d.interrupted), None),
+    )

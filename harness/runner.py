@@ -18,7 +18,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from harness import backends, images, payload, proc
 from harness.backends.base import RunContext
@@ -149,3 +149,15 @@ def run(
             doc.records.extend(results[i])
         doc.finished = now_iso()
     return doc
+
+
+def shard(items: List[Any], spec: str) -> List[Any]:
+    """``K/N``: the K-th of N even, deterministic slices (round-robin over the given order)."""
+    try:
+        k_text, n_text = spec.split("/")
+        k, n = int(k_text), int(n_text)
+    except ValueError:
+        raise ValueError("--shard expects K/N, like 2/4, got %r" % spec) from None
+    if not (n >= 1 and 1 <= k <= n):
+        raise ValueError("--shard K/N needs 1 <= K <= N, got %r" % spec)
+    return [x for i, x in enumerate(items) if i % n == k - 1]

@@ -84,16 +84,16 @@ def test_diff_sees_targets_added_and_gone_and_moved_addresses(tmp_path: Path) ->
 
 def test_shard_is_even_deterministic_and_merge_joins(tmp_path: Path) -> None:
     names = ["t%d" % i for i in range(10)]
-    shards = [diff.shard(names, "%d/3" % k) for k in (1, 2, 3)]
+    shards = [runner.shard(names, "%d/3" % k) for k in (1, 2, 3)]
     assert sorted(sum(shards, [])) == sorted(names) and [len(s) for s in shards] == [4, 3, 3]
-    assert diff.shard(names, "2/3") == shards[1]
+    assert runner.shard(names, "2/3") == shards[1]
     with pytest.raises(ValueError, match="1 <= K <= N"):
-        diff.shard(names, "4/3")
+        runner.shard(names, "4/3")
     ts = config.parse(TARGETS % "high-arena", "t.yaml").targets
     parts = []
     for k in (1, 2):
         out = tmp_path / ("s%d.json" % k)
-        doc = runner.run(diff.shard(list(ts), "%d/2" % k), artifacts=tmp_path)
+        doc = runner.run(runner.shard(list(ts), "%d/2" % k), artifacts=tmp_path)
         doc.write(out)
         parts.append(out)
     assert cli.main(["merge", str(tmp_path / "all.json"), *map(str, parts)]) == 0
