@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from harness import backends, config, images, runner
-from harness.results import Status
+from harness.results import RunDocument, Status
 from tests.conftest import require_tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.qemu]
@@ -27,17 +27,16 @@ def test_the_second_provision_downloads_and_builds_nothing() -> None:
     assert time.monotonic() - start < 1.0
 
 
-def test_a_kernel_that_finds_no_init_is_a_panic(tmp_path: Path) -> None:
+def run_x86(tmp_path: Path, name: str, timeout: str, kernel_args: str) -> RunDocument:
+    """One x86_64 QEMU target with these kernel arguments, booted for real (go-2012 only)."""
     require_tool("qemu", "qemu-system-x86_64", "sudo apt-get install -y qemu-system-x86")
-    ts = config.parse("""
-targets:
-  - name: qemu-noinit
-    backend: qemu
-    arch: x86_64
-    timeout: 120s
-    kernel_args: [quiet, rdinit=/nonexistent, init=/nonexistent]
-""", "t.yaml")
-    doc = runner.run(ts.targets, policies=["go-2012"], artifacts=tmp_path)
+    ts = config.parse("targets:\n  - name: %s\n    backend: qemu\n    arch: x86_64\n    timeout: %s\n"
+                      "    kernel_args: [%s]\n" % (name, timeout, kernel_args), "t.yaml")
+    return runner.run(ts.targets, policies=["go-2012"], artifacts=tmp_path)
+
+
+def test_a_kernel_that_finds_no_init_is_a_panic(tmp_path: Path) -> None:
+    doc = run_x86(tmp_path, "qemu-noinit", "120s", "quiet, rdinit=/nonexistent, init=/nonexistent")
     (rec,) = doc.records
     assert rec.status is Status.PANIC, rec.detail
     assert rec.detail is not None and rec.detail.startswith("kernel panic: Kernel panic - not syncing")
@@ -46,18 +45,9 @@ targets:
 
 
 def test_a_hanging_guest_times_out_within_the_deadline(tmp_path: Path) -> None:
-    require_tool("qemu", "qemu-system-x86_64", "sudo apt-get install -y qemu-system-x86")
     # PID 1 is cat reading the serial console, which never gets input: the guest hangs after booting.
-    ts = config.parse("""
-targets:
-  - name: qemu-hang
-    backend: qemu
-    arch: x86_64
-    timeout: 25s
-    kernel_args: [quiet, rdinit=/bin/cat]
-""", "t.yaml")
     start = time.monotonic()
-    doc = runner.run(ts.targets, policies=["go-2012"], artifacts=tmp_path)
+    doc = run_x86(tmp_path, "qemu-hang", "25s", "quiet, rdinit=/bin/cat")
     (rec,) = doc.records
     assert time.monotonic() - start < 25 + 5
     assert rec.status is Status.TIMEOUT, rec.detail
