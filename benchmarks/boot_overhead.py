@@ -44,10 +44,7 @@ def raw_command(target: config.Target, tmp: Path) -> Tuple[List[str], Path]:
     work = Path(tempfile.mkdtemp(dir=str(tmp)))
     ctx = RunContext("bench", target, list(target.policies), work, pyz, tmp / "raw.log", target.timeout)
     backend.prepare(ctx)
-    if target.backend == "local":
-        argv = [backend.options.python, str(pyz)] + backend.probe_args(ctx)
-    else:
-        argv = backend.argv(ctx)  # type: ignore[attr-defined]
+    argv = backend.argv(ctx)  # type: ignore[attr-defined]  # the jailed command line, guest uid included
     return argv, work
 
 
@@ -56,15 +53,9 @@ def time_raw(argv: List[str], work: Path, target: config.Target) -> float:
     if out.is_dir():  # the guest writes its result here each time
         for f in out.iterdir():
             f.unlink()
-    kw = {}
-    if target.backend == "uml":
-        backend = backends.get("uml")(target)
-        owner = backend._run_as()  # type: ignore[attr-defined]
-        if owner:
-            kw = {"user": owner[0], "group": owner[1], "extra_groups": []}
     start = time.monotonic()
     subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   timeout=target.timeout, cwd=str(work), check=False, **kw)  # type: ignore[call-overload]
+                   timeout=target.timeout, cwd=str(work), check=False)
     return time.monotonic() - start
 
 

@@ -106,7 +106,8 @@ def run(
     stopping = threading.Event()
     tmp = Path(tempfile.mkdtemp(prefix="arena-harness-%s-" % run_id))
     try:
-        os.chmod(tmp, 0o755)  # guests running as an unprivileged user read the zipapp from here
+        # Only the harness enters the run's directory: jailed guests get their own paths bound in.
+        os.chmod(tmp, 0o700)
         pyz = payload.build(tmp)
 
         def one(i: int, target: Target, ps: List[str]) -> None:

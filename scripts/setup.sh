@@ -1,47 +1,74 @@
 #!/usr/bin/env bash
-# Set up arena-harness on a Debian or Ubuntu machine: system packages, then the
-# package and its test tools into ./.venv. Safe to run again: it installs only
-# what is missing. Used by scripts/matrix.sh and scripts/test.sh.
+# Set up arena-harness on Debian 12 (bookworm): system packages, a Docker daemon,
+# then the package and its test tools in ./.venv. Safe to run again: it installs
+# only what is missing. Prints one line per step; apt's and pip's output goes to
+# .setup.log (shown when a step fails). Used by scripts/matrix.sh and scripts/test.sh.
+#
+# The package list is what a pristine Debian 12 needs for every shipped target
+# and test, found by running this script in a minbase root (tests/pristine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+LOG="$PWD/.setup.log"
+: >"$LOG"
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-# What the harness and its tests use: Python with venv; User-Mode Linux; QEMU
-# for four architectures (opensbi: riscv64 firmware); mmdebstrap to fetch
-# kernels and build root filesystems, with qemu-user-static and binfmt-support
-# for foreign-arch ones; docker.io for the docker targets; openssh-server for
-# the ssh tests (they start their own sshd); chromium to check that the HTML
-# report renders; ps (procps) for the leftover checks.
+step() { printf 'setup: %s\n' "$*" >&2; }
+fail() {
+    printf 'setup: FAILED: %s (last lines of %s below)\n' "$1" "$LOG" >&2
+    tail -20 "$LOG" >&2
+    exit 1
+}
+
+# Why each package is here:
+#   python3 python3-venv          the harness and its virtualenv; guests run the Debian python3
+#   user-mode-linux               the uml targets
+#   qemu-system-x86 qemu-system-arm qemu-system-misc opensbi
+#                                 QEMU targets (opensbi: riscv64 firmware)
+#   qemu-user-static binfmt-support
+#                                 qemu-user targets, and foreign-arch root filesystems
+#   mmdebstrap arch-test          kernels and root filesystems; mmdebstrap only *recommends*
+#                                 arch-test, which it needs for any foreign architecture
+#   docker.io                     the docker targets (a daemon is started below)
+#   openssh-server                the ssh tests start their own sshd
+#   chromium                      renders the HTML report in a test
+#   procps                        ps, for the leftover checks
+#   ca-certificates               pip over TLS
 PACKAGES="python3 python3-venv user-mode-linux qemu-system-x86 qemu-system-arm qemu-system-misc opensbi
-          qemu-user-static binfmt-support mmdebstrap docker.io openssh-server chromium procps"
+          qemu-user-static binfmt-support mmdebstrap arch-test docker.io openssh-server chromium procps
+          ca-certificates"
 
 missing=""
 for p in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
 done
 if [ -n "$missing" ]; then
-    echo "setup: installing$missing" >&2
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >&2
+    step "installing$missing"
+    $SUDO apt-get update >>"$LOG" 2>&1 || fail "apt-get update"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends $missing >>"$LOG" 2>&1 \
+        || fail "apt-get install$missing"
+else
+    step "system packages: all present"
 fi
 
-# A Docker daemon for the docker targets, started as RECIPES.md says (no iptables,
-# no bridge: containers run with network none). It keeps running afterwards.
-if ! docker info >/dev/null 2>&1; then
-    if [ "$(id -u)" -eq 0 ]; then
-        echo "setup: starting dockerd (log: /var/log/arena-harness-dockerd.log)" >&2
-        setsid nohup dockerd --iptables=false --bridge=none >/var/log/arena-harness-dockerd.log 2>&1 < /dev/null &
-        for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
-        docker info >/dev/null 2>&1 || { echo "setup: dockerd did not start" >&2; tail -5 /var/log/arena-harness-dockerd.log >&2; exit 1; }
-    else
-        echo "setup: no Docker daemon runs; start one (sudo dockerd) for the docker targets" >&2
-    fi
+# A Docker daemon for the docker targets: no iptables, no bridge (containers run
+# with network none). It keeps running afterwards.
+if docker info >/dev/null 2>&1; then
+    step "docker daemon: running"
+elif [ "$(id -u)" -eq 0 ]; then
+    step "starting dockerd (log: /var/log/arena-harness-dockerd.log)"
+    setsid nohup dockerd --iptables=false --bridge=none >/var/log/arena-harness-dockerd.log 2>&1 </dev/null &
+    for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+    docker info >/dev/null 2>&1 || { tail -5 /var/log/arena-harness-dockerd.log >&2; fail "dockerd did not start"; }
+else
+    step "no Docker daemon runs; start one (sudo dockerd) for the docker targets"
 fi
 
 if [ ! -x .venv/bin/python ]; then
-    echo "setup: creating .venv" >&2
-    python3 -m venv .venv
+    step "creating .venv"
+    python3 -m venv .venv >>"$LOG" 2>&1 || fail "python3 -m venv .venv"
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]' >&2
+step "installing arena-harness and its test tools into .venv"
+.venv/bin/python -m pip install --disable-pip-version-check -e '.[test]' >>"$LOG" 2>&1 || fail "pip install"
+step "ready"

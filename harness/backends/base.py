@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
-from harness import images, proc
+from harness import images, jail, proc
 from harness.config import Target
 from harness.console import DONE, extract_frames, find_panic, parse_documents
 from harness.errors import ToolMissing
@@ -74,6 +74,7 @@ class Backend:
     def __init__(self, target: Target) -> None:
         self.target = target
         self.options = target.options
+        self._slot: Optional[jail.Slot] = None
 
     # -- availability -------------------------------------------------------------------------
     def required_tools(self) -> Tuple[Tool, ...]:
@@ -153,9 +154,31 @@ class Backend:
         return what + (": " + " | ".join(tail) if tail else ", no output")
 
     def shutdown(self) -> None:
-        """Release what the boot holds. Safe to call twice. Default: nothing is held."""
+        """Release what the boot holds (its guest uid, if jailed). Safe to call twice."""
+        if self._slot is not None:
+            self._slot.release()
+            self._slot = None
 
     # -- helpers for subclasses ----------------------------------------------------------------
+    def slot(self) -> Optional[jail.Slot]:
+        """This boot's own guest uid (root harness only; held until shutdown)."""
+        if self._slot is None and jail.jailed_uid_available():
+            self._slot = jail.acquire_slot()
+        return self._slot
+
+    def jailed(self, ctx: RunContext, view: jail.View, argv: List[str]) -> List[str]:
+        """``argv`` run inside ``view`` as this boot's guest uid (see :mod:`harness.jail`)."""
+        mountpoint = ctx.workdir / "view"
+        mountpoint.mkdir(exist_ok=True)
+        return jail.launcher(view, mountpoint, self.slot()) + ["--"] + argv
+
+    def results_dir(self, ctx: RunContext) -> Path:
+        """The boot's results directory: the one host path its guest may write (0700, the guest's uid)."""
+        out = ctx.workdir / "out"
+        out.mkdir(exist_ok=True)
+        jail.own(out, self.slot())
+        return out
+
     def spawn(self, ctx: RunContext, argv: List[str], **kw: Any) -> proc.Completed:
         """Start the boot's process: the target's deadline and watchdog, the console log, the boot's dir."""
         kw.setdefault("cwd", ctx.workdir)

@@ -1,13 +1,25 @@
-"""The local host: the allocator runs as a subprocess of the harness (optionally under RLIMIT_AS)."""
+"""The local host: the allocator runs as a jailed subprocess of the harness (optionally under RLIMIT_AS).
+
+The process sees the host's kernel and its own PID namespace, but of the host's
+files only a read-only view (:mod:`harness.jail`): ``/usr``, ``/etc``, the
+zipapp, a private ``/tmp``; as root it runs as a guest uid of its own. The
+interpreter is looked up in the view (``/usr/local/bin``, ``/usr/bin``); one
+given by a path outside ``/usr`` (a pyenv or venv build) has its installation
+bound into the view read-only at the same path.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
-from typing import ClassVar, Optional, Tuple
+from pathlib import Path
+from typing import ClassVar, List, Optional, Tuple
 
-from harness import proc
+from harness import jail, proc
 from harness.backends.base import Backend, RunContext, Tool
+
+VIEW_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclass(frozen=True)
@@ -28,10 +40,30 @@ class LocalBackend(Backend):
     description: ClassVar[str] = "this machine, as a subprocess"
 
     def required_tools(self) -> Tuple[Tool, ...]:
-        return (Tool(self.options.python, "python3"),)
+        return (Tool(self.interpreter() or self.options.python, "python3"),)
+
+    def interpreter(self) -> Optional[str]:
+        """The interpreter's path on the host: a given path, else the name looked up as the view sees PATH."""
+        python: str = self.options.python
+        if "/" in python:
+            return python
+        return shutil.which(python, path=VIEW_PATH)
+
+    def view(self, ctx: RunContext) -> jail.View:
+        boot = ctx.workdir / "boot"
+        boot.mkdir(exist_ok=True)
+        shutil.copyfile(ctx.payload, boot / "allocator.pyz")
+        ro: List[Tuple[Path, str]] = [(boot, jail.guest_path("boot"))]
+        python = os.path.realpath(self.interpreter() or self.options.python)
+        if not python.startswith("/usr/"):
+            prefix = Path(python).parent.parent  # PREFIX/bin/python3.X -> PREFIX
+            ro.append((prefix, str(prefix)))
+        return jail.View(ro=tuple(ro), proc=True)
+
+    def argv(self, ctx: RunContext) -> List[str]:
+        python = self.interpreter() or self.options.python
+        return self.jailed(ctx, self.view(ctx), [python, jail.guest_path("boot/allocator.pyz")] + self.probe_args(ctx))
 
     def execute(self, ctx: RunContext) -> proc.Completed:
-        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-        env.pop("PYTHONPATH", None)  # the guest side stands alone: only the zipapp
-        argv = [self.options.python, str(ctx.payload)] + self.probe_args(ctx)
-        return self.spawn(ctx, argv, env=env)
+        env = {"PATH": VIEW_PATH, "PYTHONDONTWRITEBYTECODE": "1", "LC_ALL": "C", "HOME": "/tmp"}
+        return self.spawn(ctx, self.argv(ctx), env=env)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Dict, List, Optional, Tuple
 
-from harness import images, proc
+from harness import images, jail, proc
 from harness.backends.base import Backend, RunContext, Tool
 from harness.config import Seconds, Size, Target
 from harness.console import find_panic
@@ -192,7 +192,6 @@ class QemuBackend(Backend):
         assert self._initramfs is not None
         if self.options.boot == "ssh":
             return  # the image is the guest; the allocator goes over SSH
-        (ctx.workdir / "out").mkdir()
         per_boot = images.Cpio()
         per_boot.file("payload/allocator.pyz", ctx.payload.read_bytes())
         per_boot.file("payload/args", (" ".join(self.probe_args(ctx)) + "\n").encode())
@@ -241,28 +240,55 @@ class QemuBackend(Backend):
             "-nographic",
             "-no-reboot",
             *spec.firmware,
-            "-kernel", str(self._kit / "kernel"),
+            "-kernel", jail.guest_path("kit/kernel"),
             "-initrd", str(initrd),
             "-append", " ".join(append),
         ]
 
+    def view(self, ctx: RunContext) -> jail.View:
+        """What the jailed QEMU sees: the host's /usr and /etc (itself, its firmware), the kernel, this
+        boot's initrd, the guest's root filesystem (when it is not the view itself) and the results share."""
+        assert self._kit is not None
+        ro = [(self._kit, jail.guest_path("kit")), (ctx.workdir / "initrd", jail.guest_path("initrd"))]
+        rw = []
+        if self.options.boot == "ssh":
+            assert self._disk is not None
+            ro.append((self._disk / "disk.img", jail.guest_path("disk.img")))
+        else:
+            if not self.options.host_root:
+                assert self._root is not None
+                ro.append((self._root, jail.guest_path("root")))
+            rw.append((self.results_dir(ctx), jail.guest_path("out")))
+        devices = jail.View.devices + (("kvm",) if self.accel() == ["-accel", "kvm"] else ())
+        # snapshot=on keeps the disk's writes in a file under TMPDIR: the view's private /tmp (lazily filled).
+        tmp = 1 << 30 if self.options.boot == "ssh" else 64 << 20
+        # proc: QEMU's 9p server sets modes through /proc/self/fd (its own PID namespace's proc will do).
+        return jail.View(ro=tuple(ro), rw=tuple(rw), devices=devices, tmp_size=tmp, proc=True)
+
     def argv(self, ctx: RunContext) -> List[str]:
-        """9p boot: the per-boot initrd, the guest root read-only and the results share writable."""
-        assert self._root is not None
-        root_share = "local,path=%s,mount_tag=hostroot,security_model=none,readonly=on" % self._root
-        if self.options.host_root:
-            root_share += ",multidevs=remap"  # / spans several filesystems
-        out_share = "local,path=%s,mount_tag=out,security_model=none" % (ctx.workdir / "out")
-        return self.vm_argv(ctx.workdir / "initrd") + ["-virtfs", root_share, "-virtfs", out_share]
+        """9p boot: the per-boot initrd, the guest root read-only and the results share writable.
+
+        Paths are the jailed QEMU's: for an x86_64 guest on an x86_64 host the guest root is the view
+        itself (the host's /usr and /etc), never the host's /."""
+        root = "/" if self.options.host_root else jail.guest_path("root")
+        root_share = "local,path=%s,mount_tag=hostroot,security_model=none,readonly=on" % root
+        root_share += ",multidevs=remap"  # the view spans several filesystems
+        out_share = "local,path=%s,mount_tag=out,security_model=none" % jail.guest_path("out")
+        argv = self.vm_argv(Path(jail.guest_path("initrd"))) + ["-virtfs", root_share, "-virtfs", out_share]
+        return self.jailed(ctx, self.view(ctx), argv)
 
     def ssh_argv(self, ctx: RunContext, port: int) -> List[str]:
-        """SSH boot: the disk image (writes discarded) and user-mode networking forwarding ``port`` to :22."""
+        """SSH boot: the disk image (writes discarded) and user-mode networking forwarding ``port`` to :22.
+
+        ``restrict=on``: the guest reaches neither the host nor any network; only the forward comes in."""
         assert self._initramfs is not None and self._disk is not None
-        return self.vm_argv(self._initramfs) + [
-            "-drive", "file=%s,if=virtio,format=raw,snapshot=on" % (self._disk / "disk.img"),
-            "-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:%d-:22" % port,
+        shutil.copyfile(self._initramfs, ctx.workdir / "initrd")
+        argv = self.vm_argv(Path(jail.guest_path("initrd"))) + [
+            "-drive", "file=%s,if=virtio,format=raw,snapshot=on" % jail.guest_path("disk.img"),
+            "-netdev", "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:%d-:22" % port,
             "-device", "virtio-net-pci,netdev=n0",
         ]
+        return self.jailed(ctx, self.view(ctx), argv)
 
     def execute_over_ssh(self, ctx: RunContext) -> proc.Completed:
         """Boot the disk image, wait for its sshd, run the probe through the ssh backend, end the VM."""
@@ -273,7 +299,8 @@ class QemuBackend(Backend):
         with socket.socket() as s:  # a free loopback port for hostfwd
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        vm = proc.start(self.ssh_argv(ctx, port), log_path=ctx.log_path, cwd=ctx.workdir)
+        vm = proc.start(self.ssh_argv(ctx, port), log_path=ctx.log_path, cwd=ctx.workdir,
+                        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "TMPDIR": "/tmp", "HOME": "/tmp"})
         if isinstance(vm, proc.Completed):
             return vm
         try:
@@ -307,7 +334,8 @@ class QemuBackend(Backend):
             return self.execute_over_ssh(ctx)
         if not (ctx.workdir / "initrd").exists():
             raise HarnessError("qemu: prepare() did not run")
-        return self.spawn(ctx, self.argv(ctx), watch=self.done_watcher, after_stop_request=5.0)
+        return self.spawn(ctx, self.argv(ctx), watch=self.done_watcher, after_stop_request=5.0,
+                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "TMPDIR": "/tmp", "HOME": "/tmp"})
 
     def result_file(self, ctx: RunContext) -> Optional[Path]:
         return None if self.options.boot == "ssh" else ctx.workdir / "out" / "result.json"

@@ -4,19 +4,25 @@
 with ROOT a cached Debian root filesystem of that architecture. Without ``-R``
 the guest shares the host's 47-bit space; ``reserved_va`` (``-R``) limits it,
 like a small-VA kernel would (4 GiB, or 256 GiB as under Sv39).
+
+The emulator runs jailed (:mod:`harness.jail`): the view's root is ROOT itself,
+read-only, with the (static) emulator and the zipapp bound under
+``/mnt/arena``, a proc of its own PID namespace and, as root, a guest uid of
+its own. So the command is really ``/mnt/arena/qemu -L / ... /usr/bin/python3``.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Dict, List, Optional, Tuple
 
-from harness import images, proc
+from harness import images, jail, proc
 from harness.backends.base import Backend, RunContext, Tool
 from harness.config import Size, Target
-from harness.errors import ToolMissing
+from harness.errors import HarnessError, ToolMissing
 
 # Debian architecture -> (qemu-user name, default suite)
 USER_ARCHES: Dict[str, Tuple[str, str]] = {
@@ -77,10 +83,18 @@ class QemuUserBackend(Backend):
         if self._root is None:
             self.provision(images.Cache(), lambda msg: None)
         assert self._root is not None
-        argv = [self.emulator, "-L", str(self._root)]
+        emulator = proc.which(self.emulator)
+        if emulator is None:
+            raise HarnessError("%s is not installed (sudo apt-get install -y qemu-user-static)" % self.emulator)
+        boot = ctx.workdir / "boot"
+        boot.mkdir(exist_ok=True)
+        shutil.copyfile(ctx.payload, boot / "allocator.pyz")
+        view = jail.View(root=self._root, ro=((Path(emulator), jail.guest_path("qemu")),
+                                             (boot, jail.guest_path("boot"))), proc=True)
+        argv = [jail.guest_path("qemu"), "-L", "/"]
         if self.options.reserved_va is not None:
             argv += ["-R", str(int(self.options.reserved_va))]
-        argv += [str(self._root / "usr/bin/python3"), str(ctx.payload)] + self.probe_args(ctx)
+        argv += ["/usr/bin/python3", jail.guest_path("boot/allocator.pyz")] + self.probe_args(ctx)
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONDONTWRITEBYTECODE": "1", "LC_ALL": "C",
-               "HOME": str(ctx.workdir)}
-        return self.spawn(ctx, argv, env=env)
+               "HOME": "/tmp"}
+        return self.spawn(ctx, self.jailed(ctx, view, argv), env=env)

@@ -1,35 +1,36 @@
-"""User-Mode Linux: Debian's ``linux.uml`` booted with a host directory (``/``) as its read-only root.
+"""User-Mode Linux: Debian's ``linux.uml`` booted with a read-only view of the host as its root.
 
-The guest's init (written per boot) mounts proc, mounts a dedicated writable
-results directory through hostfs, runs the allocator zipapp with the guest's
+UML's hostfs lets a guest (root inside) mount any host path the ``linux.uml``
+process can reach, so that process runs jailed (:mod:`harness.jail`): in a
+private mount namespace whose root is a read-only view holding the host's
+``/usr`` and ``/etc`` (or, with ``root:`` or ``suite:``, a root filesystem),
+the boot's own init and allocator under ``/mnt/arena/boot`` (read-only), and
+its own results directory ``/mnt/arena/out``, the one writable path. As root,
+the harness also runs each UML as a uid of its own, which alone owns that
+results directory (``0700``). The guest's init mounts proc, mounts the results
+directory through hostfs, runs the allocator zipapp with the guest's
 ``python3``, prints the result framed on the console as well, and powers off.
-Each boot has its own umid and ``uml_dir`` inside the boot's private directory.
-When the harness runs as root, UML runs as ``nobody``: a guest is root inside
-and could otherwise mount any host path writable through hostfs.
 
-With ``suite:`` (e.g. trixie) the ``linux.uml`` of that Debian release runs
-inside that release's root filesystem (a cached image with python3 and
-user-mode-linux), through ``harness.nsexec``: a private mount namespace, a
-chroot, the boot's directory bound at /mnt; the guest's root is that release.
+With ``suite:`` (e.g. trixie) the view's root is that Debian release's root
+filesystem (a cached image with python3 and user-mode-linux), and its own
+``linux.uml`` runs there; the guest's root is then that release.
 """
 
 from __future__ import annotations
 
 import os
-import pwd
 import re
 import shlex
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, List, Optional, Tuple
 
-from harness import images, proc
+from harness import images, jail, proc
 from harness.backends.base import Backend, RunContext, Tool
 from harness.config import Size, Target
 from harness.console import BOOTED, DONE
-from harness.errors import HarnessError, ToolMissing
+from harness.errors import ToolMissing
 
 MiB = 1 << 20
 
@@ -58,7 +59,6 @@ class UmlOptions:
     kernel_args: Tuple[str, ...] = ("quiet",)
     python: str = "python3"
     root: str = "/"
-    unprivileged: bool = True
     suite: Optional[str] = None  # run this Debian release's linux.uml inside its own root filesystem
 
     def validate(self) -> Optional[Tuple[str, str]]:
@@ -79,7 +79,7 @@ class UmlOptions:
 class UmlBackend(Backend):
     name: ClassVar[str] = "uml"
     Options: ClassVar[type] = UmlOptions
-    description: ClassVar[str] = "User-Mode Linux with the host root shared read-only"
+    description: ClassVar[str] = "User-Mode Linux with a read-only view of the host as its root"
 
     def __init__(self, target: Target) -> None:
         super().__init__(target)
@@ -98,119 +98,86 @@ class UmlBackend(Backend):
     def provision(self, cache: images.Cache, log: images.Log) -> None:
         if self.options.suite:
             self._root = cache.get(self.recipes()[0], log) / "root"
-
-    def guest_path(self, ctx: RunContext, host: Path) -> str:
-        """Where the guest (and the chrooted linux.uml) sees a path of the boot's directory."""
-        if not self.options.suite:
-            return str(host)
-        return "/mnt/" + str(host.relative_to(ctx.workdir)) if host != ctx.workdir else "/mnt"
+        elif self.options.root != "/":
+            self._root = Path(self.options.root)
 
     def missing(self) -> Optional[ToolMissing]:
-        if self.options.suite and os.geteuid() != 0:
-            return ToolMissing(self.name, "root", "running another release's UML needs a chroot: run as root")
         problem = super().missing()
-        if problem is None and self._run_as() is None and os.geteuid() == 0 and self.options.unprivileged:
-            return ToolMissing(self.name, "user nobody", "create it, or set unprivileged: false on the target")
         if problem is None and not Path(self.options.root).is_dir():
             return ToolMissing(self.name, self.options.root, "the root directory for the guest does not exist")
         return problem
 
-    def _run_as(self) -> Optional[Tuple[int, int]]:
-        if os.geteuid() != 0 or not self.options.unprivileged:
-            return None
-        try:
-            pw = pwd.getpwnam("nobody")
-        except KeyError:
-            return None
-        return pw.pw_uid, pw.pw_gid
-
-    def _paths(self, ctx: RunContext) -> Tuple[Path, Path, Path, Path]:
-        return ctx.workdir / "init.sh", ctx.workdir / "out", ctx.workdir / "mnt", ctx.workdir / "uml"
+    def _paths(self, ctx: RunContext) -> Tuple[Path, Path]:
+        """The boot's read-only files (init, zipapp) and its results directory."""
+        return ctx.workdir / "boot", ctx.workdir / "out"
 
     def umid(self, ctx: RunContext) -> str:
         raw = "ah-%s-%s" % (ctx.run_id, self.target.name)
         return re.sub(r"[^A-Za-z0-9_.-]", "_", raw)[:60]
 
-    def _check_reachable(self, path: Path) -> None:
-        """An unprivileged UML must be able to reach its own directory and the zipapp."""
-        if path.is_file() and path.stat().st_mode & 0o004 == 0:
-            raise HarnessError("UML runs as nobody and cannot read %s: make it world-readable" % path)
-        for parent in [path, *path.parents] if path.is_dir() else list(path.parents):
-            if parent.stat().st_mode & 0o001 == 0:
-                raise HarnessError(
-                    "UML runs as nobody and cannot enter %s (mode %o): use a temp directory others can enter "
-                    "(TMPDIR=/tmp) or set unprivileged: false on target %s"
-                    % (parent, parent.stat().st_mode & 0o777, self.target.name)
-                )
-
     def prepare(self, ctx: RunContext) -> None:
-        init, out, mnt, uml_dir = self._paths(ctx)
-        pyz = ctx.payload
-        if self.options.suite:
-            # The chroot sees only the boot's directory (bound at /mnt): the zipapp goes there.
-            pyz = ctx.workdir / "allocator.pyz"
-            shutil.copyfile(ctx.payload, pyz)
-            pyz.chmod(0o444)
-            ctx.workdir.chmod(0o755)
-        elif self._run_as() is not None:
-            ctx.workdir.chmod(0o755)
-            self._check_reachable(ctx.workdir)
-            self._check_reachable(ctx.payload)
-        for d in (out, mnt, uml_dir):
+        boot, _ = self._paths(ctx)
+        for d in (boot, boot / "share"):
             d.mkdir(mode=0o755)
-        command = shlex.join([self.options.python, self.guest_path(ctx, pyz)] + self.probe_args(ctx))
+        shutil.copyfile(ctx.payload, boot / "allocator.pyz")
+        self.results_dir(ctx)
+        command = shlex.join([self.options.python, jail.guest_path("boot/allocator.pyz")] + self.probe_args(ctx))
+        init = boot / "init.sh"
         init.write_text(
             INIT.format(
                 target=self.target.name,
                 booted=BOOTED,
                 done=DONE,
-                share=shlex.quote(self.guest_path(ctx, out)),
-                mnt=shlex.quote(self.guest_path(ctx, mnt)),
+                share=shlex.quote(jail.guest_path("out")),
+                mnt=shlex.quote(jail.guest_path("boot/share")),
                 command=command,
                 python=shlex.quote(self.options.python),
             )
         )
-        init.chmod(0o755)
-        owner = self._run_as()
-        if owner is not None:
-            # Only these two directories are the guest's to write; the rest of the host is read-only.
-            for d in (out, uml_dir):
-                os.chown(d, *owner)
+        for f in (init, boot / "allocator.pyz"):
+            f.chmod(0o555)
 
-    def argv(self, ctx: RunContext) -> List[str]:
-        init, _, _, uml_dir = self._paths(ctx)
+    def view(self, ctx: RunContext) -> jail.View:
+        boot, out = self._paths(ctx)
+        ro = [(boot, jail.guest_path("boot"))]
+        if self._own_kernel():
+            ro.append((Path(self.options.kernel), jail.guest_path("linux.uml")))
+        # UML keeps the guest's memory in a file under TMPDIR: the view's private /tmp holds it.
+        return jail.View(root=self._root, ro=tuple(ro), rw=((out, jail.guest_path("out")),),
+                         tmp_size=int(self.options.memory) + 64 * MiB)
+
+    def _own_kernel(self) -> bool:
+        """A kernel given by a host path outside the view's /usr is bound into the view."""
+        k = self.options.kernel
+        return "/" in k and self._root is None and not os.path.realpath(k).startswith("/usr/")
+
+    def uml_argv(self, ctx: RunContext) -> List[str]:
+        """The kernel's own command line, with paths as the jailed process sees them."""
         o = self.options
-        uml = [
-            o.kernel,
+        return [
+            jail.guest_path("linux.uml") if self._own_kernel() else o.kernel,
             "umid=%s" % self.umid(ctx),
-            "uml_dir=%s" % self.guest_path(ctx, uml_dir),
+            "uml_dir=/tmp/uml",
             "mem=%dM" % (o.memory // MiB),
             "root=/dev/root",
             "rootfstype=hostfs",
-            "rootflags=%s" % o.root,
+            "rootflags=/",
             "ro",
-            "init=%s" % self.guest_path(ctx, init),
+            "init=%s" % jail.guest_path("boot/init.sh"),
             "con=null",
             "con0=fd:0,fd:1",
             *o.kernel_args,
         ]
-        if not o.suite:
-            return uml
-        assert self._root is not None, "provision() did not run"
-        launcher = [sys.executable, "-m", "harness.nsexec", "--root", str(self._root),
-                    "--bind", "%s:/mnt" % ctx.workdir]
-        owner = self._run_as()
-        if owner is not None:
-            launcher += ["--user", "%d:%d" % owner]
-        return launcher + ["--"] + uml
+
+    def argv(self, ctx: RunContext) -> List[str]:
+        return self.jailed(ctx, self.view(ctx), self.uml_argv(ctx))
 
     def execute(self, ctx: RunContext) -> proc.Completed:
         if self.options.suite and self._root is None:
             self.provision(images.Cache(), lambda msg: None)
-        owner = None if self.options.suite else self._run_as()
-        env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "HOME": str(ctx.workdir)}
-        return self.spawn(ctx, self.argv(ctx), env=env, watch=self.done_watcher,
-                          user=owner[0] if owner else None, group=owner[1] if owner else None)
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp"}
+        return self.spawn(ctx, self.argv(ctx), env=env, watch=self.done_watcher)
 
     def result_file(self, ctx: RunContext) -> Optional[Path]:
         return self._paths(ctx)[1] / "result.json"
+

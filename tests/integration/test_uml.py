@@ -8,14 +8,13 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator, Tuple
+from typing import Tuple
 
 import pytest
 
 from harness import config, payload, proc
 from harness.backends.base import GuestRun, RunContext
 from harness.backends.uml import UmlBackend
-from harness.errors import HarnessError
 from harness.results import Status, classify
 from tests.conftest import require_tool
 
@@ -37,7 +36,8 @@ def boot(tmp_path: Path, init_body: str, timeout: float = 60.0) -> Tuple[UmlBack
     pyz = payload.build(tmp_path)
     ctx = RunContext("itest%d" % os.getpid(), target, ["go-2012"], work, pyz, tmp_path / "console.log", timeout)
     backend.prepare(ctx)
-    init = work / "init.sh"
+    init = work / "boot" / "init.sh"
+    init.chmod(0o755)
     init.write_text("#!/bin/sh\nexport PATH=/usr/sbin:/usr/bin:/sbin:/bin\nmount -t proc proc /proc\n" + init_body)
     try:
         completed = backend.execute(ctx)
@@ -47,27 +47,6 @@ def boot(tmp_path: Path, init_body: str, timeout: float = 60.0) -> Tuple[UmlBack
     return backend, ctx, run
 
 
-@pytest.fixture
-def tmp_path() -> Iterator[Path]:
-    """Like pytest's, but reachable by the unprivileged user UML runs as (pytest's basetemp is 0700)."""
-    d = Path(tempfile.mkdtemp(prefix="arena-itest-"))
-    d.chmod(0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-def test_an_unreachable_workdir_is_one_clear_error(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("only root runs UML as nobody")
-    hidden = tmp_path / "hidden"
-    hidden.mkdir(mode=0o700)
-    (hidden / "work").mkdir()
-    target = uml_target()
-    ctx = RunContext("x", target, ["go-2012"], hidden / "work", payload.build(tmp_path), tmp_path / "c.log", 5)
-    with pytest.raises(HarnessError, match=r"UML runs as nobody and cannot enter .*/hidden \(mode 700\)"):
-        UmlBackend(target).prepare(ctx)
-
-
 def uml_processes(umid: str) -> list:
     out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
     return [ln for ln in out.splitlines() if umid in ln and "ps -eo" not in ln]
@@ -75,28 +54,28 @@ def uml_processes(umid: str) -> list:
 
 def test_the_guest_cannot_write_the_hosts_files(tmp_path: Path) -> None:
     victim_dir = tmp_path / "victim"
-    victim_dir.mkdir(mode=0o755)
+    victim_dir.mkdir(mode=0o777)  # even a world-writable host directory
     victim = victim_dir / "owned"
     body = """
 echo "uid=$(id -u)"
 echo pwn > {v} 2>/dev/null && echo WROTE_VIA_ROOT || echo BLOCKED_ROOT
 mount -o remount,rw / 2>/dev/null; echo pwn > {v} 2>/dev/null && echo WROTE_VIA_REMOUNT || echo BLOCKED_REMOUNT
-mount -t hostfs -o {d} none {mnt} 2>/dev/null && (echo pwn > {mnt}/owned 2>/dev/null && echo WROTE_VIA_HOSTFS \\
+mount -t tmpfs none /mnt
+mkdir -p /mnt/h
+mount -t hostfs -o {d} none /mnt/h 2>/dev/null && (echo pwn > /mnt/h/owned 2>/dev/null && echo WROTE_VIA_HOSTFS \\
     || echo BLOCKED_HOSTFS) || echo BLOCKED_HOSTFS_MOUNT
-umount {mnt} 2>/dev/null
-mount -t hostfs -o {out} none {mnt} && echo ok > {mnt}/allowed && echo WROTE_SHARE
+mount -t hostfs -o /mnt/arena/out none /mnt/h && echo ok > /mnt/h/allowed && echo WROTE_SHARE
 echo @@ARENA-HARNESS-DONE@@
 poweroff -f
 """
-    work = tmp_path / "work"
-    _, ctx, run = boot(tmp_path, body.format(v=victim, d=victim_dir, mnt=work / "mnt", out=work / "out"))
+    _, ctx, run = boot(tmp_path, body.format(v=victim, d=victim_dir))
     log = ctx.log_path.read_text()
     assert "uid=0" in log  # the guest is root inside
     assert "BLOCKED_ROOT" in log and "BLOCKED_REMOUNT" in log
     assert "WROTE_VIA" not in log
-    if os.geteuid() == 0:
-        assert "BLOCKED_HOSTFS" in log  # UML itself runs as nobody
+    assert "BLOCKED_HOSTFS_MOUNT" in log  # the host's directory is not in the guest's view at all
     assert "WROTE_SHARE" in log  # the dedicated results directory is writable
+    assert (ctx.workdir / "out" / "allowed").read_text() == "ok\n"
     assert not victim.exists()
     assert run.panic is None
 
