@@ -88,7 +88,8 @@ def acquire_slot(slot_dir: Path = SLOT_DIR) -> Slot:
 def launcher(view: View, mountpoint: Path, slot: Optional[Slot]) -> List[str]:
     """The argv prefix that starts a command inside ``view`` (``--`` and the command follow)."""
     # By file, not by module name: the launcher is the one beside this module, whatever sys.path says.
-    argv = [sys.executable, str(Path(nsexec.__file__)), "--view", str(mountpoint), "--tmp", "%dk" % (view.tmp_size >> 10)]
+    argv = [sys.executable, str(Path(nsexec.__file__)), "--view", str(mountpoint),
+            "--tmp", "%dk" % (view.tmp_size >> 10)]
     if view.root is not None:
         argv += ["--root", str(view.root)]
     for src, dest in view.ro:
