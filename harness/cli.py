@@ -92,6 +92,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def make_output_dirs(*paths: Optional[Path]) -> None:
+    """Create the parent directories of the files a command will write, before it does any work.
+
+    A path that cannot be written is one line and exit 2 up front, not a
+    traceback after a long run whose results would then be lost.
+    """
+    for path in paths:
+        if path is None:
+            continue
+        if path.is_dir():
+            raise UsageError("cannot write %s: it is a directory; name a file" % path)
+        nearest = next((p for p in path.parents if p.exists()), None)
+        if nearest is not None and not nearest.is_dir():
+            raise UsageError("cannot write %s: %s is not a directory" % (path, nearest))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError("cannot write %s: cannot create directory %s: %s"
+                             % (path, path.parent, e.strerror or e)) from None
+        if not os.access(path.parent, os.W_OK):
+            raise UsageError("cannot write %s: directory %s is not writable" % (path, path.parent))
+
+
 def _progress(total: int, stream: "object") -> runner.Progress:
     done = [0]
 
@@ -145,9 +168,7 @@ def cmd_run(args: argparse.Namespace, argv: List[str]) -> int:
             policies = expand_policies(args.policy)
         except ValueError as e:
             raise UsageError(str(e)) from None
-    for path in (args.json, args.junit, args.markdown, args.html):
-        if path is not None and path.parent and not path.parent.exists():
-            raise UsageError("cannot write %s: directory %s does not exist" % (path, path.parent))
+    make_output_dirs(args.json, args.junit, args.markdown, args.html)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     previous_int = signal.signal(signal.SIGINT, _raise_interrupt)
     try:
@@ -191,6 +212,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     doc = RunDocument.load(args.results)
+    make_output_dirs(args.junit, args.markdown, args.html)
     report.write(report.junit(doc), args.junit)
     report.write(report.markdown(doc), args.markdown)
     report.write(report.html(doc), args.html)
@@ -200,6 +222,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     d = diff.compare(RunDocument.load(args.old), RunDocument.load(args.new))
+    make_output_dirs(args.markdown, args.track)
     if args.track:
         diff.track(d, args.track)
     print(diff.text(d))
@@ -209,6 +232,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     doc = results.merge([RunDocument.load(p) for p in args.inputs])
+    make_output_dirs(args.output)
     doc.write(args.output)
     print("%s: %d results from %d files; %s" % (args.output, len(doc.records), len(args.inputs),
                                                report.summary_line(doc)))
