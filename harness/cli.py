@@ -15,6 +15,7 @@ from typing import Callable, Dict, List, NoReturn, Optional, Sequence
 
 from allocator.probe import POLICIES, expand_policies
 from harness import __version__, backends, config, diff, images, report, results, runner
+from harness.backends.base import Need
 from harness.config import Target
 from harness.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, HarnessError, UsageError
 from harness.results import Record, RunDocument
@@ -76,8 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     targets_arg(gr)
     gr.add_argument("--json", action="store_true", help="print the group names as a JSON list (for CI)")
 
-    d = sub.add_parser("doctor", help="which backends can run here, and how to install what is missing")
+    d = sub.add_parser("doctor", help="what each target needs here, what is missing and how to install it, "
+                       "KVM, and which images a run would build")
     targets_arg(d)
+    d.add_argument("--only", metavar="NAME", action="append", help="only this target (repeatable)")
+    d.add_argument("--group", metavar="NAME", action="append", help="only the targets of this CI group (repeatable)")
+    d.add_argument("--strict", action="store_true", help="exit 1 when any target could not run here")
+    d.add_argument("--kvm", action="store_true", help="boot the short trial VM that accel: auto decides by "
+                   "(needs the host architecture's kernel in the image cache)")
 
     im = sub.add_parser("images", help="build, list or prune the cached guest images")
     isub = im.add_subparsers(dest="images_command", metavar="ACTION")
@@ -145,18 +152,24 @@ def _raise_interrupt(signum: int, frame: Optional[FrameType]) -> None:
     raise KeyboardInterrupt
 
 
+def select_targets(targets_set: config.TargetSet, only: Optional[List[str]],
+                   group: Optional[List[str]]) -> List[Target]:
+    """The targets ``--only`` and ``--group`` name (all of them when neither is given), in file order."""
+    targets = targets_set.select(only)
+    if group:
+        groups = {g.name: g for g in config.load_groups(targets_set)}
+        unknown = [g for g in group if g not in groups]
+        if unknown:
+            raise UsageError("unknown group %r; groups: %s" % (unknown[0], ", ".join(groups)))
+        wanted = {n for g in group for n in groups[g].targets}
+        targets = [t for t in targets if t.name in wanted]
+    return targets
+
+
 def cmd_run(args: argparse.Namespace, argv: List[str]) -> int:
     if args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
-    targets_set = config.load(args.targets)
-    targets = targets_set.select(args.only)
-    if args.group:
-        groups = {g.name: g for g in config.load_groups(targets_set)}
-        unknown = [g for g in args.group if g not in groups]
-        if unknown:
-            raise UsageError("unknown group %r; groups: %s" % (unknown[0], ", ".join(groups)))
-        wanted = {n for g in args.group for n in groups[g].targets}
-        targets = [t for t in targets if t.name in wanted]
+    targets = select_targets(config.load(args.targets), args.only, args.group)
     if args.shard:
         try:
             targets = runner.shard(targets, args.shard)
@@ -250,18 +263,75 @@ def cmd_groups(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _kvm_report(cache: images.Cache, targets: Sequence[Target], trial: bool) -> str:
+    """Whether KVM is usable and what ``accel: auto`` would pick: the QEMU backend's own decision."""
+    from harness.backends.qemu import ARCHES, QemuBackend, QemuOptions
+
+    auto = [t.name for t in targets if t.backend == "qemu" and t.options.accel == "auto"]
+    uses = ("targets with accel: auto: %s" % ", ".join(auto)) if auto else "no target here uses accel: auto"
+    arch = next((a for a, spec in ARCHES.items() if spec.debian == images.host_arch()), None)
+    if arch is None:
+        return "KVM: no QEMU architecture of the harness matches this host (%s); %s" % (os.uname().machine, uses)
+    probe = QemuBackend(Target(name="(kvm trial)", backend="qemu", options=QemuOptions(arch=arch, accel="auto")))
+    pick, why = probe.auto_accel(cache, trial)
+    if pick is None:
+        return "KVM (%s): accel: auto would decide by a trial boot: %s%s; %s" % (
+            arch, why, "" if trial else "; doctor --kvm runs it", uses)
+    return "KVM (%s): accel: auto would pick %s: %s; %s" % (arch, pick, why, uses)
+
+
+def _recipe_names(recipes: Sequence[images.Recipe]) -> str:
+    return ", ".join("%s %s" % (r.kind, r.name) for r in recipes)
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
+    """Per target: every tool it needs (those only needed to build uncached images marked so), whether it
+    can run here (the runner's own check, ``Backend.missing``), and its images: cached or to build."""
     ts = config.load(args.targets)
-    ok = True
-    print("backends: %s" % ", ".join(backends.names()))
-    for t in ts.targets:
-        missing = backends.get(t.backend)(t).missing()
-        if missing is None:
-            print("  ok       %-22s (%s)" % (t.name, t.backend))
+    targets = select_targets(ts, args.only, args.group)
+    cache = images.Cache()
+    print("arena-harness doctor: %d targets from %s; image cache %s" % (len(targets), ts.source, cache.root))
+    print(_kvm_report(cache, targets, args.kvm))
+    blocked: List[str] = []
+    all_cached: List[images.Recipe] = []
+    all_build: List[images.Recipe] = []
+    for t in targets:
+        backend = backends.get(t.backend)(t)
+        needs = backend.needs(cache)
+        problem = backend.missing()
+        if problem is not None and not any(n.what == problem.tool for n in needs):
+            needs.append(Need(problem.tool, False, problem.hint))
+        print()
+        if problem is None:
+            print("  ok       %s (%s)" % (t.name, t.backend))
         else:
-            ok = False
-            print("  missing  %-22s %s: %s" % (t.name, missing.tool, missing.hint))
-    return EXIT_OK if ok else EXIT_FAILED
+            blocked.append("%s: %s" % (t.name, problem.tool))
+            print("  CANNOT   %s (%s): %s missing: %s" % (t.name, t.backend, problem.tool, problem.hint))
+
+        def listed(ns: List[Need]) -> str:
+            return ", ".join(n.what + ("" if n.ok else " (MISSING)") for n in ns)
+
+        boot = [n for n in needs if not n.images]
+        build = [n for n in needs if n.images]
+        line = "needs: %s" % (listed(boot) or "no host program")
+        if build:
+            line += "; to build its images: %s" % listed(build)
+        print("           %s" % line)
+        cached, to_build = cache.plan(backend.recipes())
+        all_cached.extend(r for r in cached if r not in all_cached)
+        all_build.extend(r for r in to_build if r not in all_build)
+        parts = []
+        if cached:
+            parts.append("cached: %s" % _recipe_names(cached))
+        if to_build:
+            parts.append("a run would build: %s" % _recipe_names(to_build))
+        print("           images: %s" % ("; ".join(parts) or "none"))
+    print()
+    print("%d of %d targets can run here%s" % (len(targets) - len(blocked), len(targets),
+                                               "; cannot: %s" % "; ".join(blocked) if blocked else ""))
+    print("images: %d cached, %d to build (a run builds them first; or: arena-harness images build)"
+          % (len(all_cached), len(all_build)))
+    return EXIT_FAILED if blocked and args.strict else EXIT_OK
 
 
 def _human(n: float) -> str:
