@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     targets_arg(d)
     d.add_argument("--only", metavar="NAME", action="append", help="only this target (repeatable)")
     d.add_argument("--group", metavar="NAME", action="append", help="only the targets of this CI group (repeatable)")
+    d.add_argument("--shard", metavar="K/N", help="only the K-th of N slices of the targets (as run --shard)")
     d.add_argument("--strict", action="store_true", help="exit 1 when any target could not run here")
     d.add_argument("--kvm", action="store_true", help="boot the short trial VM that accel: auto decides by "
                    "(needs the host architecture's kernel in the image cache)")
@@ -91,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     b = isub.add_parser("build", help="build every image the targets need (nothing if cached)")
     targets_arg(b)
     b.add_argument("--only", metavar="NAME", action="append", help="only this target's images (repeatable)")
+    b.add_argument("--group", metavar="NAME", action="append", help="only the images of this CI group's targets "
+                   "(repeatable)")
+    b.add_argument("--shard", metavar="K/N", help="only the images of the K-th of N slices of the targets "
+                   "(the slice run --shard K/N runs)")
     isub.add_parser("list", help="list the cache's entries")
     pr = isub.add_parser("prune", help="remove entries the targets do not use (and broken leftovers)")
     targets_arg(pr)
@@ -152,9 +157,13 @@ def _raise_interrupt(signum: int, frame: Optional[FrameType]) -> None:
     raise KeyboardInterrupt
 
 
-def select_targets(targets_set: config.TargetSet, only: Optional[List[str]],
-                   group: Optional[List[str]]) -> List[Target]:
-    """The targets ``--only`` and ``--group`` name (all of them when neither is given), in file order."""
+def select_targets(targets_set: config.TargetSet, only: Optional[List[str]], group: Optional[List[str]],
+                   shard: Optional[str] = None) -> List[Target]:
+    """The targets ``--only``, ``--group`` and ``--shard`` select (all of them when none is given), in file order.
+
+    ``run``, ``doctor`` and ``images build`` select alike, so a CI job can check
+    and build for exactly the targets it then runs.
+    """
     targets = targets_set.select(only)
     if group:
         groups = {g.name: g for g in config.load_groups(targets_set)}
@@ -163,18 +172,18 @@ def select_targets(targets_set: config.TargetSet, only: Optional[List[str]],
             raise UsageError("unknown group %r; groups: %s" % (unknown[0], ", ".join(groups)))
         wanted = {n for g in group for n in groups[g].targets}
         targets = [t for t in targets if t.name in wanted]
+    if shard:
+        try:
+            targets = runner.shard(targets, shard)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     return targets
 
 
 def cmd_run(args: argparse.Namespace, argv: List[str]) -> int:
     if args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
-    targets = select_targets(config.load(args.targets), args.only, args.group)
-    if args.shard:
-        try:
-            targets = runner.shard(targets, args.shard)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
+    targets = select_targets(config.load(args.targets), args.only, args.group, args.shard)
     policies = None
     if args.policy:
         try:
@@ -288,7 +297,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     """Per target: every tool it needs (those only needed to build uncached images marked so), whether it
     can run here (the runner's own check, ``Backend.missing``), and its images: cached or to build."""
     ts = config.load(args.targets)
-    targets = select_targets(ts, args.only, args.group)
+    targets = select_targets(ts, args.only, args.group, args.shard)
     cache = images.Cache()
     print("arena-harness doctor: %d targets from %s; image cache %s" % (len(targets), ts.source, cache.root))
     print(_kvm_report(cache, targets, args.kvm))
@@ -357,8 +366,9 @@ def cmd_images(args: argparse.Namespace) -> int:
     if action not in ("build", "prune"):
         raise UsageError("an action is required: build, list or prune")
     ts = config.load(args.targets)
-    targets = ts.select(getattr(args, "only", None))
+    targets = ts.select(None)
     if action == "build":
+        targets = select_targets(ts, args.only, args.group, args.shard)
         start = time.monotonic()
         for t in targets:
             backend = backends.get(t.backend)(t)
