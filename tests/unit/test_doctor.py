@@ -71,6 +71,9 @@ def test_a_root_filesystem_needs_arch_test_for_every_architecture_but_the_hosts(
                                                              "update-binfmts"]
     assert [t.package for t in Rootfs("riscv64", "trixie").tools()] == ["mmdebstrap", "arch-test",
                                                                        "qemu-user-static", "binfmt-support"]
+    # A kernel is only extracted (--variant=extract): nothing of the guest's runs, no arch-test.
+    kit = qemu.QemuBackend(config.Target(name="a", backend="qemu", options=qemu.QemuOptions(arch="arm64"))).kit()
+    assert commands(kit.tools()) == ["mmdebstrap"]
 
 
 def test_the_image_plan_skips_what_is_cached(machine: Cache) -> None:
