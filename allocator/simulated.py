@@ -35,7 +35,11 @@ class SimFault(Exception):
     """A write to a page that is not mapped writable: a real process would get SIGSEGV."""
 
 
-# Named machines for --simulate. Values measured on real kernels (RECIPES.md).
+# Named machines for --simulate, with the top of user space measured on real kernels: x86_64 with
+# 4-level paging and with la57; Debian's User-Mode Linux 6.1 (its stack sits just below 0x7fc0000000);
+# riscv64 under Sv39 and Sv48; arm64 with a 39-bit VA kernel; an i386 kernel (3G/1G split); a 32-bit
+# process on an x86_64 kernel. For the 32-bit ones, ``end`` (where Go's data segment ends, from which the
+# 32-bit reservation is placed) is a typical value for a program linked at 0x08048000.
 PRESETS: Dict[str, Dict[str, Any]] = {
     "host": {"task-size": 0x7FFFFFFFF000, "machine": "x86_64"},
     "la57": {"task-size": 0xFFFFFFFFFFF000, "machine": "x86_64"},

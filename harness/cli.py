@@ -15,6 +15,7 @@ from typing import Callable, Dict, List, NoReturn, Optional, Sequence
 
 from allocator.probe import POLICIES, expand_policies
 from harness import __version__, backends, config, diff, images, report, results, runner
+from harness.backends.base import Need
 from harness.config import Target
 from harness.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, HarnessError, UsageError
 from harness.results import Record, RunDocument
@@ -76,20 +77,54 @@ def build_parser() -> argparse.ArgumentParser:
     targets_arg(gr)
     gr.add_argument("--json", action="store_true", help="print the group names as a JSON list (for CI)")
 
-    d = sub.add_parser("doctor", help="which backends can run here, and how to install what is missing")
+    d = sub.add_parser("doctor", help="what each target needs here, what is missing and how to install it, "
+                       "KVM, and which images a run would build")
     targets_arg(d)
+    d.add_argument("--only", metavar="NAME", action="append", help="only this target (repeatable)")
+    d.add_argument("--group", metavar="NAME", action="append", help="only the targets of this CI group (repeatable)")
+    d.add_argument("--shard", metavar="K/N", help="only the K-th of N slices of the targets (as run --shard)")
+    d.add_argument("--strict", action="store_true", help="exit 1 when any target could not run here")
+    d.add_argument("--kvm", action="store_true", help="boot the short trial VM that accel: auto decides by "
+                   "(needs the host architecture's kernel in the image cache)")
 
     im = sub.add_parser("images", help="build, list or prune the cached guest images")
     isub = im.add_subparsers(dest="images_command", metavar="ACTION")
     b = isub.add_parser("build", help="build every image the targets need (nothing if cached)")
     targets_arg(b)
     b.add_argument("--only", metavar="NAME", action="append", help="only this target's images (repeatable)")
+    b.add_argument("--group", metavar="NAME", action="append", help="only the images of this CI group's targets "
+                   "(repeatable)")
+    b.add_argument("--shard", metavar="K/N", help="only the images of the K-th of N slices of the targets "
+                   "(the slice run --shard K/N runs)")
     isub.add_parser("list", help="list the cache's entries")
     pr = isub.add_parser("prune", help="remove entries the targets do not use (and broken leftovers)")
     targets_arg(pr)
     pr.add_argument("--all", action="store_true", help="remove every entry")
     pr.add_argument("--older-than", metavar="DAYS", type=float, help="only entries unused for DAYS days")
     return p
+
+
+def make_output_dirs(*paths: Optional[Path]) -> None:
+    """Create the parent directories of the files a command will write, before it does any work.
+
+    A path that cannot be written is one line and exit 2 up front, not a
+    traceback after a long run whose results would then be lost.
+    """
+    for path in paths:
+        if path is None:
+            continue
+        if path.is_dir():
+            raise UsageError("cannot write %s: it is a directory; name a file" % path)
+        nearest = next((p for p in path.parents if p.exists()), None)
+        if nearest is not None and not nearest.is_dir():
+            raise UsageError("cannot write %s: %s is not a directory" % (path, nearest))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError("cannot write %s: cannot create directory %s: %s"
+                             % (path, path.parent, e.strerror or e)) from None
+        if not os.access(path.parent, os.W_OK):
+            raise UsageError("cannot write %s: directory %s is not writable" % (path, path.parent))
 
 
 def _progress(total: int, stream: "object") -> runner.Progress:
@@ -122,32 +157,40 @@ def _raise_interrupt(signum: int, frame: Optional[FrameType]) -> None:
     raise KeyboardInterrupt
 
 
+def select_targets(targets_set: config.TargetSet, only: Optional[List[str]], group: Optional[List[str]],
+                   shard: Optional[str] = None) -> List[Target]:
+    """The targets ``--only``, ``--group`` and ``--shard`` select (all of them when none is given), in file order.
+
+    ``run``, ``doctor`` and ``images build`` select alike, so a CI job can check
+    and build for exactly the targets it then runs.
+    """
+    targets = targets_set.select(only)
+    if group:
+        groups = {g.name: g for g in config.load_groups(targets_set)}
+        unknown = [g for g in group if g not in groups]
+        if unknown:
+            raise UsageError("unknown group %r; groups: %s" % (unknown[0], ", ".join(groups)))
+        wanted = {n for g in group for n in groups[g].targets}
+        targets = [t for t in targets if t.name in wanted]
+    if shard:
+        try:
+            targets = runner.shard(targets, shard)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    return targets
+
+
 def cmd_run(args: argparse.Namespace, argv: List[str]) -> int:
     if args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
-    targets_set = config.load(args.targets)
-    targets = targets_set.select(args.only)
-    if args.group:
-        groups = {g.name: g for g in config.load_groups(targets_set)}
-        unknown = [g for g in args.group if g not in groups]
-        if unknown:
-            raise UsageError("unknown group %r; groups: %s" % (unknown[0], ", ".join(groups)))
-        wanted = {n for g in args.group for n in groups[g].targets}
-        targets = [t for t in targets if t.name in wanted]
-    if args.shard:
-        try:
-            targets = runner.shard(targets, args.shard)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
+    targets = select_targets(config.load(args.targets), args.only, args.group, args.shard)
     policies = None
     if args.policy:
         try:
             policies = expand_policies(args.policy)
         except ValueError as e:
             raise UsageError(str(e)) from None
-    for path in (args.json, args.junit, args.markdown, args.html):
-        if path is not None and path.parent and not path.parent.exists():
-            raise UsageError("cannot write %s: directory %s does not exist" % (path, path.parent))
+    make_output_dirs(args.json, args.junit, args.markdown, args.html)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     previous_int = signal.signal(signal.SIGINT, _raise_interrupt)
     try:
@@ -191,6 +234,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     doc = RunDocument.load(args.results)
+    make_output_dirs(args.junit, args.markdown, args.html)
     report.write(report.junit(doc), args.junit)
     report.write(report.markdown(doc), args.markdown)
     report.write(report.html(doc), args.html)
@@ -200,6 +244,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     d = diff.compare(RunDocument.load(args.old), RunDocument.load(args.new))
+    make_output_dirs(args.markdown, args.track)
     if args.track:
         diff.track(d, args.track)
     print(diff.text(d))
@@ -209,6 +254,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     doc = results.merge([RunDocument.load(p) for p in args.inputs])
+    make_output_dirs(args.output)
     doc.write(args.output)
     print("%s: %d results from %d files; %s" % (args.output, len(doc.records), len(args.inputs),
                                                report.summary_line(doc)))
@@ -226,18 +272,75 @@ def cmd_groups(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _kvm_report(cache: images.Cache, targets: Sequence[Target], trial: bool) -> str:
+    """Whether KVM is usable and what ``accel: auto`` would pick: the QEMU backend's own decision."""
+    from harness.backends.qemu import ARCHES, QemuBackend, QemuOptions
+
+    auto = [t.name for t in targets if t.backend == "qemu" and t.options.accel == "auto"]
+    uses = ("targets with accel: auto: %s" % ", ".join(auto)) if auto else "no target here uses accel: auto"
+    arch = next((a for a, spec in ARCHES.items() if spec.debian == images.host_arch()), None)
+    if arch is None:
+        return "KVM: no QEMU architecture of the harness matches this host (%s); %s" % (os.uname().machine, uses)
+    probe = QemuBackend(Target(name="(kvm trial)", backend="qemu", options=QemuOptions(arch=arch, accel="auto")))
+    pick, why = probe.auto_accel(cache, trial)
+    if pick is None:
+        return "KVM (%s): accel: auto would decide by a trial boot: %s%s; %s" % (
+            arch, why, "" if trial else "; doctor --kvm runs it", uses)
+    return "KVM (%s): accel: auto would pick %s: %s; %s" % (arch, pick, why, uses)
+
+
+def _recipe_names(recipes: Sequence[images.Recipe]) -> str:
+    return ", ".join("%s %s" % (r.kind, r.name) for r in recipes)
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
+    """Per target: every tool it needs (those only needed to build uncached images marked so), whether it
+    can run here (the runner's own check, ``Backend.missing``), and its images: cached or to build."""
     ts = config.load(args.targets)
-    ok = True
-    print("backends: %s" % ", ".join(backends.names()))
-    for t in ts.targets:
-        missing = backends.get(t.backend)(t).missing()
-        if missing is None:
-            print("  ok       %-22s (%s)" % (t.name, t.backend))
+    targets = select_targets(ts, args.only, args.group, args.shard)
+    cache = images.Cache()
+    print("arena-harness doctor: %d targets from %s; image cache %s" % (len(targets), ts.source, cache.root))
+    print(_kvm_report(cache, targets, args.kvm))
+    blocked: List[str] = []
+    all_cached: List[images.Recipe] = []
+    all_build: List[images.Recipe] = []
+    for t in targets:
+        backend = backends.get(t.backend)(t)
+        needs = backend.needs(cache)
+        problem = backend.missing()
+        if problem is not None and not any(n.what == problem.tool for n in needs):
+            needs.append(Need(problem.tool, False, problem.hint))
+        print()
+        if problem is None:
+            print("  ok       %s (%s)" % (t.name, t.backend))
         else:
-            ok = False
-            print("  missing  %-22s %s: %s" % (t.name, missing.tool, missing.hint))
-    return EXIT_OK if ok else EXIT_FAILED
+            blocked.append("%s: %s" % (t.name, problem.tool))
+            print("  CANNOT   %s (%s): %s missing: %s" % (t.name, t.backend, problem.tool, problem.hint))
+
+        def listed(ns: List[Need]) -> str:
+            return ", ".join(n.what + ("" if n.ok else " (MISSING)") for n in ns)
+
+        boot = [n for n in needs if not n.images]
+        build = [n for n in needs if n.images]
+        line = "needs: %s" % (listed(boot) or "no host program")
+        if build:
+            line += "; to build its images: %s" % listed(build)
+        print("           %s" % line)
+        cached, to_build = cache.plan(backend.recipes())
+        all_cached.extend(r for r in cached if r not in all_cached)
+        all_build.extend(r for r in to_build if r not in all_build)
+        parts = []
+        if cached:
+            parts.append("cached: %s" % _recipe_names(cached))
+        if to_build:
+            parts.append("a run would build: %s" % _recipe_names(to_build))
+        print("           images: %s" % ("; ".join(parts) or "none"))
+    print()
+    print("%d of %d targets can run here%s" % (len(targets) - len(blocked), len(targets),
+                                               "; cannot: %s" % "; ".join(blocked) if blocked else ""))
+    print("images: %d cached, %d to build (a run builds them first; or: arena-harness images build)"
+          % (len(all_cached), len(all_build)))
+    return EXIT_FAILED if blocked and args.strict else EXIT_OK
 
 
 def _human(n: float) -> str:
@@ -263,8 +366,9 @@ def cmd_images(args: argparse.Namespace) -> int:
     if action not in ("build", "prune"):
         raise UsageError("an action is required: build, list or prune")
     ts = config.load(args.targets)
-    targets = ts.select(getattr(args, "only", None))
+    targets = ts.select(None)
     if action == "build":
+        targets = select_targets(ts, args.only, args.group, args.shard)
         start = time.monotonic()
         for t in targets:
             backend = backends.get(t.backend)(t)

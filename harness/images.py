@@ -42,6 +42,21 @@ class BuildError(HarnessError):
     pass
 
 
+@dataclass(frozen=True)
+class Tool:
+    """A host program, and the Debian package that brings it."""
+
+    command: str
+    package: str
+
+    @property
+    def hint(self) -> str:
+        return "install it with: sudo apt-get install -y %s" % self.package
+
+
+MMDEBSTRAP = Tool("mmdebstrap", "mmdebstrap")
+
+
 def cache_root() -> Path:
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV])
@@ -112,6 +127,14 @@ class Recipe:
     def inputs(self) -> Dict[str, object]:
         raise NotImplementedError
 
+    def parts(self) -> Tuple["Recipe", ...]:
+        """The recipes this one is built from (each built first when the cache lacks it)."""
+        return ()
+
+    def tools(self) -> Tuple[Tool, ...]:
+        """The host programs this recipe's own build runs (not those of its parts)."""
+        return ()
+
     @property
     def name(self) -> str:
         raise NotImplementedError
@@ -151,6 +174,37 @@ class Cache:
     def ready(self, recipe: Recipe) -> bool:
         return (self.path(recipe) / "manifest.json").is_file()
 
+    def plan(self, recipes: Iterable[Recipe]) -> Tuple[List[Recipe], List[Recipe]]:
+        """(cached, to build): the entries :meth:`get` of each recipe would use, and those it would build,
+        parts first. The parts of a cached recipe are not needed and appear in neither list."""
+        cached: List[Recipe] = []
+        build: List[Recipe] = []
+
+        def visit(r: Recipe) -> None:
+            if r in cached or r in build:
+                return
+            if self.ready(r):
+                cached.append(r)
+                return
+            for part in r.parts():
+                visit(part)
+            build.append(r)
+
+        for r in recipes:
+            visit(r)
+        return cached, build
+
+    def to_build(self, recipe: Recipe) -> List[Recipe]:
+        """What :meth:`get` would build for ``recipe``, parts first: nothing when it is cached."""
+        return self.plan([recipe])[1]
+
+    def build_tools(self, recipe: Recipe) -> List[Tool]:
+        """The host programs building ``recipe`` would run here (none when it is cached)."""
+        out: List[Tool] = []
+        for r in self.to_build(recipe):
+            out.extend(t for t in r.tools() if t not in out)
+        return out
+
     def get(self, recipe: Recipe, log: Optional[Log] = None) -> Path:
         """The artefact directory of ``recipe``, built first if the cache does not have it."""
         log = log or (lambda msg: None)
@@ -165,6 +219,10 @@ class Cache:
             if (final / "manifest.json").is_file():  # another run built it while we waited
                 self.hits += 1
                 return final
+            absent = [t for t in recipe.tools() if proc.which(t.command) is None]
+            if absent:
+                raise BuildError("building %s %s needs %s: %s" % (recipe.kind, recipe.name, absent[0].command,
+                                                                  absent[0].hint))
             partial = self.root / (".%s.%d.partial" % (recipe.dirname(), os.getpid()))
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
@@ -245,8 +303,8 @@ def build_step(argv: Sequence[str], log_path: Path, what: str) -> None:
 
 
 def mmdebstrap(args: Sequence[str], log_path: Path, log: Log, what: str) -> None:
-    if proc.which("mmdebstrap") is None:
-        raise BuildError("building %s needs mmdebstrap: install it with: sudo apt-get install -y mmdebstrap" % what)
+    if proc.which(MMDEBSTRAP.command) is None:
+        raise BuildError("building %s needs mmdebstrap: %s" % (what, MMDEBSTRAP.hint))
     # The suite's main archive only: -updates and -security change daily and are
     # sometimes caught mid-sync on a mirror; guests need no security updates.
     hook = ('for f in "$1"/etc/apt/sources.list "$1"/etc/apt/sources.list.d/*.list; do '
@@ -321,6 +379,10 @@ class KernelKit(Recipe):
         return {"arch": self.arch, "suite": self.suite, "package": self.package, "image": self.image_glob,
                 "modules": list(self.modules)}
 
+    def tools(self) -> Tuple[Tool, ...]:
+        # --variant=extract runs nothing of the guest's: no emulation, no arch-test.
+        return (MMDEBSTRAP,)
+
     def build(self, out: Path, cache: Cache, log: Log) -> None:
         x = out / "extract"
         mmdebstrap(["--variant=extract", "--include=%s,busybox-static" % self.package, "--arch=%s" % self.arch,
@@ -366,6 +428,18 @@ class Rootfs(Recipe):
     def inputs(self) -> Dict[str, object]:
         return {"arch": self.arch, "suite": self.suite, "packages": list(self.packages)}
 
+    def tools(self) -> Tuple[Tool, ...]:
+        """mmdebstrap; for any architecture but the host's also arch-test (mmdebstrap refuses foreign
+        architectures without it, and only *recommends* it); for one the host cannot run, qemu-user and binfmt."""
+        out = [MMDEBSTRAP]
+        host = host_arch()
+        if self.arch != host:
+            out.append(Tool("arch-test", "arch-test"))
+        if self.arch not in _NATIVE.get(host, {host}):
+            out += [Tool("qemu-%s-static" % _QEMU_USER.get(self.arch, self.arch), "qemu-user-static"),
+                    Tool("update-binfmts", "binfmt-support")]
+        return tuple(out)
+
     def build(self, out: Path, cache: Cache, log: Log) -> None:
         ensure_binfmt(self.arch, log)
         root = out / "root"
@@ -390,6 +464,12 @@ class RootfsTarball(Recipe):
     def inputs(self) -> Dict[str, object]:
         return {"rootfs": self.rootfs.key()}
 
+    def parts(self) -> Tuple[Recipe, ...]:
+        return (self.rootfs,)
+
+    def tools(self) -> Tuple[Tool, ...]:
+        return (Tool("tar", "tar"),)
+
     def build(self, out: Path, cache: Cache, log: Log) -> None:
         root = cache.get(self.rootfs, log) / "root"
         build_step(["tar", "--numeric-owner", "--exclude=./dev/*", "-C", str(root), "-cf", str(out / "rootfs.tar"),
@@ -401,9 +481,14 @@ _NATIVE = {"amd64": {"amd64", "i386"}, "arm64": {"arm64"}, "riscv64": {"riscv64"
 _QEMU_USER = {"arm64": "aarch64", "riscv64": "riscv64", "armhf": "arm", "i386": "i386", "amd64": "x86_64"}
 
 
+def host_arch() -> str:
+    """The host's Debian architecture name (amd64 on x86_64)."""
+    return _HOST_ARCH.get(os.uname().machine, os.uname().machine)
+
+
 def ensure_binfmt(arch: str, log: Log) -> None:
     """Foreign-arch rootfs builds run the guest's binaries through qemu-user: binfmt_misc must be ready."""
-    host = _HOST_ARCH.get(os.uname().machine, os.uname().machine)
+    host = host_arch()
     if arch in _NATIVE.get(host, {host}):
         return
     entry = Path("/proc/sys/fs/binfmt_misc/qemu-%s" % _QEMU_USER.get(arch, arch))
@@ -440,6 +525,9 @@ class Initramfs(Recipe):
     def inputs(self) -> Dict[str, object]:
         return {"kit": self.kit.key(), "init": hashlib.sha256(self.init.encode()).hexdigest(),
                 "dirs": list(self.extra_dirs)}
+
+    def parts(self) -> Tuple[Recipe, ...]:
+        return (self.kit,)
 
     def build(self, out: Path, cache: Cache, log: Log) -> None:
         kit = cache.get(self.kit, log)
@@ -479,6 +567,12 @@ class SshDisk(Recipe):
 
     def inputs(self) -> Dict[str, object]:
         return {"rootfs": self.rootfs.key(), "extra_mb": self.extra_mb}
+
+    def parts(self) -> Tuple[Recipe, ...]:
+        return (self.rootfs,)
+
+    def tools(self) -> Tuple[Tool, ...]:
+        return (Tool("ssh-keygen", "openssh-client"), Tool("mke2fs", "e2fsprogs"))
 
     def build(self, out: Path, cache: Cache, log: Log) -> None:
         root = cache.get(self.rootfs, log) / "root"

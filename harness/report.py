@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from harness.results import PRECEDENCE, Record, RunDocument, Status
+from harness.results import PRECEDENCE, Record, RunDocument, Status, write_atomically
 
 _BOOL = {True: "yes", False: "no", None: "-"}
 
@@ -144,13 +144,9 @@ def markdown(doc: RunDocument) -> str:
 
 
 def write(text: str, path: Optional[Path]) -> None:
-    if path is None:
-        return
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(".%s.tmp" % p.name)
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(p)
+    """A report at ``path`` (nothing when None): atomically, mode 0644, parent directories created."""
+    if path is not None:
+        write_atomically(path, text)
 
 
 # -- HTML ------------------------------------------------------------------------------------

@@ -20,6 +20,28 @@ from harness.config import Target
 from harness.errors import ConfigError
 
 SCHEMA = 1
+FILE_MODE = 0o644
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a reader never sees half a file, even if the run is killed meanwhile.
+
+    Missing parent directories are created. The file is mode 0644 whatever the
+    umask and whoever runs the harness: results and reports are read by other
+    users (a CI upload step runs as the runner's user, the harness often as root).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=".%s." % path.name)
+    try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 class Status(str, enum.Enum):
@@ -185,19 +207,8 @@ class RunDocument:
         }
 
     def write(self, path: Path) -> None:
-        """Atomically: a reader never sees half a file, even if the run is killed while writing."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=".%s." % path.name)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_json(), f, indent=1)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        """The document as JSON at ``path``, atomically (see :func:`write_atomically`)."""
+        write_atomically(path, json.dumps(self.to_json(), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> "RunDocument":

@@ -22,16 +22,19 @@ from harness import images, jail, proc
 from harness.config import Target
 from harness.console import DONE, extract_frames, find_panic, parse_documents
 from harness.errors import ToolMissing
+from harness.images import Tool
+
+__all__ = ["Backend", "GuestRun", "Need", "NoOptions", "RunContext", "Tool"]
 
 
 @dataclass(frozen=True)
-class Tool:
-    command: str
-    package: str
+class Need:
+    """One thing a target needs on this host, and whether it is there (what ``doctor`` lists)."""
 
-    @property
-    def hint(self) -> str:
-        return "install it with: sudo apt-get install -y %s" % self.package
+    what: str  # a program, or a condition such as "a running Docker daemon"
+    ok: bool
+    hint: str = ""  # how to get it, when it is missing
+    images: bool = False  # needed only to build images the cache does not have yet
 
 
 @dataclass(frozen=True)
@@ -78,13 +81,24 @@ class Backend:
 
     # -- availability -------------------------------------------------------------------------
     def required_tools(self) -> Tuple[Tool, ...]:
+        """The host programs a boot of this target runs."""
         return self.tools
 
+    def needs(self, cache: images.Cache) -> List[Need]:
+        """Everything this target needs here: the programs its boot runs, then those that building
+        its images runs when ``cache`` lacks them (mmdebstrap, arch-test, qemu-user, ...)."""
+        boot = list(dict.fromkeys(self.required_tools()))
+        build: List[Tool] = []
+        for recipe in self.recipes():
+            build.extend(t for t in cache.build_tools(recipe) if t not in build and t not in boot)
+        return [Need(t.command, proc.which(t.command) is not None, t.hint) for t in boot] + \
+            [Need(t.command, proc.which(t.command) is not None, t.hint, images=True) for t in build]
+
     def missing(self) -> Optional[ToolMissing]:
-        """Why this target cannot run here, or None."""
-        for tool in self.required_tools():
-            if proc.which(tool.command) is None:
-                return ToolMissing(self.name, tool.command, tool.hint)
+        """Why this target cannot run here (the first need that is not met), or None."""
+        for need in self.needs(images.Cache()):
+            if not need.ok:
+                return ToolMissing(self.name, need.what, need.hint)
         return None
 
     # -- the lifecycle ---------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 from harness import images, proc
-from harness.backends.base import Backend, RunContext, Tool
+from harness.backends.base import Backend, Need, RunContext
 from harness.config import Size, Target
 from harness.errors import HarnessError, ToolMissing
 
@@ -106,17 +106,13 @@ class DockerBackend(Backend):
         tar = self.recipes()[0]
         return "%s:%s-%s" % (IMAGE_REPO, tar.name, tar.key())
 
-    def required_tools(self) -> Tuple[Tool, ...]:
-        if images.Cache().ready(self.recipes()[0]):
-            return ()
-        return (Tool("mmdebstrap", "mmdebstrap"),)
-
-    def missing(self) -> Optional[ToolMissing]:
+    def needs(self, cache: images.Cache) -> List[Need]:
+        """A reachable Docker daemon first (the client is kept for the boot), then the image tools."""
         try:
             self._client = client()
         except ToolMissing as e:
-            return e
-        return super().missing()
+            return [Need(e.tool, False, e.hint)] + super().needs(cache)
+        return [Need("a running Docker daemon", True)] + super().needs(cache)
 
     def provision(self, cache: images.Cache, log: images.Log) -> None:
         c = self._client or client()

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import ClassVar, Dict, List, Optional, Tuple
 
 from harness import images, jail, proc
-from harness.backends.base import Backend, RunContext, Tool
+from harness.backends.base import Backend, Need, RunContext, Tool
 from harness.config import Seconds, Size, Target
 from harness.console import find_panic
-from harness.errors import HarnessError, ToolMissing
+from harness.errors import HarnessError
 
 MiB = 1 << 20
 
@@ -107,7 +107,10 @@ class QemuOptions:
         return self.rootfs == "host"
 
 
-_kvm_verdict: Dict[str, bool] = {}
+_kvm_verdict: Dict[str, bool] = {}  # per architecture, once per process
+_kvm_reason: Dict[str, str] = {}  # why, for doctor
+KVM_DEVICE = "/dev/kvm"
+KVM_TRIAL_S = 15.0
 
 
 class QemuBackend(Backend):
@@ -128,18 +131,14 @@ class QemuBackend(Backend):
         tools = [Tool(spec.qemu, spec.qemu_package)]
         return tuple(tools)
 
-    def missing(self) -> Optional[ToolMissing]:
-        problem = super().missing()
-        if problem:
-            return problem
+    def needs(self, cache: images.Cache) -> List[Need]:
+        """The QEMU binary, the firmware file where the architecture boots through one, and the image tools."""
+        out = super().needs(cache)
         spec = self.options.spec
-        if spec.firmware and not Path(spec.firmware[-1]).exists():
-            return ToolMissing(self.name, spec.firmware[-1], "install it with: sudo apt-get install -y %s"
-                               % spec.firmware_package)
-        cache = images.Cache()
-        if not all(cache.ready(r) for r in self.recipes()) and proc.which("mmdebstrap") is None:
-            return ToolMissing(self.name, "mmdebstrap", "install it with: sudo apt-get install -y mmdebstrap")
-        return None
+        if spec.firmware:
+            out.insert(1, Need(spec.firmware[-1], Path(spec.firmware[-1]).exists(),
+                               "install it with: sudo apt-get install -y %s" % spec.firmware_package))
+        return out
 
     def kit(self) -> images.KernelKit:
         o = self.options
@@ -208,20 +207,55 @@ class QemuBackend(Backend):
             return ["-accel", "kvm"]
         return ["-accel", "tcg"]
 
+    def auto_accel(self, cache: images.Cache, trial: bool) -> Tuple[Optional[str], str]:
+        """What ``accel: auto`` would pick for this architecture here, and why: ("kvm" or "tcg", reason),
+        or (None, reason) when only the trial boot could tell and ``trial`` is False.
+
+        The same decision as :meth:`accel` (``_kvm_works``); with ``trial`` it boots that short VM,
+        from the cached kernel and initramfs (never building them).
+        """
+        spec = self.options.spec
+        if spec.name in _kvm_verdict:
+            return "kvm" if _kvm_verdict[spec.name] else "tcg", _kvm_reason[spec.name]
+        if not os.path.exists(KVM_DEVICE):
+            return "tcg", "there is no %s" % KVM_DEVICE
+        if not trial:
+            return None, "%s exists, but a device node alone proves nothing: accel: auto boots a short trial VM " \
+                "first (up to %.0fs)" % (KVM_DEVICE, KVM_TRIAL_S)
+        absent = [r for r in (self.kit(), self.initramfs()) if not cache.ready(r)]
+        if absent:
+            return None, "the trial boot needs the cached %s %s: build it with arena-harness images build" % (
+                absent[0].kind, absent[0].name)
+        self._kit = cache.get(self.kit())
+        self._initramfs = cache.get(self.initramfs()) / "initramfs.cpio.gz"
+        self._kvm_works()  # records its verdict, which the first branch above reads
+        return self.auto_accel(cache, trial=False)
+
     def _kvm_works(self) -> bool:
         """Try KVM for real (a device node alone proves nothing): a short boot must reach the init."""
         spec = self.options.spec
         if spec.name in _kvm_verdict:
             return _kvm_verdict[spec.name]
         ok = False
-        if os.path.exists("/dev/kvm") and self._kit is not None and self._initramfs is not None:
+        why = "there is no %s" % KVM_DEVICE
+        if os.path.exists(KVM_DEVICE) and self._kit is not None and self._initramfs is not None:
             c = proc.run([spec.qemu, "-accel", "kvm", *spec.machine, "-cpu", "host", "-m", "256", "-nographic",
                           "-no-reboot", "-kernel", str(self._kit / "kernel"), "-initrd", str(self._initramfs),
                           "-append", "console=%s panic=-1 quiet" % spec.console],
-                         timeout=15, watch=lambda ln: "booted" if "@@ARENA-HARNESS-BOOTED@@" in ln else None,
+                         timeout=KVM_TRIAL_S, watch=lambda ln: "booted" if "@@ARENA-HARNESS-BOOTED@@" in ln else None,
                          after_stop_request=0.0, grace=1.0)
             ok = c.stopped == "booted"
+            if ok:
+                why = "a trial boot with KVM reached the init"
+            elif c.timed_out:
+                why = "a trial boot with KVM did not reach the init within %.0fs" % KVM_TRIAL_S
+            else:
+                said = next((ln.strip() for ln in c.lines if ln.strip()), c.error or "no output")
+                why = "a trial boot with KVM ended before the init: %s" % said[:160]
+        elif os.path.exists(KVM_DEVICE):
+            why = "no kernel to try KVM with"
         _kvm_verdict[spec.name] = ok
+        _kvm_reason[spec.name] = why
         return ok
 
     def vm_argv(self, initrd: Path) -> List[str]:

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import ClassVar, Dict, List, Optional, Tuple
 
 from harness import images, jail, proc
-from harness.backends.base import Backend, RunContext, Tool
+from harness.backends.base import Backend, Need, RunContext, Tool
 from harness.config import Size, Target
-from harness.errors import HarnessError, ToolMissing
+from harness.errors import HarnessError
 
 # Debian architecture -> (qemu-user name, default suite)
 USER_ARCHES: Dict[str, Tuple[str, str]] = {
@@ -61,16 +61,15 @@ class QemuUserBackend(Backend):
         return "qemu-%s-static" % USER_ARCHES[self.options.arch][0]
 
     def required_tools(self) -> Tuple[Tool, ...]:
-        tools = [Tool(self.emulator, "qemu-user-static")]
-        if not images.Cache().ready(self.recipes()[0]):
-            tools.append(Tool("mmdebstrap", "mmdebstrap"))
-        return tuple(tools)
+        return (Tool(self.emulator, "qemu-user-static"),)
 
-    def missing(self) -> Optional[ToolMissing]:
-        problem = super().missing()
-        if problem is None and not images.Cache().ready(self.recipes()[0]) and os.geteuid() != 0:
-            return ToolMissing(self.name, "root", "building a foreign root filesystem needs root (binfmt, chroot)")
-        return problem
+    def needs(self, cache: images.Cache) -> List[Need]:
+        """The emulator; to build the root filesystem: its tools, and root (binfmt_misc, chroot)."""
+        out = super().needs(cache)
+        if not cache.ready(self.recipes()[0]):
+            out.append(Need("root", os.geteuid() == 0, "building a foreign root filesystem needs root "
+                            "(binfmt, chroot): run as root", images=True))
+        return out
 
     def recipes(self) -> List[images.Recipe]:
         o = self.options

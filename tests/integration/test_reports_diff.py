@@ -1,21 +1,19 @@
-"""diff, merge, shard and the HTML report on real runs of the local target; the workflows' commands."""
+"""diff, merge, shard and the HTML report on real runs of the local target."""
 
 from __future__ import annotations
 
 import re
-import shlex
 import struct
 import subprocess
 import zlib
 from pathlib import Path
-from typing import Dict, List, Set, Tuple
+from typing import List, Set, Tuple
 
 import pytest
-import yaml
 
 from harness import cli, config, diff, report, runner
 from harness.results import RunDocument, Status
-from tests.conftest import ROOT, require_tool
+from tests.conftest import require_tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.local]
 
@@ -174,33 +172,6 @@ def test_the_html_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert (0x2E, 0x7D, 0x32) in seen  # the "pass" badges of the grid
     assert (0xC8, 0xE6, 0xC9) in seen  # high-arena cells
     assert (0xE3, 0xF2, 0xFD) in seen  # the user-space band of an address-space picture
-
-
-def workflow_commands() -> List[Tuple[str, str]]:
-    out = []
-    for wf in sorted((ROOT / ".github" / "workflows").glob("*.yml")):
-        doc = yaml.safe_load(wf.read_text())
-        for job in doc["jobs"].values():
-            for step in job.get("steps", []):
-                if "run" in step:
-                    out.append((wf.name, step["run"]))
-    return out
-
-
-def test_the_workflows_run_only_commands_that_exist() -> None:
-    cmds = workflow_commands()
-    assert {name for name, _ in cmds} == {"ci.yml", "matrix.yml", "nightly.yml"}
-    parser = cli.build_parser()
-    seen: Dict[str, int] = {}
-    for name, script in cmds:
-        text = re.sub(r"\$\{\{[^}]*\}\}", "X1", script)
-        for m in re.finditer(r"\.venv/bin/arena-harness((?: +[^\s|;>)\"]+)*)", text):
-            argv = shlex.split(m.group(1))
-            parser.parse_args(argv)  # raises UsageError if the CLI lacks the command or an option
-            seen[argv[0]] = seen.get(argv[0], 0) + 1
-        for script_path in re.findall(r"\./scripts/[\w.-]+", text):
-            assert (ROOT / script_path[2:]).is_file(), "%s runs %s, which does not exist" % (name, script_path)
-    assert {"run", "groups", "merge", "diff", "report"} <= set(seen)
 
 
 def test_the_ci_matrix_names_real_targets() -> None:
