@@ -5,7 +5,7 @@ is tarred (``images.RootfsTarball``) and imported as
 ``arena-harness/rootfs:<suite>-<arch>-<key>``, labelled as a harness base image
 and reused. Each boot runs one container, locked down: no network, a read-only
 root, every capability dropped, ``no-new-privileges``, pids and memory limits,
-the allocator's directory mounted read-only. The JSON comes back in the
+the allocator committed into a derived image (no mount from the host). The JSON comes back in the
 container's output; the target's deadline is enforced by killing the container.
 Every container carries the labels ``arena-harness.run`` and
 ``arena-harness.owner`` (host and pid), so a later run removes what a crashed
@@ -14,9 +14,11 @@ one left (:func:`sweep`). Connects through ``DOCKER_HOST`` or the default socket
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
-import shutil
 import socket
+import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ from harness.errors import HarnessError, ToolMissing
 MiB = 1 << 20
 LABEL = "arena-harness"
 IMAGE_REPO = "arena-harness/rootfs"
+PAYLOAD_REPO = "arena-harness/probe"
 ARCHES = {"amd64": "bookworm", "i386": "bookworm", "arm64": "bookworm"}
 
 
@@ -92,7 +95,8 @@ class DockerBackend(Backend):
     def __init__(self, target: Target) -> None:
         super().__init__(target)
         self._client: Any = None
-        self._image: Optional[str] = None
+        self._image: Optional[str] = None  # the imported root filesystem
+        self._run_image: Optional[str] = None  # that plus the allocator (:meth:`payload_image`)
         self._container: Any = None
 
     # -- images ------------------------------------------------------------------------------
@@ -130,18 +134,56 @@ class DockerBackend(Backend):
 
     # -- the boot ------------------------------------------------------------------------------
     def prepare(self, ctx: RunContext) -> None:
-        """Only the allocator is mounted into the container: a directory of its own, read-only."""
-        probe = ctx.workdir / "probe"
-        probe.mkdir()
-        shutil.copyfile(ctx.payload, probe / ctx.payload.name)
-        (probe / ctx.payload.name).chmod(0o444)
+        """The allocator goes into the image, not through a mount: see :meth:`payload_image`."""
+        if self._image is None:
+            self.provision(images.Cache(), lambda msg: None)
+        self._run_image = self.payload_image(ctx.payload)
+
+    def payload_image(self, payload: Path) -> str:
+        """The base image plus ``/probe/<payload>`` (read-only), committed once per payload and reused.
+
+        Delivered through the API (``put_archive`` into a created, never started, container, then
+        ``commit``), so it works with any daemon ``DOCKER_HOST`` names, also one that does not share this
+        machine's filesystem, and the probe's container has no mount from the host at all."""
+        c = self._client
+        data = payload.read_bytes()
+        assert self._image is not None
+        tag = "%s:%s-%s" % (PAYLOAD_REPO, self._image.partition(":")[2], hashlib.sha256(data).hexdigest()[:16])
+        try:
+            c.images.get(tag)
+            return tag
+        except Exception:  # noqa: BLE001 - docker.errors.ImageNotFound: build it below
+            pass
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            d = tarfile.TarInfo("probe")
+            d.type, d.mode = tarfile.DIRTYPE, 0o555
+            tar.addfile(d)
+            f = tarfile.TarInfo("probe/" + payload.name)
+            f.size, f.mode = len(data), 0o444
+            tar.addfile(f, io.BytesIO(data))
+        helper = c.containers.create(self._image, ["true"], network_disabled=True, labels=self.labels("payload"))
+        try:
+            helper.put_archive("/", buf.getvalue())
+            repo, _, version = tag.partition(":")
+            helper.commit(repository=repo, tag=version, changes=["LABEL %s=payload" % LABEL])
+        except Exception as e:  # noqa: BLE001 - docker.errors.APIError and friends
+            raise HarnessError("docker: cannot add the allocator to %s: %s" % (self._image, e)) from None
+        finally:
+            helper.remove(force=True)
+        return tag
+
+    def labels(self, run_id: str) -> Dict[str, str]:
+        """Every container carries the run and its owner, so a later run can sweep what a crashed one left."""
+        return {LABEL: "container", "arena-harness.run": run_id, "arena-harness.target": self.target.name,
+                "arena-harness.owner": owner_label()}
 
     def command(self, ctx: RunContext) -> List[str]:
         return ["python3", "/probe/" + ctx.payload.name] + self.probe_args(ctx)
 
     def execute(self, ctx: RunContext) -> proc.Completed:
-        if self._image is None:
-            self.provision(images.Cache(), lambda msg: None)
+        if self._run_image is None:
+            self.prepare(ctx)
         c = self._client
         sweep(c)
         name = "ah-%s-%s" % (ctx.run_id, self.target.name)
@@ -150,10 +192,10 @@ class DockerBackend(Backend):
         timed_out = False
         returncode: Optional[int] = None
         with open(ctx.log_path, "a", encoding="utf-8", errors="backslashreplace") as log:
-            log.write("$ docker run (SDK) %s %s\n" % (self._image, " ".join(self.command(ctx))))
+            log.write("$ docker run (SDK) %s %s\n" % (self._run_image, " ".join(self.command(ctx))))
             try:
                 self._container = c.containers.run(
-                    self._image,
+                    self._run_image,
                     self.command(ctx),
                     name=name,
                     detach=True,
@@ -163,10 +205,9 @@ class DockerBackend(Backend):
                     security_opt=["no-new-privileges"],
                     pids_limit=self.options.pids,
                     mem_limit=int(self.options.memory),
-                    volumes={str(ctx.workdir / "probe"): {"bind": "/probe", "mode": "ro"}},
-                    environment={"PYTHONDONTWRITEBYTECODE": "1", "LC_ALL": "C"},
-                    labels={LABEL: "container", "arena-harness.run": ctx.run_id,
-                            "arena-harness.target": self.target.name, "arena-harness.owner": owner_label()},
+                    user="65534:65534",  # nobody: root in the container is never needed
+                    environment={"PYTHONDONTWRITEBYTECODE": "1", "LC_ALL": "C", "HOME": "/"},
+                    labels=self.labels(ctx.run_id),
                 )
             except Exception as e:  # noqa: BLE001 - docker.errors.APIError and friends
                 raise HarnessError("docker: cannot start a container from %s: %s" % (self._image, e)) from None

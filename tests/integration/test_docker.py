@@ -107,6 +107,39 @@ def test_only_cached_base_images_remain(docker_client: Any) -> None:
     target = config.load().select(["docker-amd64"])[0]
     DockerBackend(target).provision(images.Cache(), lambda m: None)
     tags = labels_of(docker_client)["images"]
-    assert tags and all(t.startswith("arena-harness/rootfs:") for t in tags)
+    assert tags and all(t.startswith(("arena-harness/rootfs:", "arena-harness/probe:")) for t in tags)
     for im in docker_client.images.list(filters={"label": LABEL}):
-        assert im.labels.get(LABEL) == "base"
+        assert im.labels.get(LABEL) in ("base", "payload")
+
+
+def test_the_container_has_no_mount_from_the_host(docker_client: Any, workdir: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The allocator is in the image (put_archive + commit), so any daemon works, also a remote one."""
+    seen: dict = {}
+    script = "import os, sys; print(os.getuid(), sorted(os.listdir('/probe')), os.access('/probe', os.W_OK))"
+    target = config.load().select(["docker-amd64"])[0]
+    backend = DockerBackend(target)
+    backend.provision(images.Cache(), lambda m: None)
+    backend.command = lambda ctx: ["python3", "-c", script]  # type: ignore[method-assign]
+    from docker.models.containers import ContainerCollection
+
+    original_run = ContainerCollection.run
+
+    def run_and_inspect(self: Any, *a: Any, **kw: Any) -> Any:
+        ct = original_run(self, *a, **kw)
+        ct.reload()
+        seen["mounts"] = ct.attrs.get("Mounts")
+        seen["binds"] = ct.attrs["HostConfig"].get("Binds")
+        seen["user"] = ct.attrs["Config"].get("User")
+        return ct
+
+    monkeypatch.setattr(ContainerCollection, "run", run_and_inspect)
+    (workdir / "w").mkdir()
+    ctx = RunContext("dtest%d" % os.getpid(), target, ["go-2012"], workdir / "w", payload.build(workdir),
+                     workdir / "console.log", 60)
+    backend.run(ctx)
+    assert seen["mounts"] == [] and not seen["binds"]
+    assert seen["user"] == "65534:65534"
+    log = (workdir / "console.log").read_text()
+    assert "65534 ['allocator.pyz'] False" in log
+    assert labels_of(docker_client)["containers"] == []
