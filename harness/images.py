@@ -418,15 +418,19 @@ class Rootfs(Recipe):
     arch: str
     suite: str
     packages: Tuple[str, ...] = ("python3",)
+    variant: str = "essential"  # mmdebstrap's: minbase for a machine with nothing on it (the pristine test)
     kind = "rootfs"
     version = 1
 
     @property
     def name(self) -> str:
-        return "%s-%s" % (self.suite, self.arch)
+        return "%s-%s%s" % (self.suite, self.arch, "" if self.variant == "essential" else "-" + self.variant)
 
     def inputs(self) -> Dict[str, object]:
-        return {"arch": self.arch, "suite": self.suite, "packages": list(self.packages)}
+        d: Dict[str, object] = {"arch": self.arch, "suite": self.suite, "packages": list(self.packages)}
+        if self.variant != "essential":  # keeps the keys of the roots built before variants existed
+            d["variant"] = self.variant
+        return d
 
     def tools(self) -> Tuple[Tool, ...]:
         """mmdebstrap; for any architecture but the host's also arch-test (mmdebstrap refuses foreign
@@ -443,7 +447,8 @@ class Rootfs(Recipe):
     def build(self, out: Path, cache: Cache, log: Log) -> None:
         ensure_binfmt(self.arch, log)
         root = out / "root"
-        mmdebstrap(["--variant=essential", "--include=%s" % ",".join(self.packages), "--arch=%s" % self.arch,
+        mmdebstrap(["--variant=%s" % self.variant, "--include=%s" % ",".join(self.packages),
+                    "--arch=%s" % self.arch,
                     self.suite, str(root)], out / "build.log", log, "the %s root filesystem" % self.name)
         for d in ("proc", "sys", "dev", "tmp", "mnt", "run"):
             (root / d).mkdir(exist_ok=True)

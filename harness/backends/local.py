@@ -6,6 +6,12 @@ zipapp, a private ``/tmp``; as root it runs as a guest uid of its own. The
 interpreter is looked up in the view (``/usr/local/bin``, ``/usr/bin``); one
 given by a path outside ``/usr`` (a pyenv or venv build) has its installation
 bound into the view read-only at the same path.
+
+With ``suite:`` (e.g. bullseye) the view's root is that Debian release's root
+filesystem for the host's architecture instead (a cached image), and its own
+``python3`` runs: the host's kernel with another release's userland. The
+shipped ``local-bullseye`` target runs the guest side under Python 3.9 this way,
+the oldest Python it claims.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, List, Optional, Tuple
 
-from harness import jail, proc
+from harness import images, jail, proc
 from harness.backends.base import Backend, RunContext, Tool
+from harness.config import Target
 
 VIEW_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -25,6 +32,7 @@ VIEW_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 @dataclass(frozen=True)
 class LocalOptions:
     python: str = "python3"
+    suite: Optional[str] = None  # run in this Debian release's root filesystem (its python3)
 
     def validate(self) -> Optional[Tuple[str, str]]:
         if not self.python.strip():
@@ -39,8 +47,23 @@ class LocalBackend(Backend):
     Options: ClassVar[type] = LocalOptions
     description: ClassVar[str] = "this machine, as a subprocess"
 
+    def __init__(self, target: Target) -> None:
+        super().__init__(target)
+        self._root: Optional[Path] = None
+
     def required_tools(self) -> Tuple[Tool, ...]:
+        if self.options.suite:
+            return ()  # the interpreter comes with the root filesystem
         return (Tool(self.interpreter() or self.options.python, "python3"),)
+
+    def recipes(self) -> List[images.Recipe]:
+        if not self.options.suite:
+            return []
+        return [images.Rootfs(images.host_arch(), self.options.suite)]
+
+    def provision(self, cache: images.Cache, log: images.Log) -> None:
+        if self.options.suite:
+            self._root = cache.get(self.recipes()[0], log) / "root"
 
     def interpreter(self) -> Optional[str]:
         """The interpreter's path on the host: a given path, else the name looked up as the view sees PATH."""
@@ -54,6 +77,8 @@ class LocalBackend(Backend):
         boot.mkdir(exist_ok=True)
         shutil.copyfile(ctx.payload, boot / "allocator.pyz")
         ro: List[Tuple[Path, str]] = [(boot, jail.guest_path("boot"))]
+        if self._root is not None:
+            return jail.View(root=self._root, ro=tuple(ro), proc=True)
         python = os.path.realpath(self.interpreter() or self.options.python)
         if not python.startswith("/usr/"):
             prefix = Path(python).parent.parent  # PREFIX/bin/python3.X -> PREFIX
@@ -61,7 +86,9 @@ class LocalBackend(Backend):
         return jail.View(ro=tuple(ro), proc=True)
 
     def argv(self, ctx: RunContext) -> List[str]:
-        python = self.interpreter() or self.options.python
+        if self.options.suite and self._root is None:
+            self.provision(images.Cache(), lambda msg: None)
+        python = "/usr/bin/python3" if self.options.suite else (self.interpreter() or self.options.python)
         return self.jailed(ctx, self.view(ctx), [python, jail.guest_path("boot/allocator.pyz")] + self.probe_args(ctx))
 
     def execute(self, ctx: RunContext) -> proc.Completed:

@@ -17,3 +17,6 @@ def test_target(harness_result: Record) -> None:
     # Every result carries the guest's own view of itself.
     assert harness_result.kernel == probe["facts"]["kernel"]
     assert harness_result.machine == probe["facts"]["machine"]
+    if harness_result.target == "local-bullseye":
+        # The oldest Python the guest side claims, from a root filesystem the image pipeline builds.
+        assert probe["facts"]["python"].startswith("3.9."), probe["facts"]["python"]

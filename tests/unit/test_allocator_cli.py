@@ -156,33 +156,5 @@ def test_allocator_parses_as_python_39_and_imports_only_the_stdlib() -> None:
                 assert n.split(".")[0] in std, "%s:%d imports %s" % (f.name, node.lineno, n)
 
 
-def find_python39() -> str:
-    """A working Python 3.9: on PATH, in pyenv's versions, or in /usr/local (a shim that fails does not count)."""
-    from harness.plugin import skip_or_fail
-
-    cands = ["python3.9", "/usr/bin/python3.9", "/usr/local/bin/python3.9"]
-    pyenv = Path(os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))) / "versions"
-    if pyenv.is_dir():
-        cands += [str(d / "bin" / "python3.9") for d in sorted(pyenv.glob("3.9*"))]
-    for cand in cands:
-        try:
-            p = subprocess.run([cand, "-c", "import sys, ctypes; print(sys.version_info[:2])"],
-                               capture_output=True, text=True, timeout=30)
-        except OSError:
-            continue
-        if p.returncode == 0 and p.stdout.strip() == "(3, 9)":
-            return cand
-    skip_or_fail("py39", "no working python3.9: install Python 3.9 (e.g. pyenv install 3.9) to test the guest side")
-    raise AssertionError("unreachable")
-
-
-def test_allocator_runs_under_python_39() -> None:
-    py = find_python39()
-    p = allocator("probe", "--policy", "all", "--json", "--simulate", "uml", python=py)
-    assert p.returncode == 0, p.stderr
-    assert [d["outcome"] for d in json.loads(p.stdout)] == ["crash", "fallback-32bit", "os-chosen"]
-    real = allocator("probe", "--policy", "go-2012", "--json", python=py)
-    assert json.loads(real.stdout)["outcome"] == "high-arena"
-    unit = subprocess.run([py, "-c", "import allocator.go2012, allocator.gomodern, allocator.real"],
-                          capture_output=True, text=True, cwd=str(ROOT), timeout=60)
-    assert unit.returncode == 0, unit.stderr
+# Running it under 3.9 is the shipped target local-bullseye (Debian 11's python3), checked in
+# tests/integration/test_targets.py on every matrix run.
