@@ -279,3 +279,74 @@ def test_qemu_user_guests_run_in_the_same_jail(tmp_path: Path) -> None:
     (rec,) = doc.records
     assert rec.status is Status.PASS, rec.detail
     assert rec.machine == "aarch64"
+
+
+# -- QEMU: the 9p shares ---------------------------------------------------------------------------------
+HOSTILE = r'''
+import os, subprocess
+def say(*a): print("HOSTILE", *a, flush=True)
+say("TOP", " ".join(sorted(os.listdir("/"))))
+for p in ("/etc/passwd", "/usr/bin/pwned", "/pwned"):
+    try:
+        open(p, "a").write("x"); say("WROTE", p)
+    except OSError as e:
+        say("REFUSED", p, e.errno)
+for p in ("/root", "/home", "/work", "/etc/shadow", SECRET):
+    try:
+        say("READ", p, os.listdir(p) if os.path.isdir(p) else open(p).read(20))
+    except OSError as e:
+        say("CANNOT_READ", p, e.errno)
+os.makedirs("/tmp/rw", exist_ok=True)
+r = subprocess.run(["mount", "-t", "9p", "-o", "trans=virtio,version=9p2000.L,rw", "hostroot", "/tmp/rw"],
+                   capture_output=True, text=True)
+try:
+    open("/tmp/rw/pwned-rw", "w").write("x"); say("WROTE_RW_REMOUNT")
+except OSError as e:
+    say("REFUSED_RW_REMOUNT", e.errno)
+try:
+    open("/mnt/suid", "w").write("#!/bin/sh\n"); os.chmod("/mnt/suid", 0o4755); say("SUID_MADE")
+except OSError as e:
+    say("NO_SUID", e.errno)
+say("END")
+'''
+
+
+def test_a_qemu_guest_sees_only_its_view_and_writes_only_its_results(tmp_path: Path) -> None:
+    import zipapp
+
+    from harness import runner
+
+    require_tool("qemu", "qemu-system-x86_64", "sudo apt-get install -y qemu-system-x86")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOPSECRET\n")
+    src = tmp_path / "hostile"
+    src.mkdir()
+    (src / "__main__.py").write_text("SECRET = %r\n" % str(secret) + HOSTILE)
+    pyz = tmp_path / "hostile.pyz"
+    zipapp.create_archive(src, pyz)
+    target = config.load().select(["qemu-x86_64"])[0]
+    real_build = payload.build
+
+    def hostile_build(d: Path) -> Path:
+        out = real_build(d)
+        out.write_bytes(pyz.read_bytes())
+        return out
+
+    import harness.runner as runner_mod
+
+    original = runner_mod.payload.build
+    runner_mod.payload.build = hostile_build  # type: ignore[assignment]
+    try:
+        doc = runner.run([target], policies=["go-2012"], artifacts=tmp_path / "out")
+    finally:
+        runner_mod.payload.build = original  # type: ignore[assignment]
+    (rec,) = doc.records
+    log = Path(rec.log or "").read_text()
+    assert "HOSTILE END" in log, log[-2000:]
+    top = next(ln for ln in log.splitlines() if "HOSTILE TOP" in ln).split("HOSTILE TOP", 1)[1].split()
+    assert set(top) <= VIEW_TOP, top
+    assert "HOSTILE WROTE" not in log and "WROTE_RW_REMOUNT" not in log
+    assert "TOPSECRET" not in log and "HOSTILE READ" not in log
+    assert "CANNOT_READ %s" % secret in log and "CANNOT_READ /etc/shadow" in log
+    assert not Path("/pwned").exists() and not Path("/usr/bin/pwned").exists()
+    assert rec.status is Status.ERROR  # the hostile payload printed no result

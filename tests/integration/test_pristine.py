@@ -80,6 +80,10 @@ def committed_tree() -> bytes:
 SCRIPT = """
 set -eu
 update-ca-certificates >/dev/null 2>&1 || true
+# A machine's /sys and cgroups are writable (Docker gives a container read-only ones): the daemon
+# setup.sh starts needs them to make its containers' cgroups.
+mount -o remount,rw /sys
+awk '$3 == "cgroup" || $3 == "cgroup2" {print $2}' /proc/mounts | while read -r m; do mount -o remount,rw "$m"; done
 cd /src
 start=$(date +%s)
 ./scripts/setup.sh
@@ -106,19 +110,25 @@ def test_a_pristine_debian_sets_up_and_passes_every_kind_of_target(tmp_path: Pat
     env["DEBIAN_FRONTEND"] = "noninteractive"
     from docker.types import Mount
 
-    ct = c.containers.create(
-        image, ["bash", "-c", SCRIPT.format(only=only)],
-        network_mode="host", environment=env, working_dir="/",
-        # What RECIPES-style privileged work needs on these machines (--privileged itself fails here: the
-        # machine lacks CAP_SYS_RESOURCE): every capability but that one, no seccomp or AppArmor filter,
-        # writable /proc/sys (binfmt_misc), every device.
-        cap_add=["ALL"], cap_drop=["SYS_RESOURCE"],
-        security_opt=["seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"],
+    # What privileged work needs on these machines (--privileged itself fails here: the machine lacks
+    # CAP_SYS_RESOURCE): every capability but that one, no seccomp or AppArmor filter, /proc/sys writable
+    # (binfmt_misc; the CLI's systempaths=unconfined is, in the API, empty masked and read-only paths),
+    # every device, an exec-able /dev/shm, and an anonymous volume for the inner dockerd.
+    host_config = c.api.create_host_config(
+        network_mode="host", cap_add=["ALL"], cap_drop=["SYS_RESOURCE"],
+        security_opt=["seccomp=unconfined", "apparmor=unconfined"],
         device_cgroup_rules=["a *:* rwm"], shm_size="1g",
-        mounts=[Mount("/var/lib/docker", None, type="volume")],  # the inner dockerd's own, anonymous
+        mounts=[Mount("/var/lib/docker", None, type="volume")],
+    )
+    host_config["MaskedPaths"] = []
+    host_config["ReadonlyPaths"] = []
+    created = c.api.create_container(
+        image, ["bash", "-c", SCRIPT.format(only=only)], environment=env, working_dir="/",
+        host_config=host_config,
         labels={LABEL: "container", "arena-harness.run": "pristine-%d" % os.getpid(),
                 "arena-harness.owner": "%s:%d" % (os.uname().nodename, os.getpid())},
     )
+    ct = c.containers.get(created["Id"])
     log_path = tmp_path / "pristine.log"
     try:
         ct.put_archive("/", committed_tree())
