@@ -16,12 +16,12 @@ import os
 import shlex
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 from harness import proc
 from harness.backends.base import Backend, RunContext
-from harness.config import Seconds, Target
+from harness.config import FILE, Seconds, Target
 from harness.errors import HarnessError, ToolMissing
 
 
@@ -34,7 +34,7 @@ class SshOptions:
     host: str = ""
     port: int = 22
     user: str = "root"
-    key_file: Optional[str] = None
+    key_file: Optional[str] = field(default=None, metadata={FILE: "the private key to log in with"})
     use_agent: bool = True
     password_env: Optional[str] = None  # the NAME of an environment variable holding the password
     known_hosts: str = "~/.ssh/known_hosts"

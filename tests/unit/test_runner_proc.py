@@ -89,12 +89,12 @@ def test_parallel_jobs_keep_the_target_order(fake_backend: type, tmp_path: Path)
                                   + ["done:%s" % n for n in ("one", "two", "three", "four")])
 
 
-def test_missing_tool_skips_with_the_hint(tmp_path: Path) -> None:
-    ts = config.parse("targets:\n  - name: l\n    backend: local\n    python: python3-nonexistent\n", "t.yaml")
+def test_a_missing_default_tool_skips_with_the_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ts = config.parse("targets:\n  - name: l\n    backend: local\n", "t.yaml")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no python3 here: the default program is missing
     doc = runner.run(ts.targets, artifacts=tmp_path)
     assert {r.status for r in doc.records} == {Status.SKIP}
-    assert doc.records[0].detail == ("local backend needs python3-nonexistent: "
-                                     "install it with: sudo apt-get install -y python3")
+    assert doc.records[0].detail == "local backend needs python3: install it with: sudo apt-get install -y python3"
 
 
 def test_a_missing_explicit_program_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -105,6 +105,12 @@ def test_a_missing_explicit_program_is_a_config_error(tmp_path: Path, capsys: py
     assert cli.main(["run", "--targets", str(f)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["arena-harness: %s:4 [u] kernel: no such program: /nonexistent/linux.uml "
+                   "(install user-mode-linux, or fix the path)" % f]
+    # A typo in a name looked up on PATH: was a skip, and run exited 0.
+    f.write_text("targets:\n  - name: u\n    backend: uml\n    kernel: linux.umll\n")
+    assert cli.main(["run", "--targets", str(f)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["arena-harness: %s:4 [u] kernel: no such program on PATH: linux.umll "
                    "(install user-mode-linux, or fix the path)" % f]
 
 
