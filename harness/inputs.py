@@ -35,12 +35,13 @@ def _refuse_unless_regular(mode: int, path: str, what: str) -> None:
         raise ConfigError("is %s: only regular files are read as %s" % (kind, what), path=path)
 
 
-def read_text(path: Union[str, Path], what: str, limit: int) -> str:
+def read_text(path: Union[str, Path], what: str, limit: int, errors: str = "strict") -> str:
     """The text of the regular file ``path``: a ConfigError (one line, no content) for anything else.
 
     ``what`` names the kind of file in errors ("targets files"). The file is
     checked before it is opened (a FIFO would block the open) and again through
-    the open descriptor (it may have been swapped in between).
+    the open descriptor (it may have been swapped in between). ``errors`` is
+    how invalid UTF-8 is decoded; with "strict" it is an error naming the line.
     """
     name = str(path)
     try:
@@ -62,7 +63,7 @@ def read_text(path: Union[str, Path], what: str, limit: int) -> str:
         if len(data) > limit:
             raise too_big
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8", errors=errors)
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise ConfigError("not UTF-8 text (an invalid byte at offset %d): %s must be text" % (e.start, what),
