@@ -81,7 +81,14 @@ class _Seq(list):  # type: ignore[type-arg]
 
 
 class _Loader(yaml.SafeLoader):
-    pass
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as e:
+            # PyYAML lets these through from its scalar constructors: a 5000-digit int, 0x... too big for a
+            # float, a date like 2001-13-45. The message names the kind of problem, not the value.
+            raise ConfigError("not valid YAML: a value that cannot be read (%s)" % quote(str(e), 60),
+                              line=node.start_mark.line + 1) from None
 
 
 def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
@@ -238,7 +245,17 @@ def _describe(value: Any) -> str:
         return "nothing"
     if isinstance(value, (dict, list)):
         return "a %s" % ("mapping" if isinstance(value, dict) else "list")
-    return repr(value)
+    if isinstance(value, int) and value.bit_length() > 128:  # repr() refuses ints of over 4300 digits
+        return "a number of %d bits" % value.bit_length()
+    return quote(repr(value))
+
+
+def _as_float(value: "int | float") -> float:
+    """A YAML number as a float; an int too big for one (0xfff... of any length) is infinite."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def convert(value: Any, typ: Any, ctx: _Ctx, line: Optional[int], key: str) -> Any:
@@ -264,7 +281,7 @@ def convert(value: Any, typ: Any, ctx: _Ctx, line: Optional[int], key: str) -> A
     if typ is Seconds:
         secs: Optional[float] = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            secs = float(value)
+            secs = _as_float(value)
         elif isinstance(value, str):
             m = re.fullmatch(r"\s*([0-9]{1,9}(?:\.[0-9]{0,9})?|\.[0-9]{1,9})\s*(ms|s|m|h)?\s*", value)
             if m:
@@ -285,7 +302,7 @@ def convert(value: Any, typ: Any, ctx: _Ctx, line: Optional[int], key: str) -> A
             return value
         raise ctx.error(line, key, "expected a whole number, got %s" % _describe(value))
     if typ is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(_as_float(value)):
             return float(value)
         raise ctx.error(line, key, "expected a number, got %s" % _describe(value))
     if typ is str:

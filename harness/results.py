@@ -20,6 +20,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from harness.backends.base import GuestRun
 from harness.config import Target, quote
+from harness.console import check_document
 from harness.errors import ConfigError
 from harness.inputs import MAX_RESULTS_BYTES, read_text
 
@@ -101,6 +102,9 @@ class Record:
             if not _is(value, expected):
                 raise ConfigError("expected %s, got %s" % (_TYPE_NAMES[expected], _json_kind(value)), path=path,
                                   target=target, key="%s.%s" % (where, f.name))
+            problem = check_document(value) if f.name == "probe" and value is not None else None
+            if problem:  # reports and diff read the probe document: it must have the allocator's shape
+                raise ConfigError(problem, path=path, target=target, key="%s.probe" % where)
             kw[f.name] = value
         return cls(**kw)
 

@@ -60,6 +60,8 @@ def test_a_fake_backend_is_found_by_name_and_judged(fake_backend: type, tmp_path
     [
         ("garbage", Status.ERROR, "no result (exit status 0): random noise | {not json"),
         ("truncated", Status.ERROR, "result frame began but never ended (output truncated)"),
+        # A guest is untrusted: a document of the wrong shape was an AttributeError that ended the run.
+        ("misshapen", Status.ERROR, "result is not a usable allocator document: reservation: expected a mapping"),
         ("nothing", Status.ERROR, "no result (exit status 0), no output"),
         ("panic", Status.PANIC,
          "kernel panic: Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100"),
