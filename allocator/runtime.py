@@ -13,7 +13,11 @@ DEFAULT_GROW = "64M*8,sysalloc:64M"
 DEFAULT_TOUCH_EVERY = MiB
 
 GROW_KINDS = ("grow", "sysalloc")
-_STEP = re.compile(r"^(?:(?P<kind>[a-z]+):)?(?P<size>[0-9.]+[kKmMgG]?(?:i?[bB])?)(?:\*(?P<count>[0-9]+))?$")
+_STEP = re.compile(r"(?:(?P<kind>[a-z]+):)?(?P<size>[0-9.]{1,20}[kKmMgG]?(?:i?[bB])?)(?:\*(?P<count>[0-9]{1,12}))?")
+# A plan is a list of steps held in memory and traced one by one: bounded before it is expanded,
+# so "64M*300000000" is an error, not gigabytes of tuples.
+MAX_GROW_STEPS = 10000
+MAX_GROW_BYTES = 1 << 50  # 1 PiB: far beyond any guest's memory; a bigger heap shows nothing new
 
 
 class Throw(Exception):
@@ -35,19 +39,28 @@ def parse_grow(plan: str) -> List[Tuple[str, int]]:
     from allocator.simulated import parse_size
 
     steps: List[Tuple[str, int]] = []
+    total = 0
     for item in (s.strip() for s in plan.split(",")):
         if not item:
             continue
-        m = _STEP.match(item)
+        shown = item if len(item) <= 40 else item[:37] + "..."
+        m = _STEP.fullmatch(item)
         if not m:
-            raise PlanError("bad growth step %r: expected [grow:|sysalloc:]SIZE[*COUNT], e.g. 64M*8" % item)
+            raise PlanError("bad growth step %r: expected [grow:|sysalloc:]SIZE[*COUNT], e.g. 64M*8" % shown)
         kind = m.group("kind") or "grow"
         if kind not in GROW_KINDS:
-            raise PlanError("bad growth step %r: kind must be one of %s" % (item, ", ".join(GROW_KINDS)))
+            raise PlanError("bad growth step %r: kind must be one of %s" % (shown, ", ".join(GROW_KINDS)))
         size = parse_size(m.group("size"))
         if size <= 0:
-            raise PlanError("bad growth step %r: size must be positive" % item)
-        steps.extend([(kind, size)] * int(m.group("count") or 1))
+            raise PlanError("bad growth step %r: size must be positive" % shown)
+        count = int(m.group("count") or 1)
+        if count < 1:
+            raise PlanError("bad growth step %r: count must be at least 1" % shown)
+        total += size * count
+        if len(steps) + count > MAX_GROW_STEPS or total > MAX_GROW_BYTES:
+            raise PlanError("growth plan too large at %r: at most %d steps and %d PiB in all"
+                            % (shown, MAX_GROW_STEPS, MAX_GROW_BYTES >> 50))
+        steps.extend([(kind, size)] * count)
     return steps
 
 

@@ -1,5 +1,6 @@
-"""``arena-harness``: run, list, doctor. Exit 0 when every result passed, 1 when any did not,
-2 on usage or configuration errors (one line, never a traceback), 130 when interrupted."""
+"""``arena-harness``: run, list, doctor. Exit 0 when every result passed, 1 when any did not (or the
+gate failed: see harness.verdict), 2 on usage or configuration errors (one line, never a traceback),
+130 when interrupted."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from types import FrameType
 from typing import Callable, Dict, List, NoReturn, Optional, Sequence
 
 from allocator.probe import POLICIES, expand_policies
-from harness import __version__, backends, config, diff, images, report, results, runner
+from harness import __version__, backends, config, diff, images, report, results, runner, verdict
 from harness.backends.base import Need
 from harness.config import Target
 from harness.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, HarnessError, UsageError
@@ -37,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     def targets_arg(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--targets", metavar="FILE", help="targets file (default: the matrix shipped in the package)")
 
+    def allow_skip_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--allow-skip", action="store_true",
+                        help="a skipped result (a tool missing here) does not fail the exit status; backends named "
+                             "in HARNESS_REQUIRE must still run")
+
     r = sub.add_parser("run", help="run targets x policies and report")
     targets_arg(r)
     r.add_argument("--only", metavar="NAME", action="append", help="run only this target (repeatable)")
@@ -52,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--artifacts", metavar="DIR", type=Path, default=Path(DEFAULT_ARTIFACTS),
                    help="where console logs are kept (default ./%s/RUN-ID)" % DEFAULT_ARTIFACTS)
     r.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
+    allow_skip_arg(r)
 
     ls = sub.add_parser("list", help="list the targets")
     targets_arg(ls)
@@ -61,10 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--junit", metavar="F", type=Path)
     rp.add_argument("--markdown", metavar="F", type=Path)
     rp.add_argument("--html", metavar="F", type=Path)
+    allow_skip_arg(rp)
 
-    df = sub.add_parser("diff", help="compare two results files; exit 1 on regression")
+    df = sub.add_parser("diff", help="compare two results files; exit 1 on regression, or when NEW is empty, "
+                                     "incomplete, skipped or missing results of OLD")
     df.add_argument("old", type=Path)
     df.add_argument("new", type=Path)
+    allow_skip_arg(df)
+    df.add_argument("--allow-gone", action="store_true",
+                    help="results of OLD missing from NEW (targets or policies removed on purpose) do not fail")
     df.add_argument("--markdown", metavar="F", type=Path, help="also write the diff as Markdown")
     df.add_argument("--track", metavar="STATE", type=Path,
                     help="open-regressions file: remembers where each regression first failed")
@@ -190,6 +202,10 @@ def cmd_run(args: argparse.Namespace, argv: List[str]) -> int:
             policies = expand_policies(args.policy)
         except ValueError as e:
             raise UsageError(str(e)) from None
+    if not any(runner.policies_for(t, policies) for t in targets):
+        # An empty selection would "pass" with nothing run.
+        raise UsageError("nothing to run: the selection (--only, --group, --shard, --policy) leaves no target and "
+                         "policy")
     make_output_dirs(args.json, args.junit, args.markdown, args.html)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     previous_int = signal.signal(signal.SIGINT, _raise_interrupt)
@@ -218,7 +234,16 @@ def cmd_run(args: argparse.Namespace, argv: List[str]) -> int:
     print("console logs: %s" % doc.artifacts)
     if doc.interrupted:
         return EXIT_INTERRUPTED
-    return EXIT_FAILED if doc.failed() else EXIT_OK
+    return _gate(doc, args.allow_skip)
+
+
+def _gate(doc: RunDocument, allow_skip: bool) -> int:
+    """The exit status of a run or a report: 1 if any result failed or the gate has a problem (said on
+    stderr, one line each), else 0."""
+    problems = verdict.run_problems(doc, allow_skip)
+    for problem in problems:
+        print("arena-harness: gate failed: %s" % problem, file=sys.stderr)
+    return EXIT_FAILED if doc.failed() or problems else EXIT_OK
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -239,17 +264,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     report.write(report.markdown(doc), args.markdown)
     report.write(report.html(doc), args.html)
     print(report.table(doc, color=sys.stdout.isatty()))
-    return EXIT_FAILED if doc.failed() else EXIT_OK
+    return _gate(doc, args.allow_skip)
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
     d = diff.compare(RunDocument.load(args.old), RunDocument.load(args.new))
     make_output_dirs(args.markdown, args.track)
+    problems = verdict.diff_problems(d, args.allow_skip, args.allow_gone)
     if args.track:
         diff.track(d, args.track)
     print(diff.text(d))
-    report.write(diff.markdown(d), args.markdown)
-    return EXIT_FAILED if d.regressed else EXIT_OK
+    report.write(diff.markdown(d, problems), args.markdown)
+    for problem in problems:
+        print("arena-harness: gate failed: %s" % problem, file=sys.stderr)
+    return EXIT_FAILED if d.regressed or problems else EXIT_OK
 
 
 def cmd_merge(args: argparse.Namespace) -> int:

@@ -16,7 +16,10 @@ backend, checked against that backend's ``Options`` dataclass::
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import re
+import shutil
 import typing
 from dataclasses import dataclass
 from importlib import resources
@@ -30,9 +33,17 @@ from allocator.runtime import PlanError, parse_grow
 from allocator.simulated import parse_size
 from harness import backends
 from harness.errors import ConfigError
+from harness.inputs import MAX_TARGETS_BYTES, read_text
 
 DEFAULT_TARGETS = "targets.yaml"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# A target's name becomes file names (logs, locks, umids) and table rows: a short, safe token.
+NAME_MAX = 64
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,%d}" % (NAME_MAX - 1))
+MAX_TARGETS = 1000
+MAX_SECONDS = 7 * 24 * 3600.0  # timeouts and watchdogs: finite, and at most a week
+MAX_SIZE = 1 << 60  # sizes: positive, and at most 1 EiB (RLIMIT_AS and guest memory fit in 64 bits)
+MAX_INT = (1 << 63) - 1
+QUOTE_MAX = 40  # how much of a wrong value an error quotes
 
 
 class Size(int):
@@ -41,6 +52,17 @@ class Size(int):
 
 class Seconds(float):
     """A duration, written like 60, "90s" or "2m"."""
+
+
+# Option fields whose value names something on the host carry ``metadata`` saying so:
+#   field(default="linux.uml", metadata={PROGRAM: "user-mode-linux"})   # a program, and its package
+#   field(default=None, metadata={FILE: "a private key"})                # a file
+#   field(default="/", metadata={DIRECTORY: "the guest's root"})         # a directory
+# When the targets file sets such a key, what it names must exist here: a typo is a config
+# error (exit 2), not a skip. A default that is missing stays the backend's install hint.
+PROGRAM = "arena-harness.program"
+FILE = "arena-harness.file"
+DIRECTORY = "arena-harness.directory"
 
 
 # -- YAML with line numbers ------------------------------------------------------------
@@ -59,7 +81,14 @@ class _Seq(list):  # type: ignore[type-arg]
 
 
 class _Loader(yaml.SafeLoader):
-    pass
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as e:
+            # PyYAML lets these through from its scalar constructors: a 5000-digit int, 0x... too big for a
+            # float, a date like 2001-13-45. The message names the kind of problem, not the value.
+            raise ConfigError("not valid YAML: a value that cannot be read (%s)" % quote(str(e), 60),
+                              line=node.start_mark.line + 1) from None
 
 
 def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
@@ -71,7 +100,7 @@ def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
         if not isinstance(key, str):
             key = str(key)
         if key in m:
-            raise ConfigError("duplicate key", line=key_node.start_mark.line + 1, key=key)
+            raise ConfigError("duplicate key", line=key_node.start_mark.line + 1, key=key_name(key))
         m[key] = loader.construct_object(value_node, deep=True)
         m.key_lines[key] = key_node.start_mark.line + 1
     return m
@@ -190,14 +219,43 @@ class _Ctx:
         return ConfigError(message, path=self.path, line=line, target=self.target, key=key)
 
 
+def quote(text: str, limit: int = QUOTE_MAX) -> str:
+    """``text`` for an error message: at most ``limit`` characters, on one line (control characters
+    escaped), so an error never carries more of a file than the offending value's beginning."""
+    short = text if len(text) <= limit else text[: limit - 3] + "..."
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in short)
+
+
+_KEY_RE = re.compile(r"[A-Za-z0-9_.-]{1,%d}" % QUOTE_MAX)
+
+
+def key_name(key: str) -> str:
+    """A key as an error shows it: a name is quoted; anything else is only described, since a file that
+    is not a targets file at all (``/etc/shadow`` read as YAML is one mapping whose key is the whole
+    first line) must not have its content printed."""
+    if _KEY_RE.fullmatch(key):
+        return key
+    return "<a key of %d characters that is not a name>" % len(key)
+
+
 def _describe(value: Any) -> str:
     if isinstance(value, str):
-        return '"%s"' % value
+        return '"%s"' % quote(value)
     if value is None:
         return "nothing"
     if isinstance(value, (dict, list)):
         return "a %s" % ("mapping" if isinstance(value, dict) else "list")
-    return repr(value)
+    if isinstance(value, int) and value.bit_length() > 128:  # repr() refuses ints of over 4300 digits
+        return "a number of %d bits" % value.bit_length()
+    return quote(repr(value))
+
+
+def _as_float(value: "int | float") -> float:
+    """A YAML number as a float; an int too big for one (0xfff... of any length) is infinite."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def convert(value: Any, typ: Any, ctx: _Ctx, line: Optional[int], key: str) -> Any:
@@ -210,33 +268,41 @@ def convert(value: Any, typ: Any, ctx: _Ctx, line: Optional[int], key: str) -> A
         inner = [a for a in args if a is not type(None)][0]
         return convert(value, inner, ctx, line, key)
     if typ is Size:
-        if isinstance(value, str):
+        if isinstance(value, str) and len(value) <= QUOTE_MAX:
             try:
-                return Size(parse_size(value))
-            except ValueError:
+                size = parse_size(value)
+            except (ValueError, OverflowError):
                 pass
+            else:
+                if 0 < size <= MAX_SIZE:
+                    return Size(size)
+                raise ctx.error(line, key, "expected a size above 0 and at most 1 EiB, got %s" % _describe(value))
         raise ctx.error(line, key, 'expected a size like "256M", got %s' % _describe(value))
     if typ is Seconds:
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-            return Seconds(value)
-        if isinstance(value, str):
-            m = re.match(r"^\s*([0-9.]+)\s*(ms|s|m|h)?\s*$", value)
+        secs: Optional[float] = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            secs = _as_float(value)
+        elif isinstance(value, str):
+            m = re.fullmatch(r"\s*([0-9]{1,9}(?:\.[0-9]{0,9})?|\.[0-9]{1,9})\s*(ms|s|m|h)?\s*", value)
             if m:
                 scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[m.group(2) or "s"]
                 secs = float(m.group(1)) * scale
-                if secs > 0:
-                    return Seconds(secs)
+        if secs is not None:
+            # .inf would mean no deadline at all and .nan compares false with every deadline.
+            if math.isfinite(secs) and 0 < secs <= MAX_SECONDS:
+                return Seconds(secs)
+            raise ctx.error(line, key, "expected a duration above 0 and at most 7 days, got %s" % _describe(value))
         raise ctx.error(line, key, 'expected a duration like "60s" or "2m", got %s' % _describe(value))
     if typ is bool:
         if isinstance(value, bool):
             return value
         raise ctx.error(line, key, "expected true or false, got %s" % _describe(value))
     if typ is int:
-        if isinstance(value, int) and not isinstance(value, bool):
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_INT:
             return value
         raise ctx.error(line, key, "expected a whole number, got %s" % _describe(value))
     if typ is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(_as_float(value)):
             return float(value)
         raise ctx.error(line, key, "expected a number, got %s" % _describe(value))
     if typ is str:
@@ -251,6 +317,21 @@ def convert(value: Any, typ: Any, ctx: _Ctx, line: Optional[int], key: str) -> A
     raise TypeError("unsupported option type %r for %s" % (typ, key))  # a backend bug, not user input
 
 
+def _host_path_problem(f: "dataclasses.Field[Any]", value: Any) -> Optional[str]:
+    """Why an explicitly set program, file or directory (see PROGRAM) cannot be used here, or None."""
+    if not isinstance(value, str):
+        return None
+    shown = quote(value, 200)
+    if PROGRAM in f.metadata and shutil.which(value) is None:
+        where = "" if "/" in value else " on PATH"
+        return "no such program%s: %s (install %s, or fix the path)" % (where, shown, f.metadata[PROGRAM])
+    if FILE in f.metadata and not os.path.isfile(os.path.expanduser(value)):
+        return "no such file: %s (%s)" % (shown, f.metadata[FILE])
+    if DIRECTORY in f.metadata and not os.path.isdir(value):
+        return "no such directory: %s (%s)" % (shown, f.metadata[DIRECTORY])
+    return None
+
+
 def _options(backend_cls: Any, raw: Dict[str, Any], lines: Dict[str, int], ctx: _Ctx) -> Any:
     opt_cls = backend_cls.Options
     hints = typing.get_type_hints(opt_cls, vars(__import__(opt_cls.__module__, fromlist=["_"])))
@@ -258,6 +339,9 @@ def _options(backend_cls: Any, raw: Dict[str, Any], lines: Dict[str, int], ctx: 
     kwargs: Dict[str, Any] = {}
     for key, value in raw.items():
         kwargs[key] = convert(value, hints[key], ctx, lines.get(key), key)
+        problem = _host_path_problem(fields[key], kwargs[key])
+        if problem:
+            raise ctx.error(lines.get(key), key, problem)
     missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:
@@ -281,9 +365,10 @@ def _target(raw: Any, line: int, defaults: Mapping[str, Any], ctx: _Ctx, seen: D
     merged: Dict[str, Any] = dict(defaults)
     merged.update(raw)
     name = merged.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ctx.error(key_lines.get("name", line), "name",
-                        "expected a name of letters, digits, '.', '_' or '-', got %s" % _describe(name))
+                        "expected a name of 1 to %d letters, digits, '.', '_' or '-', beginning with a letter or "
+                        "digit, got %s" % (NAME_MAX, _describe(name)))
     ctx.target = name
     if name in seen:
         raise ctx.error(key_lines.get("name", line), "name", "duplicate target name (first at line %d)" % seen[name])
@@ -296,7 +381,8 @@ def _target(raw: Any, line: int, defaults: Mapping[str, Any], ctx: _Ctx, seen: D
         backend_cls = backends.get(backend_name)
     except KeyError:
         raise ctx.error(key_lines.get("backend", line), "backend",
-                        "unknown backend %r; known: %s" % (backend_name, ", ".join(backends.names()))) from None
+                        "unknown backend '%s'; known: %s" % (quote(backend_name), ", ".join(backends.names()))
+                        ) from None
     option_names = [f.name for f in dataclasses.fields(backend_cls.Options)]
     opt_raw: Dict[str, Any] = {}
     for key in merged:
@@ -305,9 +391,9 @@ def _target(raw: Any, line: int, defaults: Mapping[str, Any], ctx: _Ctx, seen: D
         if key not in option_names:
             hint = getattr(backend_cls, "key_hints", {}).get(key)
             if hint:
-                raise ctx.error(key_lines.get(key, line), key, hint)
+                raise ctx.error(key_lines.get(key, line), key_name(key), hint)
             allowed = sorted(COMMON_KEYS) + sorted(option_names)
-            raise ctx.error(key_lines.get(key, line), key,
+            raise ctx.error(key_lines.get(key, line), key_name(key),
                             "unknown key for a %s target; known keys: %s" % (backend_name, ", ".join(allowed)))
         opt_raw[key] = merged[key]
     options = _options(backend_cls, opt_raw, key_lines, ctx)
@@ -323,7 +409,9 @@ def _target(raw: Any, line: int, defaults: Mapping[str, Any], ctx: _Ctx, seen: D
     for policy, text in raw_expect.items():
         pline = exp_lines.get(policy, kl("expect"))
         if policy not in POLICIES:
-            raise ctx.error(pline, "expect", "unknown policy %r; known: %s" % (policy, ", ".join(POLICIES)))
+            shown = key_name(policy)
+            raise ctx.error(pline, "expect", "unknown policy %s; known: %s"
+                            % ("'%s'" % shown if shown == policy else shown, ", ".join(POLICIES)))
         if not isinstance(text, str):
             raise ctx.error(pline, "expect.%s" % policy, "expected an outcome (%s, or \"crash: <message>\"), got %s"
                             % (", ".join(OUTCOMES), _describe(text)))
@@ -341,16 +429,23 @@ def _target(raw: Any, line: int, defaults: Mapping[str, Any], ctx: _Ctx, seen: D
     policies = tuple(POLICIES)
     if "policies" in merged:
         policies = convert(merged["policies"], Tuple[str, ...], ctx, kl("policies"), "policies")
+        if not policies:
+            # An empty list would drop the target from every run without a word.
+            raise ctx.error(kl("policies"), "policies", "expected at least one of %s (or leave the key out for all)"
+                            % ", ".join(POLICIES))
         for p in policies:
             if p not in POLICIES:
-                raise ctx.error(kl("policies"), "policies", "unknown policy %r; known: %s" % (p, ", ".join(POLICIES)))
+                raise ctx.error(kl("policies"), "policies", "unknown policy '%s'; known: %s"
+                                % (quote(p), ", ".join(POLICIES)))
+        if len(set(policies)) != len(policies):
+            raise ctx.error(kl("policies"), "policies", "a policy is listed twice")
     grow = merged.get("grow")
     if grow is not None:
         grow = convert(grow, str, ctx, kl("grow"), "grow")
         try:
             parse_grow(grow)
         except (PlanError, ValueError) as e:
-            raise ctx.error(kl("grow"), "grow", str(e)) from None
+            raise ctx.error(kl("grow"), "grow", quote(str(e), 200)) from None
     timeout = convert(merged.get("timeout", 120), Seconds, ctx, kl("timeout"), "timeout")
     touch = convert(merged.get("touch_every"), Optional[Size], ctx, kl("touch_every"), "touch_every")
     rlimit = convert(merged.get("rlimit_as"), Optional[Size], ctx, kl("rlimit_as"), "rlimit_as")
@@ -374,6 +469,18 @@ def _target(raw: Any, line: int, defaults: Mapping[str, Any], ctx: _Ctx, seen: D
     )
 
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """PyYAML's problem without its context snippet (str(e) quotes the file's lines), with any quoted
+    token cut short."""
+    problem = getattr(e, "problem", None) or type(e).__name__
+    return re.sub(r"'([^']{%d,})'" % QUOTE_MAX, lambda m: "'%s'" % quote(m.group(1)), quote(problem, 200))
+
+
+def _yaml_line(e: yaml.YAMLError) -> Optional[int]:
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    return mark.line + 1 if mark is not None else None
+
+
 def parse(text: str, path: str = "<string>") -> TargetSet:
     ctx = _Ctx(path)
     try:
@@ -381,17 +488,27 @@ def parse(text: str, path: str = "<string>") -> TargetSet:
     except ConfigError as e:
         e.path = path
         raise
+    except yaml.reader.ReaderError as e:
+        raise ConfigError("not valid YAML: unacceptable character #x%04x" % e.character, path=path,
+                          line=text.count("\n", 0, e.position) + 1) from None
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError("not valid YAML: %s" % problem, path=path,
-                          line=mark.line + 1 if mark is not None else None) from None
+        raise ConfigError("not valid YAML: %s" % _yaml_problem(e), path=path, line=_yaml_line(e)) from None
+    except RecursionError:
+        raise ConfigError("not valid YAML: nested too deeply", path=path) from None
     if not isinstance(doc, dict):
-        raise ConfigError("expected a mapping with a targets: list, got %s" % _describe(doc), path=path, line=1)
+        # Not even a mapping: say what it is, never what it says (it may be any file at all).
+        if isinstance(doc, str):
+            kind = "text"
+        elif isinstance(doc, (list, dict)) or doc is None:
+            kind = _describe(doc)
+        else:
+            kind = "a %s" % type(doc).__name__
+        raise ConfigError("expected a mapping with a targets: list, got %s" % kind, path=path, line=1)
     top_lines = getattr(doc, "key_lines", {})
     for key in doc:
         if key not in ("schema", "defaults", "targets"):
-            raise ctx.error(top_lines.get(key), key, "unknown top-level key; known: schema, defaults, targets")
+            raise ctx.error(top_lines.get(key), key_name(key), "unknown top-level key; known: schema, defaults, "
+                            "targets")
     if doc.get("schema", 1) != 1:
         raise ctx.error(top_lines.get("schema"), "schema", "expected 1, got %s" % _describe(doc.get("schema")))
     defaults = doc.get("defaults", {}) or {}
@@ -403,6 +520,9 @@ def parse(text: str, path: str = "<string>") -> TargetSet:
     if not isinstance(targets, list) or not targets:
         raise ctx.error(top_lines.get("targets", 1), "targets", "expected a non-empty list of targets, got %s"
                         % _describe(targets))
+    if len(targets) > MAX_TARGETS:
+        raise ctx.error(top_lines.get("targets", 1), "targets", "%d targets; at most %d fit in one file"
+                        % (len(targets), MAX_TARGETS))
     seen: Dict[str, int] = {}
     lines = getattr(targets, "item_lines", [1] * len(targets))
     out = tuple(_target(raw, ln, defaults, _Ctx(path), seen) for raw, ln in zip(targets, lines))
@@ -439,9 +559,4 @@ def load(path: Optional[str] = None) -> TargetSet:
     if path is None:
         text = resources.files("harness").joinpath(DEFAULT_TARGETS).read_text(encoding="utf-8")
         return parse(text, "<default targets>")
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError("cannot read: %s" % (e.strerror or e), path=str(path)) from None
-    return parse(text, str(path))
+    return parse(read_text(Path(path), "targets files", MAX_TARGETS_BYTES), str(path))

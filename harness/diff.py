@@ -11,8 +11,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from harness.config import quote
+from harness.errors import ConfigError
+from harness.inputs import MAX_RESULTS_BYTES, read_text
 from harness.results import Record, RunDocument, Status
 
 Key = Tuple[str, str]
@@ -97,12 +100,30 @@ def compare(old: RunDocument, new: RunDocument) -> Diff:
     return d
 
 
+def _load_state(state_path: Path) -> Dict[str, Any]:
+    """The open-regressions file, checked: a damaged one is an error (exit 2), not a silent fresh start
+    that would forget where every open regression first failed."""
+    if not state_path.exists():
+        return {}
+    name = str(state_path)
+    try:
+        state = json.loads(read_text(state_path, "tracking files", MAX_RESULTS_BYTES))
+    except ValueError as e:
+        raise ConfigError("not valid JSON: %s" % e, path=name) from None
+    except RecursionError:
+        raise ConfigError("not valid JSON: nested too deeply", path=name) from None
+    if not isinstance(state, dict) or not isinstance(state.get("open", {}), dict):
+        raise ConfigError("not an arena-harness tracking file (expected {\"open\": {...}})", path=name)
+    for key, entry in state.get("open", {}).items():
+        first = entry.get("first_failed") if isinstance(entry, dict) else None
+        if not isinstance(first, dict) or not isinstance(first.get("run"), str):
+            raise ConfigError("expected a mapping with first_failed.run", path=name, key="open.%s" % quote(key))
+    return state
+
+
 def track(d: Diff, state_path: Path) -> List[Dict[str, Any]]:
     """Update the open-regressions file; returns the regressions this diff closed (with their span)."""
-    try:
-        state: Dict[str, Any] = json.loads(state_path.read_text()) if state_path.exists() else {}
-    except ValueError:
-        state = {}
+    state = _load_state(state_path)
     open_: Dict[str, Any] = state.get("open", {})
     closed: List[Dict[str, Any]] = []
     now = {"run": d.new.run_id, "at": d.new.started}
@@ -154,9 +175,12 @@ def text(d: Diff) -> str:
     return "\n".join(lines)
 
 
-def markdown(d: Diff) -> str:
+def markdown(d: Diff, problems: Sequence[str] = ()) -> str:
+    """The diff as Markdown; ``problems`` are the gate's reasons to fail besides regressions."""
     out = ["## arena-harness: %s → %s" % (d.old.run_id, d.new.run_id), ""]
     out.append("**%d regressions, %d fixes**" % (len(d.of("regression")), len(d.of("fix"))))
+    for problem in problems:
+        out += ["", "**Gate failed:** %s" % problem]
     for kind, title in _TITLES:
         items = d.of(kind)
         if not items:

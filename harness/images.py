@@ -39,7 +39,15 @@ Log = Callable[[str], None]
 
 
 class BuildError(HarnessError):
-    pass
+    """A recipe that could not be built; ``log`` is its build log, when there is one to read."""
+
+    def __init__(self, message: str, log: Optional[Path] = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.log = log
+
+    def __str__(self) -> str:
+        return "%s (see %s)" % (self.message, self.log) if self.log else self.message
 
 
 @dataclass(frozen=True)
@@ -229,7 +237,14 @@ class Cache:
             start = time.monotonic()
             log("building %s %s" % (recipe.kind, recipe.name))
             try:
-                recipe.build(partial, self, log)
+                try:
+                    recipe.build(partial, self, log)
+                except BaseException as e:
+                    # The .partial directory goes; its build log must outlive it for the error to point at.
+                    kept = self._keep_failed_log(recipe, partial)
+                    if kept is not None and isinstance(e, BuildError) and e.log in (None, partial / "build.log"):
+                        e.log = kept  # (an inner recipe's failure keeps pointing at its own log)
+                    raise
                 manifest = {
                     "kind": recipe.kind,
                     "name": recipe.name,
@@ -247,6 +262,19 @@ class Cache:
             self.builds += 1
             log("built %s %s in %.1fs" % (recipe.kind, recipe.name, time.monotonic() - start))
             return final
+
+    def failed_log(self, recipe: Recipe) -> Path:
+        """Where the build log of ``recipe``'s last failed build is kept."""
+        return self.root / "failed" / ("%s.log" % recipe.dirname())
+
+    def _keep_failed_log(self, recipe: Recipe, partial: Path) -> Optional[Path]:
+        built = partial / "build.log"
+        if not built.is_file():
+            return None
+        kept = self.failed_log(recipe)
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(built, kept)
+        return kept
 
     def _touch(self, path: Path) -> None:
         try:
@@ -288,6 +316,10 @@ class Cache:
             if not pid.isdigit() or not Path("/proc", pid).exists():
                 shutil.rmtree(d, ignore_errors=True)
                 removed.append(d)
+        for f in sorted((self.root / "failed").glob("*.log")):  # failed builds' logs: diagnostics only
+            if older_than is None or now - f.stat().st_mtime >= older_than:
+                f.unlink()
+                removed.append(f)
         return removed
 
 
@@ -299,7 +331,7 @@ def build_step(argv: Sequence[str], log_path: Path, what: str) -> None:
     c = proc.run(list(argv), timeout=BUILD_TIMEOUT, log_path=log_path)
     if c.returncode != 0 or c.timed_out:
         tail = " | ".join(ln for ln in c.lines[-4:] if ln.strip())
-        raise BuildError("%s failed (see %s): %s" % (what, log_path, tail or c.error or c.returncode))
+        raise BuildError("%s failed: %s" % (what, tail or c.error or c.returncode), log=log_path)
 
 
 def mmdebstrap(args: Sequence[str], log_path: Path, log: Log, what: str) -> None:

@@ -26,14 +26,7 @@ from harness import backends, config, runner
 from harness.config import Target, TargetSet
 from harness.errors import HarnessError
 from harness.results import Record, Status
-
-REQUIRE_ENV = "HARNESS_REQUIRE"
-
-
-def required(name: str) -> bool:
-    """Whether CI asked that ``name`` (a backend or tool) must not be skipped."""
-    wanted = {w.strip() for w in os.environ.get(REQUIRE_ENV, "").split(",") if w.strip()}
-    return "all" in wanted or name in wanted
+from harness.verdict import REQUIRE_ENV, required  # one meaning of HARNESS_REQUIRE, shared with the CLI's gates
 
 
 def skip_or_fail(name: str, reason: str) -> None:

@@ -5,19 +5,24 @@ Reports read these records, never guests.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
+import math
 import os
 import platform
 import socket
 import tempfile
+import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from harness.backends.base import GuestRun
-from harness.config import Target
+from harness.config import Target, quote
+from harness.console import check_document
 from harness.errors import ConfigError
+from harness.inputs import MAX_RESULTS_BYTES, read_text
 
 SCHEMA = 1
 FILE_MODE = 0o644
@@ -95,10 +100,34 @@ class Record:
         return d
 
     @classmethod
-    def from_json(cls, d: Dict[str, Any]) -> "Record":
-        known = {f for f in cls.__dataclass_fields__}
-        kw = {k: v for k, v in d.items() if k in known}
-        kw["status"] = Status(d["status"])
+    def from_json(cls, d: Any, where: str = "result", path: str = "") -> "Record":
+        """A record from its JSON form, checked: a missing key, a wrong type or an unknown status is one
+        ConfigError naming ``where`` (``results[3].status``), never a KeyError or TypeError."""
+        if not isinstance(d, dict):
+            raise ConfigError("expected a mapping, got %s" % _json_kind(d), path=path, key=where)
+        raw_target = d.get("target")
+        target = quote(raw_target) if isinstance(raw_target, str) else ""
+        kw: Dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in d:
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                    raise ConfigError("missing", path=path, target=target, key="%s.%s" % (where, f.name))
+                continue
+            value = d[f.name]
+            if f.name == "status":
+                if value not in _STATUSES:
+                    raise ConfigError("unknown status %s; known: %s" % (_short(value), ", ".join(_STATUSES)),
+                                      path=path, target=target, key="%s.status" % where)
+                kw["status"] = Status(value)
+                continue
+            expected = _RECORD_TYPES[f.name]
+            if not _is(value, expected):
+                raise ConfigError("expected %s, got %s" % (_TYPE_NAMES[expected], _json_kind(value)), path=path,
+                                  target=target, key="%s.%s" % (where, f.name))
+            problem = check_document(value) if f.name == "probe" and value is not None else None
+            if problem:  # reports and diff read the probe document: it must have the allocator's shape
+                raise ConfigError(problem, path=path, target=target, key="%s.probe" % where)
+            kw[f.name] = value
         return cls(**kw)
 
 
@@ -169,6 +198,47 @@ def classify(target: Target, policy: str, run: GuestRun) -> Record:
     )
 
 
+_STATUSES = [s.value for s in Status]
+_RECORD_TYPES = typing.get_type_hints(Record)
+_TYPE_NAMES = {str: "a string", Optional[str]: "a string or null", Optional[bool]: "true, false or null",
+               float: "a number", List[str]: "a list of strings", Optional[Dict[str, Any]]: "a mapping or null",
+               bool: "true or false", Optional[List[str]]: "a list of strings or null"}
+
+
+def _is(value: Any, hint: Any) -> bool:
+    """Whether a JSON value has the type ``hint`` (the few types results use)."""
+    if typing.get_origin(hint) is typing.Union:
+        return any(_is(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    origin = typing.get_origin(hint)
+    if origin is list:
+        return isinstance(value, list) and all(_is(v, typing.get_args(hint)[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict)
+    raise TypeError("no JSON check for %r" % hint)  # a new Record field needs one: a bug, not input
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return {dict: "a mapping", list: "a list", str: "a string", int: "a number", float: "a number"}.get(
+        type(value), type(value).__name__)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, (str, int, float, bool)) or value is None else _json_kind(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 @dataclass
 class RunDocument:
     run_id: str
@@ -212,24 +282,50 @@ class RunDocument:
 
     @classmethod
     def load(cls, path: Path) -> "RunDocument":
+        """Read a results file: a regular file of at most 64 MiB, checked key by key. Anything wrong is
+        one ConfigError (exit 2) naming the file and the key, never a traceback."""
+        name = str(path)
+        text = read_text(path, "results files", MAX_RESULTS_BYTES)
         try:
-            d = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise ConfigError("cannot read results: %s" % e, path=str(path)) from None
+            d = json.loads(text)
+        except ValueError as e:
+            raise ConfigError("not valid JSON: %s" % e, path=name) from None
+        except RecursionError:
+            raise ConfigError("not valid JSON: nested too deeply", path=name) from None
         if not isinstance(d, dict) or d.get("schema") != SCHEMA or "results" not in d:
-            raise ConfigError("not an arena-harness result file of schema %d" % SCHEMA, path=str(path))
-        run = d.get("run") or {}
+            raise ConfigError("not an arena-harness result file of schema %d" % SCHEMA, path=name)
+        run = d.get("run")
+        if not isinstance(run, dict):
+            raise ConfigError("expected a mapping, got %s" % _json_kind(run), path=name, key="run")
+        for key, hint, required in _RUN_KEYS:
+            if key not in run:
+                if required:
+                    raise ConfigError("missing", path=name, key="run.%s" % key)
+            elif not _is(run[key], hint):
+                raise ConfigError("expected %s, got %s" % (_TYPE_NAMES[hint], _json_kind(run[key])), path=name,
+                                  key="run.%s" % key)
+        if not isinstance(d["results"], list):
+            raise ConfigError("expected a list, got %s" % _json_kind(d["results"]), path=name, key="results")
         return cls(
-            run_id=run.get("id", ""),
-            started=run.get("started", ""),
+            run_id=run["id"],
+            started=run["started"],
             finished=run.get("finished"),
-            complete=bool(run.get("complete", True)),
-            records=[Record.from_json(r) for r in d["results"]],
+            complete=run["complete"],
+            records=[Record.from_json(r, "results[%d]" % i, name) for i, r in enumerate(d["results"])],
             argv=run.get("argv") or [],
             targets_file=run.get("targets_file"),
             artifacts=run.get("artifacts"),
             interrupted=run.get("interrupted"),
         )
+
+
+# The run's keys: (name, type, required). ``complete`` is required: a file that does not say whether its
+# run ended must not pass a gate as if it had.
+_RUN_KEYS: Tuple[Tuple[str, Any, bool], ...] = (
+    ("id", str, True), ("started", str, True), ("complete", bool, True), ("finished", Optional[str], False),
+    ("interrupted", Optional[str], False), ("argv", Optional[List[str]], False),
+    ("targets_file", Optional[str], False), ("artifacts", Optional[str], False),
+)
 
 
 def merge(docs: List[RunDocument]) -> RunDocument:

@@ -21,14 +21,16 @@ ROOT = Path(__file__).resolve().parent.parent
 @dataclass(frozen=True)
 class FakeOptions:
     """What the fake guest prints: "ok" (framed documents from the simulated kernel), "garbage",
-    "truncated", "nothing", "panic", "hang", or "crash-backend" (the backend itself raises)."""
+    "truncated", "misshapen" (a framed document whose reservation is a number), "nothing", "panic",
+    "hang", or "crash-backend" (the backend itself raises)."""
 
     behaviour: str = "ok"
     simulate: str = "uml"
     delay: float = 0.0
 
     def validate(self) -> Optional[Tuple[str, str]]:
-        if self.behaviour not in ("ok", "garbage", "truncated", "nothing", "panic", "hang", "crash-backend"):
+        if self.behaviour not in ("ok", "garbage", "truncated", "misshapen", "nothing", "panic", "hang",
+                                  "crash-backend"):
             return "behaviour", "unknown behaviour %r" % self.behaviour
         return None
 
@@ -49,6 +51,8 @@ class FakeBackend(Backend):
             "ok": "print(%r); print(%r); print(%r)" % (FRAME_BEGIN, text, FRAME_END),
             "garbage": "print('random noise'); print('{not json')",
             "truncated": "print(%r); print(%r)" % (FRAME_BEGIN, text[: len(text) // 2]),
+            "misshapen": "print(%r); print(%r); print(%r)" % (
+                FRAME_BEGIN, json.dumps([dict(d, reservation=5) for d in docs]), FRAME_END),
             "nothing": "pass",
             "panic": "print('Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100')",
             "hang": "import time; print('booting', flush=True); time.sleep(600)",

@@ -1,8 +1,11 @@
 """Machines reached over SSH with paramiko: real boards, vendor kernels, cloud VMs.
 
-Host keys are checked against a known_hosts file; a host not in it is refused
-unless the target opts in with ``accept_new_host_key: true`` (then the key is
-saved). A changed key is always refused. Authentication: a key file, or the
+Host keys are checked against a known_hosts file (read by
+:mod:`harness.known_hosts`, which understands ``@revoked`` and skips
+``@cert-authority`` lines); a host not in it is refused unless the target opts
+in with ``accept_new_host_key: true`` (then its key is appended as one line; the
+file is never rewritten). A changed key is always refused, and so is a revoked
+one. Authentication: a key file, or the
 agent; a password only through an environment variable named by
 ``password_env`` (never in the targets file). Each run makes a fresh temp dir
 on the remote (``mktemp -d``), ships the allocator there over SFTP, runs it
@@ -12,16 +15,19 @@ whatever happened.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import shlex
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
-from harness import proc
+from harness import known_hosts, proc
 from harness.backends.base import Backend, RunContext
-from harness.config import Seconds, Target
+from harness.config import FILE, Seconds, Target
 from harness.errors import HarnessError, ToolMissing
 
 
@@ -34,7 +40,7 @@ class SshOptions:
     host: str = ""
     port: int = 22
     user: str = "root"
-    key_file: Optional[str] = None
+    key_file: Optional[str] = field(default=None, metadata={FILE: "the private key to log in with"})
     use_agent: bool = True
     password_env: Optional[str] = None  # the NAME of an environment variable holding the password
     known_hosts: str = "~/.ssh/known_hosts"
@@ -85,12 +91,50 @@ class SshBackend(Backend):
         o = self.options
         c = paramiko.SSHClient()
         known = os.path.expanduser(o.known_hosts)
-        if os.path.exists(known):
-            c.load_host_keys(known)
-        if o.accept_new_host_key:
-            c.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-        else:
-            c.set_missing_host_key_policy(paramiko.RejectPolicy())
+        hosts = known_hosts.KnownHosts(Path(known))
+        name = known_hosts.lookup_name(o.host, o.port)
+        # paramiko gets only this host's trusted keys (it then prefers their type when negotiating);
+        # everything else is decided by the policy below or after the handshake.
+        for entry in hosts.trusted(name):
+            try:
+                key = paramiko.PKey.from_type_string(entry.keytype, base64.b64decode(entry.key, validate=True))
+            except (paramiko.SSHException, ValueError, binascii.Error):
+                continue  # a key type paramiko cannot use, or a damaged line: ssh skips those too
+            c.get_host_keys().add(name, entry.keytype, key)
+        accepted: List[Any] = []
+        backend = self
+
+        class Policy(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]  # paramiko has no types
+            """A key paramiko was not given: revoked, unknown (refused), or accepted to be appended."""
+
+            def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+                backend._refuse_if_revoked(hosts, key)
+                if not o.accept_new_host_key:
+                    raise SshError("%s: unknown host key (not in %s): add it with ssh-keyscan, or set "
+                                   "accept_new_host_key: true on the target" % (backend.where, known))
+                accepted.append(key)
+
+        c.set_missing_host_key_policy(Policy())
+        try:
+            self._connect(c, hosts)
+        except BaseException:
+            c.close()
+            raise
+        if accepted:
+            known_hosts.append(Path(known), name, accepted[0].get_name(), accepted[0].get_base64())
+        return c
+
+    def _refuse_if_revoked(self, hosts: known_hosts.KnownHosts, key: Any) -> None:
+        o = self.options
+        entry = hosts.revoked(known_hosts.lookup_name(o.host, o.port), key.get_base64())
+        if entry is not None:
+            raise SshError("%s: the host key %s %s is REVOKED (%s line %d): refusing to connect"
+                           % (self.where, key.get_name(), key.get_fingerprint().hex(), hosts.path, entry.line))
+
+    def _connect(self, c: Any, hosts: known_hosts.KnownHosts) -> None:
+        import paramiko
+
+        o = self.options
         password = None
         if o.password_env:
             password = os.environ.get(o.password_env)
@@ -102,15 +146,13 @@ class SshBackend(Backend):
                       look_for_keys=o.key_file is None and password is None, timeout=o.connect_timeout,
                       banner_timeout=o.connect_timeout, auth_timeout=o.connect_timeout)
         except paramiko.BadHostKeyException as e:
+            self._refuse_if_revoked(hosts, e.key)  # revoked and replaced: say revoked, not merely changed
             raise SshError("%s: the host key CHANGED (got %s %s, %s has another): refusing to connect; if the "
                            "change is expected, remove the old key with ssh-keygen -R" %
-                           (self.where, e.key.get_name(), e.key.get_fingerprint().hex(), known)) from None
+                           (self.where, e.key.get_name(), e.key.get_fingerprint().hex(), hosts.path)) from None
         except paramiko.AuthenticationException as e:
             raise SshError("%s: authentication failed (%s)" % (self.where, e)) from None
         except paramiko.SSHException as e:
-            if "not found in known_hosts" in str(e):
-                raise SshError("%s: unknown host key (not in %s): add it with ssh-keyscan, or set "
-                               "accept_new_host_key: true on the target" % (self.where, known)) from None
             if "banner" in str(e) or "No existing session" in str(e):
                 # The port answered, SSH did not (paramiko reports it either way).
                 raise SshError("%s: connection timed out: no SSH server answered within %.0fs"
@@ -122,10 +164,6 @@ class SshBackend(Backend):
             raise SshError("%s: connection refused" % self.where) from None
         except OSError as e:
             raise SshError("%s: %s" % (self.where, e.strerror or e)) from None
-        if o.accept_new_host_key:
-            os.makedirs(os.path.dirname(known) or ".", exist_ok=True)
-            c.save_host_keys(known)
-        return c
 
     def _exec(self, command: str, timeout: float) -> Tuple[int, str, str, bool]:
         """Run a remote command with a deadline: (status, stdout, stderr, timed_out)."""

@@ -22,13 +22,13 @@ import os
 import re
 import shlex
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, List, Optional, Tuple
 
 from harness import images, jail, proc
 from harness.backends.base import Backend, RunContext, Tool
-from harness.config import Size, Target
+from harness.config import DIRECTORY, PROGRAM, Size, Target
 from harness.console import BOOTED, DONE
 from harness.errors import ToolMissing
 
@@ -52,18 +52,30 @@ poweroff -f 2>/dev/null || halt -f 2>/dev/null || \
 """
 
 
+GUEST_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # what INIT exports
+
+
+def _in_root(root: str, program: str) -> bool:
+    """Whether the guest, booted with ``root`` as its /, finds ``program`` (a path, or a name on GUEST_PATH)."""
+    where = [program] if "/" in program else ["%s/%s" % (d, program) for d in GUEST_PATH.split(":")]
+    return any(os.access(os.path.join(root, w.lstrip("/")), os.X_OK) for w in where)
+
+
 @dataclass(frozen=True)
 class UmlOptions:
-    kernel: str = "linux.uml"
+    kernel: str = field(default="linux.uml", metadata={PROGRAM: "user-mode-linux"})
     memory: Size = Size(256 * MiB)
     kernel_args: Tuple[str, ...] = ("quiet",)
     python: str = "python3"
-    root: str = "/"
+    root: str = field(default="/", metadata={DIRECTORY: "the host directory the guest boots as its root"})
     suite: Optional[str] = None  # run this Debian release's linux.uml inside its own root filesystem
 
     def validate(self) -> Optional[Tuple[str, str]]:
-        if "/" in self.kernel and not os.access(self.kernel, os.X_OK):
-            return "kernel", "no such program: %s (install user-mode-linux, or fix the path)" % self.kernel
+        # python is the guest's, found on the guest's PATH inside root (not checkable before a suite's
+        # root is built). Only a value other than the default can have been set on purpose.
+        if self.python != "python3" and self.suite is None and not _in_root(self.root, self.python):
+            return "python", "no such program in the guest's root %s: %s (on its PATH %s)" % (
+                self.root, self.python, GUEST_PATH)
         if self.memory < 32 * MiB:
             return "memory", 'expected at least "32M" for a UML guest, got %d bytes' % self.memory
         if not self.root.startswith("/"):

@@ -215,3 +215,83 @@ def test_a_vm_image_reached_over_ssh_reports_its_own_kernel(tmp_path: Path) -> N
     assert "@@ARENA-HARNESS-SSHD-READY@@" in log and "$ ssh root@127.0.0.1:" in log
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert "hostfwd=tcp:127.0.0.1" not in ps  # the VM is gone
+
+
+# -- known_hosts: appended, never rewritten; markers understood -------------------------------------
+
+PREAMBLE = (
+    b"# my hosts, curated by hand\n"
+    b"\n"
+    b"@cert-authority *.example.org ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGAMBOvFvO8mrViYxPWTLtJIjz4I7VtcdVHm8WRju572\n"
+    b"|1|JfKTdBh7rNbXkVAQCRp4OQoPfmI=|USECr3SWf1JUPsms5AqfD5QfxkM= ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC\n"
+    b"old.example.org,10.0.0.1 ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBF\n"
+    b"@future-marker host ssh-ed25519 AAAA\n"
+    b"a line paramiko cannot parse \t\n"
+    b"  # an indented comment without a final newline"
+)
+
+
+def test_accept_new_host_key_appends_one_line_and_keeps_every_other_byte(sshd: Sshd, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_bytes(PREAMBLE)  # was: InvalidHostKey on the @cert-authority line; then a rewrite without comments
+    rec = run_one(with_options(target(sshd), known_hosts=str(known), accept_new_host_key=True), tmp_path)
+    assert rec.status is Status.PASS, rec.detail
+    assert known.read_bytes() == PREAMBLE + b"\n" + sshd.host_key_line().encode()
+    # Known now: the next run accepts it without adding anything.
+    rec = run_one(with_options(target(sshd), known_hosts=str(known)), tmp_path)
+    assert rec.status is Status.PASS, rec.detail
+    assert known.read_bytes() == PREAMBLE + b"\n" + sshd.host_key_line().encode()
+
+
+def test_a_cert_authority_line_does_not_break_plain_key_checking(sshd: Sshd, tmp_path: Path) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_bytes(PREAMBLE + b"\n" + sshd.host_key_line().encode())
+    rec = run_one(with_options(target(sshd), known_hosts=str(known)), tmp_path)
+    assert rec.status is Status.PASS, rec.detail  # was: "internal error in ssh backend: InvalidHostKey"
+
+
+def hashed(name: str) -> str:
+    import base64
+    import hashlib
+    import hmac
+
+    salt = os.urandom(20)
+    digest = hmac.new(salt, name.encode(), hashlib.sha1).digest()
+    return "|1|%s|%s" % (base64.b64encode(salt).decode(), base64.b64encode(digest).decode())
+
+
+def test_hashed_and_wildcard_host_names_match(sshd: Sshd, tmp_path: Path) -> None:
+    kind, key = (sshd.base / "host_key.pub").read_text().split()[:2]
+    for pattern in (hashed("[127.0.0.1]:%d" % sshd.port), "other,[127.0.0.?]:%d" % sshd.port):
+        known = tmp_path / "known_hosts"
+        known.write_text("%s %s %s\n" % (pattern, kind, key))
+        rec = run_one(with_options(target(sshd), known_hosts=str(known)), tmp_path)
+        assert rec.status is Status.PASS, (pattern, rec.detail)
+    known.write_text("*,![127.0.0.1]:%d %s %s\n" % (sshd.port, kind, key))  # negated: not known
+    rec = run_one(with_options(target(sshd), known_hosts=str(known)), tmp_path)
+    assert rec.status is Status.ERROR and "unknown host key" in (rec.detail or "")
+
+
+def test_a_revoked_host_key_is_refused_with_one_clear_line(sshd: Sshd, tmp_path: Path) -> None:
+    kind, key = (sshd.base / "host_key.pub").read_text().split()[:2]
+    known = tmp_path / "known_hosts"
+    # Listed as known, and revoked for every host: revoked wins.
+    content = "%s@revoked * %s %s\n" % (sshd.host_key_line(), kind, key)
+    known.write_text(content)
+    rec = run_one(with_options(target(sshd), known_hosts=str(known)), tmp_path)
+    assert rec.status is Status.ERROR and rec.detail is not None and "\n" not in rec.detail
+    assert rec.detail.startswith("%s@127.0.0.1:%d: the host key ssh-ed25519 " % (sshd.user, sshd.port))
+    assert rec.detail.endswith(" is REVOKED (%s line 2): refusing to connect" % known)
+    # Not listed, revoked, and new keys accepted: still refused, and nothing is added.
+    known.write_text("@revoked [127.0.0.1]:%d %s %s\n" % (sshd.port, kind, key))
+    rec = run_one(with_options(target(sshd), known_hosts=str(known), accept_new_host_key=True), tmp_path)
+    assert rec.status is Status.ERROR and (rec.detail or "").endswith("is REVOKED (%s line 1): refusing to connect"
+                                                                      % known)
+    assert known.read_text() == "@revoked [127.0.0.1]:%d %s %s\n" % (sshd.port, kind, key)
+    # A revoked key that was replaced by another known one: says revoked, not merely changed.
+    other = tmp_path / "other_key"
+    sshd.keygen(other)
+    okind, okey = other.with_suffix(".pub").read_text().split()[:2]
+    known.write_text("[127.0.0.1]:%d %s %s\n@revoked * %s %s\n" % (sshd.port, okind, okey, kind, key))
+    rec = run_one(with_options(target(sshd), known_hosts=str(known)), tmp_path)
+    assert rec.status is Status.ERROR and "is REVOKED (%s line 2)" % known in (rec.detail or ""), rec.detail

@@ -14,10 +14,26 @@ targets:
     backend: local
     policies: [go-2012]
     expect: {go-2012: fallback-32bit}
-  - name: nopython
-    backend: local
-    python: python3-nonexistent
+  - name: notool
+    backend: lab
     policies: [go-2012]
+"""
+
+# A backend registered like a plugin's, whose tool is installed nowhere: its targets skip with the
+# hint. (A program named explicitly in the targets file that does not exist is a config error instead.)
+CONFTEST = """\
+from typing import ClassVar, Tuple
+
+from harness import backends
+from harness.backends.base import Backend, Tool
+
+
+class LabBackend(Backend):
+    name: ClassVar[str] = "lab"
+    tools: ClassVar[Tuple[Tool, ...]] = (Tool("arena-harness-lab-controller", "arena-harness-lab"),)
+
+
+backends.register(LabBackend)
 """
 
 TEST = """\
@@ -33,6 +49,7 @@ def inner(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.
     monkeypatch.delenv("HARNESS_REQUIRE", raising=False)
     pytester.makefile(".yaml", targets=TARGETS)
     pytester.makepyfile(test_inner=TEST)
+    pytester.makeconftest(CONFTEST)
     return pytester
 
 
@@ -48,7 +65,7 @@ def test_one_item_per_target_and_policy(inner: pytest.Pytester) -> None:
         "test_arena[here-go-2012]",
         "test_arena[here-go-modern]",
         "test_arena[here-wrong-go-2012]",
-        "test_arena[nopython-go-2012]",
+        "test_arena[notool-go-2012]",
     ]
 
 
@@ -70,18 +87,18 @@ def test_failure_says_what_happened_and_where_the_log_is(inner: pytest.Pytester)
 
 
 def test_missing_tool_skips_with_the_install_hint(inner: pytest.Pytester) -> None:
-    r = inner.runpytest(*args("-k", "nopython", "-rs"))
+    r = inner.runpytest(*args("-k", "notool", "-rs"))
     r.assert_outcomes(skipped=1, deselected=4)
-    r.stdout.fnmatch_lines(["*local backend needs python3-nonexistent: install it with: sudo apt-get install -y "
-                            "python3*"])
+    r.stdout.fnmatch_lines(["*lab backend needs arena-harness-lab-controller: install it with: sudo apt-get "
+                            "install -y arena-harness-lab*"])
 
 
 def test_harness_require_turns_the_skip_into_a_failure(inner: pytest.Pytester,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HARNESS_REQUIRE", "local")
-    r = inner.runpytest(*args("-k", "nopython"))
+    monkeypatch.setenv("HARNESS_REQUIRE", "lab")
+    r = inner.runpytest(*args("-k", "notool"))
     r.assert_outcomes(errors=1, deselected=4)  # the fixture fails, so pytest counts an error
-    r.stdout.fnmatch_lines(["*local backend needs python3-nonexistent*HARNESS_REQUIRE=local requires it*"])
+    r.stdout.fnmatch_lines(["*lab backend needs arena-harness-lab-controller*HARNESS_REQUIRE=lab requires it*"])
 
 
 def test_policy_option(inner: pytest.Pytester) -> None:

@@ -162,3 +162,46 @@ def test_module_closure_names_what_is_missing(tmp_path: Path) -> None:
 def test_recipes_are_shipped_in_the_package() -> None:
     text = images.recipe_text("qemu", "init.sh")
     assert text.startswith("#!/bin/sh") and "@@ARENA-HARNESS-DONE@@" in text
+
+
+@dataclass(frozen=True)
+class Steps(Recipe):
+    """A recipe whose build runs real commands through build_step, like the mmdebstrap recipes."""
+
+    script: str
+    needs: Tuple[Recipe, ...] = ()
+    kind = "steps"
+
+    @property
+    def name(self) -> str:
+        return "steps"
+
+    def inputs(self) -> Dict[str, object]:
+        return {"script": self.script, "needs": [r.key() for r in self.needs]}
+
+    def build(self, out: Path, cache: Cache, log: images.Log) -> None:
+        for r in self.needs:
+            cache.get(r, log)
+        images.build_step(["sh", "-c", self.script], out / "build.log", "the toy step")
+
+
+def test_a_failed_build_points_at_a_log_that_still_exists(tmp_path: Path) -> None:
+    cache = Cache(tmp_path)
+    recipe = Steps("echo fetching; echo 'E: no such package' >&2; exit 3")
+    with pytest.raises(images.BuildError) as e:
+        cache.get(recipe)
+    kept = cache.failed_log(recipe)
+    # Was: "(see CACHE/.steps-....partial/build.log)", a directory already deleted.
+    assert str(e.value) == "the toy step failed: fetching | E: no such package (see %s)" % kept
+    assert kept == tmp_path / "failed" / ("%s.log" % recipe.dirname())
+    log = kept.read_text()
+    assert log.startswith("$ sh -c ") and "E: no such package" in log
+    assert not list(tmp_path.glob(".*.partial")) and cache.entries() == []
+    # A recipe that needs it fails too, and the error keeps pointing at the log of the step that failed.
+    outer = Steps("true", needs=(recipe,))
+    with pytest.raises(images.BuildError, match=r"\(see %s\)$" % kept):
+        cache.get(outer)
+    assert not cache.failed_log(outer).exists()
+    # The log is diagnostics: prune removes it (with --older-than, only old ones).
+    assert cache.prune(older_than=3600) == []
+    assert cache.prune() == [kept] and not kept.exists()

@@ -7,7 +7,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import List
+from typing import Callable, List, Tuple
 
 import pytest
 
@@ -60,6 +60,8 @@ def test_a_fake_backend_is_found_by_name_and_judged(fake_backend: type, tmp_path
     [
         ("garbage", Status.ERROR, "no result (exit status 0): random noise | {not json"),
         ("truncated", Status.ERROR, "result frame began but never ended (output truncated)"),
+        # A guest is untrusted: a document of the wrong shape was an AttributeError that ended the run.
+        ("misshapen", Status.ERROR, "result is not a usable allocator document: reservation: expected a mapping"),
         ("nothing", Status.ERROR, "no result (exit status 0), no output"),
         ("panic", Status.PANIC,
          "kernel panic: Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100"),
@@ -89,12 +91,12 @@ def test_parallel_jobs_keep_the_target_order(fake_backend: type, tmp_path: Path)
                                   + ["done:%s" % n for n in ("one", "two", "three", "four")])
 
 
-def test_missing_tool_skips_with_the_hint(tmp_path: Path) -> None:
-    ts = config.parse("targets:\n  - name: l\n    backend: local\n    python: python3-nonexistent\n", "t.yaml")
+def test_a_missing_default_tool_skips_with_the_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ts = config.parse("targets:\n  - name: l\n    backend: local\n", "t.yaml")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no python3 here: the default program is missing
     doc = runner.run(ts.targets, artifacts=tmp_path)
     assert {r.status for r in doc.records} == {Status.SKIP}
-    assert doc.records[0].detail == ("local backend needs python3-nonexistent: "
-                                     "install it with: sudo apt-get install -y python3")
+    assert doc.records[0].detail == "local backend needs python3: install it with: sudo apt-get install -y python3"
 
 
 def test_a_missing_explicit_program_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -105,6 +107,12 @@ def test_a_missing_explicit_program_is_a_config_error(tmp_path: Path, capsys: py
     assert cli.main(["run", "--targets", str(f)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["arena-harness: %s:4 [u] kernel: no such program: /nonexistent/linux.uml "
+                   "(install user-mode-linux, or fix the path)" % f]
+    # A typo in a name looked up on PATH: was a skip, and run exited 0.
+    f.write_text("targets:\n  - name: u\n    backend: uml\n    kernel: linux.umll\n")
+    assert cli.main(["run", "--targets", str(f)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["arena-harness: %s:4 [u] kernel: no such program on PATH: linux.umll "
                    "(install user-mode-linux, or fix the path)" % f]
 
 
@@ -164,3 +172,88 @@ def test_frames_panics_and_documents() -> None:
     assert find_panic("[    1.2] Kernel panic - not syncing: VFS") == "Kernel panic - not syncing: VFS"
     assert find_panic("Unable to handle kernel paging request at virtual address 0") is not None
     assert find_panic('"fn":"SysMap","call":"mmap"') is None
+
+
+# -- output is capped: a flooding child costs a bounded log and bounded memory -----------------------
+
+
+def _rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError("no %s in /proc/self/status" % field)
+
+
+def _peak_growth_mib(fn: "Callable[[], proc.Completed]") -> "Tuple[proc.Completed, float]":
+    """Run ``fn`` and return how far this process's peak RSS rose above its RSS before (MiB)."""
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
+    before = _rss_kib("VmRSS")
+    c = fn()
+    return c, (_rss_kib("VmHWM") - before) / 1024
+
+
+CAP = (proc.OUTPUT_HEAD + proc.OUTPUT_TAIL) / (1 << 20)  # MiB
+
+
+def test_a_flood_of_200_mb_keeps_head_and_tail_and_the_frames_at_the_end(tmp_path: Path) -> None:
+    # 200 MB of 1000-byte lines, then a result frame: what a guest flooding its console before the end
+    # looks like. Before the cap: a 200 MB log and over 400 MB of harness memory.
+    script = ("import sys\nw = sys.stdout.buffer.write\nw(b'BOOT-START\\n')\nline = b'x' * 999 + b'\\n'\n"
+              "for i in range(200000): w(line)\n"
+              "w(b'%s\\n{\"schema\":1,\"policy\":\"go-2012\"}\\n%s\\n')\n" % (FRAME_BEGIN, FRAME_END))
+    log = tmp_path / "flood.log"
+    c, growth = _peak_growth_mib(lambda: proc.run([sys.executable, "-c", script], timeout=120, log_path=log))
+    assert c.returncode == 0 and not c.timed_out
+    size = log.stat().st_size / (1 << 20)
+    assert CAP - 0.5 < size < CAP + 0.5, size  # was 200 MB
+    text = log.read_text()
+    assert text.startswith("$ ") and text.split("\n")[text.split("\n").index("BOOT-START") + 1] == "x" * 999
+    gap = [ln for ln in text.splitlines() if ln.startswith("[harness] output capped: ")]
+    assert len(gap) == 1 and " lines (" in gap[0] and "the first 4 MiB and the last 4 MiB are kept" in gap[0]
+    dropped = int(gap[0].split("dropped")[0].split("(")[1].split()[0])
+    assert 190_000_000 < dropped < 200_000_000
+    assert text.rstrip("\n").endswith(FRAME_END)
+    assert growth < 64, "harness memory grew by %.0f MiB" % growth  # was over 400 MiB
+    assert len(c.output) < (CAP + 1) * (1 << 20)
+    frames, problem = extract_frames(c.lines)  # the frames come last, so the tail keeps them
+    assert problem is None and parse_documents(frames[-1])[0].keys() == {"go-2012"}
+
+
+def test_a_flood_of_short_lines_is_bounded_in_memory_too(tmp_path: Path) -> None:
+    log = tmp_path / "yes.log"
+    c, growth = _peak_growth_mib(lambda: proc.run(["yes"], timeout=4, log_path=log, grace=0.5))
+    assert c.timed_out
+    assert log.stat().st_size < CAP * (1 << 20)  # each kept line also counts its overhead
+    assert growth < 64, "harness memory grew by %.0f MiB" % growth
+    assert "[harness] output capped: " in log.read_text()
+
+
+def test_one_endless_line_is_cut(tmp_path: Path) -> None:
+    # 300 MB without a newline: readline() without a limit would hold all of it.
+    script = ("import sys\nw = sys.stdout.buffer.write\nb = b'y' * (1 << 20)\n"
+              "for i in range(300): w(b)\nw(b'\\nlast line\\n')\n")
+    log = tmp_path / "line.log"
+    c, growth = _peak_growth_mib(lambda: proc.run([sys.executable, "-c", script], timeout=120, log_path=log))
+    assert c.returncode == 0 and c.lines[-1] == "last line"
+    cut = 300 * (1 << 20) - proc.LINE_MAX
+    assert c.lines[0] == "y" * proc.LINE_MAX + " [harness: %d bytes of this line cut]" % cut
+    assert growth < 64, "harness memory grew by %.0f MiB" % growth
+    assert log.stat().st_size < 2 * proc.LINE_MAX
+
+
+def test_wait_for_sees_a_line_the_cap_drops(tmp_path: Path) -> None:
+    # The marker comes after 6 MB and is followed by 6 MB more: by the time a waiter looks at what is
+    # kept, it is gone from the middle. wait_for sees every line as it arrives.
+    script = ("import sys, time\nw = sys.stdout.buffer.write\nline = b'z' * 999 + b'\\n'\ntime.sleep(0.5)\n"
+              "for i in range(6000): w(line)\nw(b'MARKER\\n')\nfor i in range(6000): w(line)\n"
+              "sys.stdout.flush(); time.sleep(30)\n")
+    r = proc.start([sys.executable, "-c", script], log_path=tmp_path / "w.log")
+    assert isinstance(r, proc.Running)
+    try:
+        seen = r.wait_for(lambda ln: ln == "MARKER", timeout=30)
+        time.sleep(0.5)
+        kept = r.lines
+    finally:
+        r.finish(grace=0.2)
+    assert seen == "MARKER"
+    assert "MARKER" not in kept and any(ln.startswith("[harness] output capped: ") for ln in kept)

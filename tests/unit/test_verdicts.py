@@ -1,0 +1,231 @@
+"""Verdicts never lie: the gate of run, report and diff, and results files that are not what they claim."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Dict, List
+
+import pytest
+
+from harness import cli
+from harness.results import Record, RunDocument, Status
+
+PASS_LINE = "1 regressions"
+
+
+def record(target: str, policy: str, status: Status, detail: str = "") -> Record:
+    return Record(target, "local" if target.startswith("l") else "qemu", policy, status, "high-arena",
+                  "high-arena" if status is Status.PASS else None, None, True, False, 0.3, "/out/%s.log" % target,
+                  detail=detail or None)
+
+
+def run_doc(*records: Record, complete: bool = True, interrupted: str = "") -> RunDocument:
+    return RunDocument("run-%d" % len(records), "2026-11-25T00:00:00+00:00", "2026-11-25T00:00:03+00:00", complete,
+                       list(records), interrupted=interrupted or None)
+
+
+def write(tmp_path: Path, name: str, doc: RunDocument) -> str:
+    path = tmp_path / name
+    doc.write(path)
+    return str(path)
+
+
+OLD = [record("l1", "go-2012", Status.PASS), record("l1", "go-modern", Status.PASS),
+       record("qemu-x", "go-2012", Status.PASS)]
+SKIPPED = record("qemu-x", "go-2012", Status.SKIP, "qemu backend needs qemu-system-x86_64: install it with: x")
+
+
+@pytest.fixture(autouse=True)
+def no_require(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HARNESS_REQUIRE", raising=False)
+
+
+def diff_of(tmp_path: Path, capsys: pytest.CaptureFixture[str], new: RunDocument, *flags: str) -> tuple:
+    code = cli.main(["diff", write(tmp_path, "old.json", run_doc(*OLD)), write(tmp_path, "new.json", new), *flags])
+    out, err = capsys.readouterr()
+    return code, err.strip().splitlines(), out
+
+
+def test_diff_passes_a_complete_run_with_every_result(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err, out = diff_of(tmp_path, capsys, run_doc(*OLD))
+    assert (code, err) == (0, []) and out.strip().endswith("0 regressions, 0 fixes")
+
+
+def test_diff_fails_when_new_is_empty(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err, out = diff_of(tmp_path, capsys, run_doc())  # was: "0 regressions", exit 0
+    assert code == 1 and out.strip().endswith("0 regressions, 0 fixes")
+    assert err == ["arena-harness: gate failed: NEW: the run has no results: nothing ran",
+                   "arena-harness: gate failed: 3 results of OLD are missing from NEW (l1/go-2012, l1/go-modern, "
+                   "qemu-x/go-2012); pass --allow-gone if they were removed on purpose"]
+    code, err, _ = diff_of(tmp_path, capsys, run_doc(), "--allow-gone")
+    assert code == 1 and err == ["arena-harness: gate failed: NEW: the run has no results: nothing ran"]
+
+
+def test_diff_fails_when_new_is_incomplete(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err, _ = diff_of(tmp_path, capsys, run_doc(*OLD, complete=False, interrupted="interrupted by SIGINT"))
+    assert code == 1 and err == ["arena-harness: gate failed: NEW: the run is incomplete (interrupted by SIGINT)"]
+
+
+def test_diff_fails_when_results_of_old_are_gone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err, out = diff_of(tmp_path, capsys, run_doc(*OLD[:2]))
+    assert code == 1 and "Gone (1):\n  qemu-x/go-2012: pass (high-arena) -> -" in out
+    assert err == ["arena-harness: gate failed: 1 results of OLD are missing from NEW (qemu-x/go-2012); pass "
+                   "--allow-gone if they were removed on purpose"]
+    assert diff_of(tmp_path, capsys, run_doc(*OLD[:2]), "--allow-gone")[:2] == (0, [])
+
+
+def test_diff_fails_on_skips_unless_allowed(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    new = run_doc(OLD[0], OLD[1], SKIPPED)
+    md = tmp_path / "diff.md"
+    code, err, _ = diff_of(tmp_path, capsys, new, "--markdown", str(md))  # was: pass -> skip, exit 0
+    why = ("1 of 3 results skipped (qemu-x): qemu backend needs qemu-system-x86_64: install it with: x; pass "
+           "--allow-skip if a skip is fine here")
+    assert code == 1 and err == ["arena-harness: gate failed: NEW: %s" % why]
+    assert "**Gate failed:** NEW: %s" % why in md.read_text()
+    assert diff_of(tmp_path, capsys, new, "--allow-skip")[:2] == (0, [])
+    # HARNESS_REQUIRE names what must run, whatever the flag says.
+    monkeypatch.setenv("HARNESS_REQUIRE", "qemu")
+    code, err, _ = diff_of(tmp_path, capsys, new, "--allow-skip")
+    assert code == 1 and err == ["arena-harness: gate failed: NEW: 1 results skipped although HARNESS_REQUIRE=qemu "
+                                 "requires them: qemu-x/go-2012 (qemu backend needs qemu-system-x86_64: install it "
+                                 "with: x)"]
+    monkeypatch.setenv("HARNESS_REQUIRE", "uml,local")
+    assert diff_of(tmp_path, capsys, new, "--allow-skip")[:2] == (0, [])
+
+
+def test_diff_still_fails_on_a_regression(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, err, out = diff_of(tmp_path, capsys, run_doc(OLD[0], OLD[1], record("qemu-x", "go-2012", Status.FAIL)))
+    assert code == 1 and err == [] and out.strip().endswith("1 regressions, 0 fixes")
+
+
+def test_report_applies_the_same_gate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "r.json", run_doc(OLD[0], SKIPPED))
+    assert cli.main(["report", path]) == 1
+    assert capsys.readouterr().err.startswith("arena-harness: gate failed: 1 of 2 results skipped (qemu-x)")
+    assert cli.main(["report", path, "--allow-skip"]) == 0
+
+
+LOCAL = "targets:\n  - name: l\n    backend: local\n    policies: [go-2012]\n"
+
+
+def test_a_run_whose_results_are_all_skipped_does_not_pass(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "t.yaml"
+    f.write_text(LOCAL)
+    monkeypatch.setenv("PATH", str(tmp_path))  # the local backend's default python3 is missing: a skip
+    argv = ["run", "--targets", str(f), "--artifacts", str(tmp_path / "out"), "-q", "--json", str(tmp_path / "r.json")]
+    assert cli.main(argv) == 1  # was 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["arena-harness: gate failed: 1 of 1 results skipped (l): local backend needs python3: install it "
+                   "with: sudo apt-get install -y python3; pass --allow-skip if a skip is fine here"]
+    assert RunDocument.load(tmp_path / "r.json").records[0].status is Status.SKIP  # the results are still written
+    assert cli.main(argv + ["--allow-skip"]) == 0
+    monkeypatch.setenv("HARNESS_REQUIRE", "all")
+    assert cli.main(argv + ["--allow-skip"]) == 1
+    assert "HARNESS_REQUIRE=all requires them: l/go-2012" in capsys.readouterr().err
+
+
+def test_a_run_that_selects_nothing_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "t.yaml"
+    f.write_text(LOCAL)
+    assert cli.main(["run", "--targets", str(f), "--policy", "go-modern", "--artifacts", str(tmp_path)]) == 2
+    assert cli.main(["run", "--targets", str(f), "--shard", "2/2", "--artifacts", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["arena-harness: nothing to run: the selection (--only, --group, --shard, --policy) leaves no "
+                   "target and policy"] * 2
+
+
+# -- malformed results files: one line, exit 2 -----------------------------------------------------
+
+
+def good_json() -> Dict[str, Any]:
+    return run_doc(*OLD).to_json()
+
+
+def mutate(fn: Callable[[Dict[str, Any]], None]) -> Dict[str, Any]:
+    d = good_json()
+    fn(d)
+    return d
+
+
+BAD: List[tuple] = [
+    (lambda d: d["results"][1].pop("status"), "[l1] results[1].status: missing"),
+    (lambda d: d["results"][0].pop("target"), "results[0].target: missing"),
+    (lambda d: d["results"][2].update(status="passed"),
+     '[qemu-x] results[2].status: unknown status "passed"; known: pass, fail, error, timeout, panic, skip'),
+    (lambda d: d["results"][2].update(status=None),
+     "[qemu-x] results[2].status: unknown status null; known: pass, fail, error, timeout, panic, skip"),
+    (lambda d: d["results"][0].update(duration_s="3s"), '[l1] results[0].duration_s: expected a number, got a string'),
+    (lambda d: d["results"][0].update(high_ok="yes"), "[l1] results[0].high_ok: expected true, false or null, "
+                                                     "got a string"),
+    (lambda d: d["results"][0].update(markers=[1]), "[l1] results[0].markers: expected a list of strings, got a list"),
+    (lambda d: d["results"][0].update(probe=[]), "[l1] results[0].probe: expected a mapping or null, got a list"),
+    # The probe document is read by reports and diff: its shape is checked too (was an AttributeError).
+    (lambda d: d["results"][0].update(probe={"schema": 1, "policy": "go-2012", "reservation": 5}),
+     "[l1] results[0].probe: reservation: expected a mapping"),
+    (lambda d: d["results"][0].update(probe={"schema": 1, "policy": "go-2012", "reservation": {"probe": "0xzz"}}),
+     "[l1] results[0].probe: reservation.probe: expected an address (0x...) or null"),
+    (lambda d: d["results"][0].update(probe={"schema": 1, "policy": "go-2012", "heap": {"arenas": [["0x1"]]}}),
+     "[l1] results[0].probe: heap.arenas: expected a list of address pairs"),
+    (lambda d: d["results"][0].update(probe={"policy": "go-2012"}),
+     "[l1] results[0].probe: not an allocator document of schema 1"),
+    (lambda d: d["results"].__setitem__(1, "pass"), "results[1]: expected a mapping, got a string"),
+    (lambda d: d.update(results={}), "results: expected a list, got a mapping"),
+    (lambda d: d.pop("run"), "run: expected a mapping, got null"),
+    (lambda d: d["run"].pop("complete"), "run.complete: missing"),
+    (lambda d: d["run"].update(complete="yes"), "run.complete: expected true or false, got a string"),
+    (lambda d: d["run"].update(argv="arena-harness run"), "run.argv: expected a list of strings or null, got a string"),
+]
+
+
+@pytest.mark.parametrize("change,expected", BAD, ids=[e for _, e in BAD])
+@pytest.mark.parametrize("command", ["report", "diff", "merge"])
+def test_a_malformed_results_file_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         command: str, change: Callable, expected: str) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(mutate(change)))  # was: a KeyError/TypeError/ValueError traceback and exit 1
+    good = write(tmp_path, "good.json", run_doc(*OLD))
+    argv = {"report": ["report", str(bad)], "diff": ["diff", good, str(bad)],
+            "merge": ["merge", str(tmp_path / "out.json"), good, str(bad)]}[command]
+    assert cli.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert err == "arena-harness: %s %s\n" % (bad, expected) and out == ""
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_results_files_that_are_not_json_or_not_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p = tmp_path / "r.json"
+    cases = [
+        (b"[" * 100000, "%s: not valid JSON: nested too deeply" % p),
+        (b'{"schema": 1, "resu', "%s: not valid JSON: Unterminated string starting at: line 1 column 15 (char 14)" % p),
+        (b"\xff\xfe", "%s:1: not UTF-8 text (an invalid byte at offset 0): results files must be text" % p),
+        (b'{"schema": 1, "run": {"id": "x", "started": "s", "complete": true}, "results": [{"duration_s": NaN}]}',
+         "%s results[0].target: missing" % p),
+    ]
+    for data, expected in cases:
+        p.write_bytes(data)
+        assert cli.main(["report", str(p)]) == 2
+        assert capsys.readouterr().err == "arena-harness: %s\n" % expected
+    assert cli.main(["report", "/dev/zero"]) == 2
+    assert capsys.readouterr().err == ("arena-harness: /dev/zero: is a character device: only regular files are read "
+                                       "as results files\n")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert cli.main(["diff", str(fifo), str(fifo)]) == 2
+    assert "is a FIFO: only regular files are read as results files" in capsys.readouterr().err
+
+
+def test_a_damaged_tracking_file_is_an_error_not_a_fresh_start(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    state = tmp_path / "regressions.json"
+    state.write_text('{"open": {"l1/go-2012": {"first_failed": "run-1"}}}')
+    good = write(tmp_path, "good.json", run_doc(*OLD))
+    assert cli.main(["diff", good, good, "--track", str(state)]) == 2
+    assert capsys.readouterr().err == ("arena-harness: %s open.l1/go-2012: expected a mapping with first_failed.run\n"
+                                       % state)
+    state.write_text("[]")
+    assert cli.main(["diff", good, good, "--track", str(state)]) == 2
+    assert state.read_text() == "[]"  # left as it was
