@@ -83,7 +83,7 @@ update-ca-certificates >/dev/null 2>&1 || true
 # A machine's /sys and cgroups are writable (Docker gives a container read-only ones): the daemon
 # setup.sh starts needs them to make its containers' cgroups.
 mount -o remount,rw /sys
-awk '$3 == "cgroup" || $3 == "cgroup2" {print $2}' /proc/mounts | while read -r m; do mount -o remount,rw "$m"; done
+awk '$3 == "cgroup" || $3 == "cgroup2" {{print $2}}' /proc/mounts | while read -r m; do mount -o remount,rw "$m"; done
 cd /src
 start=$(date +%s)
 ./scripts/setup.sh

@@ -94,6 +94,7 @@ def test_parallel_jobs_keep_the_target_order(fake_backend: type, tmp_path: Path)
 def test_a_missing_default_tool_skips_with_the_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ts = config.parse("targets:\n  - name: l\n    backend: local\n", "t.yaml")
     monkeypatch.setenv("PATH", str(tmp_path))  # no python3 here: the default program is missing
+    monkeypatch.setattr("harness.backends.local.VIEW_PATH", str(tmp_path))  # where the jail looks for it
     doc = runner.run(ts.targets, artifacts=tmp_path)
     assert {r.status for r in doc.records} == {Status.SKIP}
     assert doc.records[0].detail == "local backend needs python3: install it with: sudo apt-get install -y python3"

@@ -116,6 +116,7 @@ def test_a_run_whose_results_are_all_skipped_does_not_pass(tmp_path: Path, capsy
     f = tmp_path / "t.yaml"
     f.write_text(LOCAL)
     monkeypatch.setenv("PATH", str(tmp_path))  # the local backend's default python3 is missing: a skip
+    monkeypatch.setattr("harness.backends.local.VIEW_PATH", str(tmp_path))  # where the jail looks for it
     argv = ["run", "--targets", str(f), "--artifacts", str(tmp_path / "out"), "-q", "--json", str(tmp_path / "r.json")]
     assert cli.main(argv) == 1  # was 0
     err = capsys.readouterr().err.strip().splitlines()
