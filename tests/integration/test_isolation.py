@@ -350,3 +350,21 @@ def test_a_qemu_guest_sees_only_its_view_and_writes_only_its_results(tmp_path: P
     assert "CANNOT_READ %s" % secret in log and "CANNOT_READ /etc/shadow" in log
     assert not Path("/pwned").exists() and not Path("/usr/bin/pwned").exists()
     assert rec.status is Status.ERROR  # the hostile payload printed no result
+
+
+def test_a_uml_guest_that_floods_its_console_is_capped(tmp_path: Path) -> None:
+    """About 300 MB of console output: the log keeps its head and tail, and the harness's memory stays flat."""
+    import resource
+
+    body = ("i=0; while [ $i -lt 40 ]; do head -c 8000000 /dev/zero | tr '\\\\0' A | fold -w 1000; i=$((i+1)); done\n"
+            "echo FLOOD_OVER\necho @@ARENA-HARNESS-DONE@@\npoweroff -f\n")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    _, ctx, run = boot(tmp_path, body, timeout=120)
+    grew_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    size = ctx.log_path.stat().st_size
+    log_tail = ctx.log_path.read_bytes()[-2 * proc.OUTPUT_TAIL:].decode(errors="replace")
+    assert size <= proc.OUTPUT_HEAD + proc.OUTPUT_TAIL + (1 << 20), size
+    assert "output capped" in ctx.log_path.read_text(errors="replace")
+    assert "FLOOD_OVER" in log_tail  # the tail (where results and last words are) is kept
+    assert grew_mib < 64, grew_mib
+    assert not run.timed_out

@@ -110,6 +110,8 @@ def test_the_run_leaves_no_umid_dir_or_temp_dir(tmp_path: Path) -> None:
     assert rec.status is Status.PASS, rec.detail
     assert rec.channel == "share"
     assert rec.kernel and rec.kernel != os.uname().release  # the guest's own kernel
+    # uml_dir is short enough for UML to write its pid file (it was not: "buffer too short").
+    assert "umid_file_name" not in Path(rec.log or "").read_text()
     assert [p for p in os.listdir(tempfile.gettempdir()) if p.startswith("arena-harness-%s-" % doc.run_id)] == []
     assert not Path(os.path.expanduser("~/.uml")).joinpath("ah-" + doc.run_id + "-t").exists()
     assert shutil.which("linux.uml")
