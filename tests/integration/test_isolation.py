@@ -299,10 +299,13 @@ for p in ("/root", "/home", "/work", "/etc/shadow", SECRET):
 os.makedirs("/tmp/rw", exist_ok=True)
 r = subprocess.run(["mount", "-t", "9p", "-o", "trans=virtio,version=9p2000.L,rw", "hostroot", "/tmp/rw"],
                    capture_output=True, text=True)
-try:
-    open("/tmp/rw/pwned-rw", "w").write("x"); say("WROTE_RW_REMOUNT")
-except OSError as e:
-    say("REFUSED_RW_REMOUNT", e.errno)
+if r.returncode != 0:  # the tag is in use: the guest cannot get a second, writable mount of it
+    say("NO_RW_REMOUNT", r.returncode)
+else:
+    try:
+        open("/tmp/rw/pwned-rw", "w").write("x"); say("WROTE_RW_REMOUNT")
+    except OSError as e:
+        say("REFUSED_RW_REMOUNT", e.errno)
 try:
     open("/mnt/suid", "w").write("#!/bin/sh\n"); os.chmod("/mnt/suid", 0o4755); say("SUID_MADE")
 except OSError as e:
