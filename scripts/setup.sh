@@ -60,7 +60,9 @@ elif [ "$(id -u)" -eq 0 ]; then
     step "starting dockerd (log: /var/log/arena-harness-dockerd.log)"
     setsid nohup dockerd --iptables=false --bridge=none >/var/log/arena-harness-dockerd.log 2>&1 </dev/null &
     for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
-    docker info >/dev/null 2>&1 || { tail -5 /var/log/arena-harness-dockerd.log >&2; fail "dockerd did not start"; }
+    # Not fatal: an unprivileged container cannot run a daemon, and the docker targets then skip with
+    # this hint (HARNESS_REQUIRE=all, as CI sets it, turns that skip into a failure).
+    docker info >/dev/null 2>&1 || step "dockerd did not start: the docker targets will skip (why: tail /var/log/arena-harness-dockerd.log)"
 else
     step "no Docker daemon runs; start one (sudo dockerd) for the docker targets"
 fi

@@ -125,7 +125,6 @@ def test_jobs_run_in_debian_12_as_root_and_privileged_where_they_boot() -> None:
             if BOOTS.search(scripts):
                 options = container.get("options", "")
                 assert "--privileged" in options, (name, job_id)
-                assert "/dev/shm:rw,nosuid,nodev,exec" in options, (name, job_id)  # UML maps memory there
 
 
 def test_the_image_cache_is_the_one_the_harness_uses() -> None:
