@@ -4,18 +4,29 @@ Every child runs in its own session (so its whole process group can be
 signalled), its output is decoded with ``errors="backslashreplace"`` and copied
 line by line to a log that starts with the command as ``$ shlex.join(argv)``,
 and stopping escalates: SIGTERM to the group, a grace period, then SIGKILL.
-Live children are tracked so an interrupted run can stop them all.
-
 A child's output is untrusted (a guest may flood its console): at most
 ``OUTPUT_HEAD`` of its beginning and ``OUTPUT_TAIL`` of its end are kept, in the
 log and in memory, with one line saying how much was dropped between them; the
 end matters most, since the result frames come last. A line longer than
 ``LINE_MAX`` is cut.
+
+Lifetime: every child is forked by one long-lived thread with
+``PR_SET_PDEATHSIG(SIGKILL)``, so it dies with the harness (``kill -9``
+included), and is written into the run registry (pid and start time) before
+anyone waits for it; its environment carries ``ARENA_HARNESS_RUN=<run id>``.
+Live children are tracked so an interrupted run can stop them all: after
+:func:`request_stop` (safe in a signal handler) no new child starts, every
+running one is stopped, and the stoppers registered with :func:`stopper` (a
+container's kill, say) are called.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import os
+import queue
 import shlex
 import shutil
 import signal
@@ -23,9 +34,12 @@ import subprocess
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Deque, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, TypeVar
+
+from harness import registry
 
 LineWatcher = Callable[[str], Optional[str]]
 """Called with each output line; returning a reason (e.g. "panic") asks the process to stop."""
@@ -41,6 +55,122 @@ _LINE_COST = 64
 
 _live: Dict[int, "subprocess.Popen[bytes]"] = {}
 _live_lock = threading.Lock()
+
+_stop: List[str] = []
+"""Why the harness is stopping (the first entry counts). Appended by signal handlers, so no lock: a
+handler runs between two bytecodes of the main thread, which may hold any lock at that moment."""
+_local = threading.local()
+_stoppers: List[Callable[[], None]] = []
+_stoppers_lock = threading.Lock()
+_T = TypeVar("_T")
+
+
+def request_stop(reason: str) -> None:
+    """Ask every wait of this module to end and every child to stop (safe to call from a signal handler)."""
+    _stop.append(reason)
+
+
+def stopping() -> Optional[str]:
+    """The first reason the harness, or this thread's run (:func:`scope`), was asked to stop; or None."""
+    if _stop:
+        return _stop[0]
+    mine: Optional[List[str]] = getattr(_local, "reasons", None)
+    return mine[0] if mine else None
+
+
+def clear_stop() -> None:
+    """Allow new children again (a new run in the same process, after an interrupted one)."""
+    del _stop[:]
+
+
+@contextlib.contextmanager
+def scope(reasons: List[str]) -> Iterator[None]:
+    """In this thread, once ``reasons`` is not empty, waits end and no child starts: a run's own stop,
+    which also holds for a thread still busy after its run returned, whatever the process does next."""
+    _local.reasons = reasons
+    try:
+        yield
+    finally:
+        _local.reasons = None
+
+
+@contextlib.contextmanager
+def stopper(stop: Callable[[], None]) -> Iterator[None]:
+    """Inside the block, a stop request also calls ``stop`` (at once, if one came already): for waits
+    this module cannot end by itself, such as a container's."""
+    with _stoppers_lock:
+        _stoppers.append(stop)
+    try:
+        if stopping():
+            stop()
+        yield
+    finally:
+        with _stoppers_lock:
+            _stoppers.remove(stop)
+
+
+# -- the lifetime of children ---------------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_prctl = _libc.prctl
+_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_prctl.restype = ctypes.c_int
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """The child's last step before exec: SIGKILL when the forking thread ends. It runs after the
+    child's setsid and setreuid (which would clear the setting), calls only a prebuilt ctypes function
+    and getppid (no import, no lock another thread may have held at fork time), and leaves at once if
+    the harness died before the prctl took effect."""
+
+    def arm() -> None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(127)
+
+    return arm
+
+
+class _Spawner:
+    """The one thread that forks every child.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, not
+    the process: children forked by a runner's worker thread would be killed as
+    soon as that worker finished its target. This thread lives as long as the
+    process (a daemon, never joined), so the signal means exactly "the harness
+    is gone". Forking from one thread also keeps the registry's order of starts.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: "queue.SimpleQueue[Tuple[Callable[[], Any], Future[Any]]]" = queue.SimpleQueue()
+        self._thread: Optional[threading.Thread] = None
+        self._owner = 0  # the pid that started the thread: a forked copy of the harness needs its own
+        self._lock = threading.Lock()
+
+    def call(self, fn: Callable[[], _T]) -> _T:
+        with self._lock:
+            if self._thread is None or self._owner != os.getpid():
+                self._jobs = queue.SimpleQueue()
+                self._thread = threading.Thread(target=self._serve, name="proc-spawner", daemon=True)
+                self._owner = os.getpid()
+                self._thread.start()
+        if threading.current_thread() is self._thread:
+            return fn()
+        done: "Future[_T]" = Future()
+        self._jobs.put((fn, done))
+        return done.result()
+
+    def _serve(self) -> None:
+        while True:
+            fn, done = self._jobs.get()
+            try:
+                done.set_result(fn())
+            except BaseException as e:  # noqa: BLE001 - handed to the caller, which raises it
+                done.set_exception(e)
+
+
+_spawner = _Spawner()
 
 
 @dataclass
@@ -83,12 +213,34 @@ def stop(proc: "subprocess.Popen[bytes]", grace: float = 2.0) -> None:
         pass
 
 
-def stop_all(grace: float = 1.0) -> int:
-    """Stop every child still running (used on SIGINT/SIGTERM). Returns how many there were."""
-    with _live_lock:
+def stop_all(grace: float = 1.0, reason: Optional[str] = "interrupt") -> int:
+    """Stop every child still running, all at once: a process-wide stop request (unless ``reason`` is
+    None: the caller stopped its own :func:`scope`), the stoppers, SIGTERM to every group, ``grace``
+    seconds shared by all, SIGKILL. Returns how many children there were."""
+    with _live_lock:  # start() checks under this lock: no child can slip past the list below
+        if reason is not None and not _stop:
+            request_stop(reason)
         procs = list(_live.values())
+    with _stoppers_lock:
+        stops = list(_stoppers)
+    for fn in stops:
+        try:
+            fn()
+        except Exception:  # noqa: BLE001 - what it stops may have ended meanwhile; the rest must still stop
+            pass
     for p in procs:
-        stop(p, grace)
+        if p.poll() is None:
+            _signal_group(p, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for p in procs:
+        _signal_group(p, signal.SIGKILL)
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline + 2 - time.monotonic()))
+        except subprocess.TimeoutExpired:  # pragma: no cover - a process in D state
+            pass
     return len(procs)
 
 
@@ -221,7 +373,7 @@ class Running:
             try:
                 while not waiter[1]:
                     left = deadline - time.monotonic()
-                    if left <= 0 or (not self.alive() and not self._reader.is_alive()):
+                    if left <= 0 or (not self.alive() and not self._reader.is_alive()) or stopping():
                         return None
                     self._cond.wait(min(left, 0.5))
                 return waiter[1][0]
@@ -237,7 +389,10 @@ class Running:
         # The group may hold helpers after the leader exits (UML's threads).
         _signal_group(self.popen, signal.SIGKILL)
         with _live_lock:
-            _live.pop(self.popen.pid, None)
+            known = _live.pop(self.popen.pid, None) is not None
+        rec = registry.current()
+        if known and rec is not None:
+            rec.drop_process(self.popen.pid)
         self._reader.join(timeout=5)
 
 
@@ -252,34 +407,51 @@ def start(
     group: Optional[int] = None,
     capture: bool = True,
 ) -> "Running | Completed":
-    """Start ``argv`` in a new session; a Completed (``started=False``) if it could not be started."""
+    """Start ``argv`` in a new session; a Completed (``started=False``) if it could not be started, or if
+    the harness is stopping."""
     argv = [str(a) for a in argv]
     log: Optional[IO[str]] = None
     if log_path is not None:
         log = open(log_path, "a", encoding="utf-8", errors="backslashreplace")
         log.write("$ %s\n" % shlex.join(argv))
         log.flush()
-    try:
-        popen = subprocess.Popen(
+    rec = registry.current()
+    child_env = dict(os.environ if env is None else env)
+    if rec is not None:
+        child_env[registry.MARKER_ENV] = rec.entry.run_id
+
+    def fork() -> "subprocess.Popen[bytes]":
+        return subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env=dict(env) if env is not None else None,
+            env=child_env,
             cwd=str(cwd) if cwd else None,
             user=user,
             group=group,
             extra_groups=[] if group is not None else None,
+            preexec_fn=_die_with(os.getpid()),
         )
-    except OSError as e:
-        msg = "cannot start %s: %s" % (argv[0], e.strerror or e)
+
+    msg: Optional[str] = None
+    with _live_lock:  # a stop request either comes before this check or sees the child in _live
+        if stopping():
+            msg = "not started: the harness is stopping (%s)" % stopping()
+        else:
+            try:
+                popen = _spawner.call(fork)
+                _live[popen.pid] = popen
+            except OSError as e:
+                msg = "cannot start %s: %s" % (argv[0], e.strerror or e)
+    if msg is not None:
         if log:
             log.write(msg + "\n")
             log.close()
-        return Completed(argv, None, 0.0, "", started=False, error=msg)
-    with _live_lock:
-        _live[popen.pid] = popen
+        return Completed(argv, None, 0.0, "", started=False, error=msg, stopped="interrupt" if stopping() else None)
+    if rec is not None:
+        rec.add_process(popen.pid)
     return Running(argv, popen, log, watch, capture)
 
 
@@ -327,6 +499,10 @@ def run(
                     break
                 if silence is not None and now - r.last_output >= silence:
                     stopped = "silent"
+                    stop(r.popen, grace)
+                    break
+                if stopping():
+                    stopped = "interrupt"
                     stop(r.popen, grace)
                     break
                 try:
