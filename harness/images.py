@@ -4,7 +4,9 @@ A recipe's key is a hash of its kind, its inputs and its version; its artefact
 lives in ``<cache>/<kind>-<name>-<key>/`` and is built once: builds run in a
 ``.partial`` directory under a per-key file lock and are published by one
 rename, so an interrupted build never leaves a half-written entry and parallel
-runs build each entry once. The cache is ``$ARENA_HARNESS_CACHE``, else
+runs build each entry once. A ``.partial`` whose key's lock is free belongs to
+a builder that was killed: the next build of that key, ``images prune`` and
+``arena-harness clean`` remove it. The cache is ``$ARENA_HARNESS_CACHE``, else
 ``$XDG_CACHE_HOME/arena-harness``, else ``~/.cache/arena-harness``.
 
 Recipes: ``KernelKit`` (a Debian kernel, busybox and the modules a 9p root
@@ -15,6 +17,7 @@ apt), ``Rootfs`` (``mmdebstrap --variant=essential --include=python3``) and
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import gzip
 import hashlib
@@ -28,9 +31,9 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import IO, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
-from harness import proc
+from harness import mounts, proc
 from harness.errors import HarnessError
 
 CACHE_ENV = "ARENA_HARNESS_CACHE"
@@ -63,6 +66,7 @@ class Tool:
 
 
 MMDEBSTRAP = Tool("mmdebstrap", "mmdebstrap")
+UNSHARE_TOOL = Tool("unshare", "util-linux")  # essential on Debian: checked when a build runs, not by doctor
 
 
 def cache_root() -> Path:
@@ -221,9 +225,9 @@ class Cache:
             self._touch(final)
             self.hits += 1
             return final
-        (self.root / "locks").mkdir(parents=True, exist_ok=True)
-        with open(self.root / "locks" / (recipe.key() + ".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with self._locked(recipe.key()) as lock:
+            if lock is None:
+                raise BuildError("interrupted while waiting for another build of %s %s" % (recipe.kind, recipe.name))
             if (final / "manifest.json").is_file():  # another run built it while we waited
                 self.hits += 1
                 return final
@@ -231,8 +235,10 @@ class Cache:
             if absent:
                 raise BuildError("building %s %s needs %s: %s" % (recipe.kind, recipe.name, absent[0].command,
                                                                   absent[0].hint))
+            # Holding the key's lock, every .partial of this key is a dead builder's: remove them.
+            for stale in self.root.glob(".%s.*.partial" % recipe.dirname()):
+                mounts.remove_tree(stale)
             partial = self.root / (".%s.%d.partial" % (recipe.dirname(), os.getpid()))
-            shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
             start = time.monotonic()
             log("building %s %s" % (recipe.kind, recipe.name))
@@ -258,7 +264,8 @@ class Cache:
                     shutil.rmtree(final)
                 os.replace(partial, final)
             finally:
-                shutil.rmtree(partial, ignore_errors=True)
+                if partial.exists():
+                    mounts.remove_tree(partial)
             self.builds += 1
             log("built %s %s in %.1fs" % (recipe.kind, recipe.name, time.monotonic() - start))
             return final
@@ -275,6 +282,35 @@ class Cache:
         kept.parent.mkdir(parents=True, exist_ok=True)
         os.replace(built, kept)
         return kept
+
+    @contextlib.contextmanager
+    def _locked(self, key: str, wait: bool = True) -> Iterator[Optional[IO[str]]]:
+        """The key's build lock (an flock, so a killed builder's is released with it), or None: not
+        free (``wait=False``), or the harness is stopping. Polled, so an interrupt ends the wait."""
+        (self.root / "locks").mkdir(parents=True, exist_ok=True)
+        with open(self.root / "locks" / (key + ".lock"), "a") as f:
+            while True:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if not wait or proc.stopping():
+                        yield None
+                        return
+                    time.sleep(0.2)
+            yield f
+
+    def stale_partials(self) -> List[Path]:
+        """``.partial`` directories no builder is working in (their key's lock is free): what a killed
+        build left. Live builds of other runs are not touched."""
+        out = []
+        for d in sorted(self.root.glob(".*.partial")) if self.root.is_dir() else []:
+            dirname = d.name[1:-len(".partial")].rsplit(".", 1)[0]
+            key = dirname.rsplit("-", 1)[-1]
+            with self._locked(key, wait=False) as lock:
+                if lock is not None:
+                    out.append(d)
+        return out
 
     def _touch(self, path: Path) -> None:
         try:
@@ -311,11 +347,9 @@ class Cache:
                 continue
             shutil.rmtree(e.path, ignore_errors=True)
             removed.append(e.path)
-        for d in self.root.glob(".*.partial") if self.root.is_dir() else []:
-            pid = d.name.rsplit(".", 2)[-2]
-            if not pid.isdigit() or not Path("/proc", pid).exists():
-                shutil.rmtree(d, ignore_errors=True)
-                removed.append(d)
+        for d in self.stale_partials():
+            mounts.remove_tree(d)
+            removed.append(d)
         for f in sorted((self.root / "failed").glob("*.log")):  # failed builds' logs: diagnostics only
             if older_than is None or now - f.stat().st_mtime >= older_than:
                 f.unlink()
@@ -334,6 +368,15 @@ def build_step(argv: Sequence[str], log_path: Path, what: str) -> None:
         raise BuildError("%s failed: %s" % (what, tail or c.error or c.returncode), log=log_path)
 
 
+UNSHARE = ["unshare", "--mount", "--propagation", "private", "--pid", "--fork", "--kill-child", "--mount-proc", "--"]
+"""How mmdebstrap runs as root. In root mode it mounts proc, sys, dev/shm and dev/pts into the new
+root; in a mount namespace of its own those mounts are never in the host's table and vanish with the
+namespace. In a PID namespace of its own, with --kill-child, the whole build (apt, dpkg, gpg-agent)
+dies with ``unshare``, which dies with the harness (proc's PR_SET_PDEATHSIG): a ``kill -9`` of the
+harness mid-build leaves no process and no mount. As a normal user mmdebstrap picks its unshare or
+fakechroot mode, neither of which mounts anything on the host."""
+
+
 def mmdebstrap(args: Sequence[str], log_path: Path, log: Log, what: str) -> None:
     if proc.which(MMDEBSTRAP.command) is None:
         raise BuildError("building %s needs mmdebstrap: %s" % (what, MMDEBSTRAP.hint))
@@ -341,7 +384,12 @@ def mmdebstrap(args: Sequence[str], log_path: Path, log: Log, what: str) -> None
     # sometimes caught mid-sync on a mirror; guests need no security updates.
     hook = ('for f in "$1"/etc/apt/sources.list "$1"/etc/apt/sources.list.d/*.list; do '
             '[ -f "$f" ] || continue; sed -i -e "/-updates /d" -e "/-security /d" "$f"; done')
-    build_step(["mmdebstrap", "--setup-hook=" + hook, *args], log_path, "mmdebstrap for %s" % what)
+    argv = ["mmdebstrap", "--setup-hook=" + hook, *args]
+    if os.geteuid() == 0:
+        if proc.which(UNSHARE_TOOL.command) is None:
+            raise BuildError("building %s as root needs unshare: %s" % (what, UNSHARE_TOOL.hint))
+        argv = UNSHARE + argv
+    build_step(argv, log_path, "mmdebstrap for %s" % what)
 
 
 _DEPENDS = re.compile(rb"depends=([A-Za-z0-9_,-]*)\0")

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import lzma
+import os
+import shlex
 import stat
+import subprocess
+import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, Iterator, List, Tuple
 
 import pytest
 
-from harness import images
+from harness import images, proc
 from harness.images import Cache, Cpio, Recipe, module_closure
+from tests.conftest import ROOT
 
 
 def parse_newc(data: bytes) -> List[Tuple[str, int, bytes, Tuple[int, int]]]:
@@ -205,3 +211,84 @@ def test_a_failed_build_points_at_a_log_that_still_exists(tmp_path: Path) -> Non
     # The log is diagnostics: prune removes it (with --older-than, only old ones).
     assert cache.prune(older_than=3600) == []
     assert cache.prune() == [kept] and not kept.exists()
+
+
+# -- what a killed build leaves ----------------------------------------------------------------
+
+HOLD_LOCK = "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); print('locked', " \
+            "flush=True); time.sleep(60)"
+
+
+@pytest.fixture
+def lock_holder(tmp_path: Path) -> Iterator[Callable[[Recipe], None]]:
+    """Another process building ``recipe``: it holds the key's lock until the test ends."""
+    held: List["subprocess.Popen[str]"] = []
+
+    def hold(recipe: Recipe) -> None:
+        (tmp_path / "locks").mkdir(exist_ok=True)
+        p = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path / "locks" / (recipe.key() + ".lock"))],
+                             stdout=subprocess.PIPE, text=True)
+        assert p.stdout is not None and p.stdout.readline().strip() == "locked"
+        held.append(p)
+
+    yield hold
+    for p in held:
+        p.kill()
+        p.wait()
+
+
+def test_a_killed_builders_partial_goes_with_the_next_build_of_its_key(tmp_path: Path) -> None:
+    stale = tmp_path / (".%s.%d.partial" % (Toy("k").dirname(), 999999))
+    (stale / "root" / "half-written").mkdir(parents=True)
+    Cache(tmp_path).get(Toy("k"))
+    assert not stale.exists() and calls == ["k"]
+
+
+def test_a_partial_whose_builder_lives_is_left_alone(tmp_path: Path, lock_holder: Callable[[Recipe], None]) -> None:
+    busy = tmp_path / (".%s.%d.partial" % (Toy("busy").dirname(), 4242))
+    busy.mkdir()
+    lock_holder(Toy("busy"))
+    cache = Cache(tmp_path)
+    assert cache.stale_partials() == [] and cache.prune() == [] and busy.is_dir()
+
+
+def test_waiting_for_another_build_ends_on_a_stop_request(tmp_path: Path,
+                                                          lock_holder: Callable[[Recipe], None]) -> None:
+    lock_holder(Toy("slow"))
+    errors: List[BaseException] = []
+
+    def get() -> None:
+        try:
+            Cache(tmp_path).get(Toy("slow"))
+        except images.BuildError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=get)
+    t.start()
+    time.sleep(0.3)
+    proc.request_stop("SIGINT")
+    try:
+        t.join(2)
+    finally:
+        proc.clear_stop()
+    assert not t.is_alive() and str(errors[0]) == "interrupted while waiting for another build of toy slow"
+
+
+def test_a_tree_is_removed_without_reaching_into_what_is_mounted_inside(tmp_path: Path) -> None:
+    """A leftover build root with a bind mount inside (as an old harness's killed mmdebstrap left): the
+    mount is detached first, so the directory it showed keeps its files. In a mount namespace of its own."""
+    if os.geteuid() != 0 or proc.which("unshare") is None:
+        pytest.skip("needs root and unshare (util-linux) to mount")
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "file").write_text("keep me")
+    tree = tmp_path / ".rootfs-x-0123456789abcdef.1.partial"
+    (tree / "root" / "dev").mkdir(parents=True)
+    remove = ("import sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; from harness import mounts; "
+              "mounts.remove_tree(Path(sys.argv[2])); print(mounts.under(Path(sys.argv[2])))")
+    script = "mount --bind %s && %s" % (shlex.join([str(precious), str(tree / "root" / "dev")]),
+                                        shlex.join([sys.executable, "-c", remove, str(ROOT), str(tree)]))
+    c = proc.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], timeout=30)
+    assert c.returncode == 0, c.output
+    assert c.lines[-1] == "[]"
+    assert not tree.exists() and (precious / "file").read_text() == "keep me"
