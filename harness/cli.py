@@ -1,10 +1,11 @@
-"""``arena-harness``: run, list, doctor. Exit 0 when every result passed, 1 when any did not (or the
-gate failed: see harness.verdict), 2 on usage or configuration errors (one line, never a traceback),
+"""``arena-harness``: run, list, doctor, clean. Exit 0 when every result passed, 1 when any did not (or
+the gate failed: see harness.verdict), 2 on usage or configuration errors (one line, never a traceback),
 130 when interrupted."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -12,10 +13,23 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Callable, Dict, List, NoReturn, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, NoReturn, Optional, Sequence
 
 from allocator.probe import POLICIES, expand_policies
-from harness import __version__, backends, config, diff, images, report, results, runner, verdict
+from harness import (
+    __version__,
+    backends,
+    cleanup,
+    config,
+    diff,
+    images,
+    proc,
+    registry,
+    report,
+    results,
+    runner,
+    verdict,
+)
 from harness.backends.base import Need
 from harness.config import Target
 from harness.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, HarnessError, UsageError
@@ -113,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     targets_arg(pr)
     pr.add_argument("--all", action="store_true", help="remove every entry")
     pr.add_argument("--older-than", metavar="DAYS", type=float, help="only entries unused for DAYS days")
+
+    cl = sub.add_parser("clean", help="remove what killed runs left: processes, containers, temp dirs, partial "
+                        "image builds (runs still going are left alone)")
+    cl.add_argument("--dry-run", "-n", action="store_true", help="list what would be removed, remove nothing")
     return p
 
 
@@ -161,12 +179,30 @@ def _progress(total: int, stream: "object") -> runner.Progress:
     return show
 
 
-_caught: List[str] = []
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def _raise_interrupt(signum: int, frame: Optional[FrameType]) -> None:
-    _caught.append(signal.Signals(signum).name)
-    raise KeyboardInterrupt
+@contextlib.contextmanager
+def signals_stop_the_run(restore: bool = True) -> Iterator[None]:
+    """Inside, SIGINT, SIGTERM and SIGHUP only ask the run to stop (the first one is named in the
+    results). The handler raises nothing, so no signal, however many and whenever they come, can cut
+    short the stopping of the guests or the writing of the results. The command line then ignores
+    them until the process exits (``restore=False``): a late signal must not turn a written result
+    into a traceback or a death by signal (Python puts its own handlers back to SIG_DFL when it
+    finalizes, but leaves SIG_IGN alone)."""
+
+    def handler(signum: int, frame: Optional[FrameType]) -> None:
+        proc.request_stop(signal.Signals(signum).name)
+
+    proc.clear_stop()
+    previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h if restore else signal.SIG_IGN)
+        if restore:
+            proc.clear_stop()
 
 
 def select_targets(targets_set: config.TargetSet, only: Optional[List[str]], group: Optional[List[str]],
@@ -192,7 +228,19 @@ def select_targets(targets_set: config.TargetSet, only: Optional[List[str]], gro
     return targets
 
 
-def cmd_run(args: argparse.Namespace, argv: List[str]) -> int:
+def _print_clean(rep: cleanup.Report, quiet: bool) -> None:
+    """What ``clean`` did; before a run only what it removed or could not (as one line each, on stderr)."""
+    out = sys.stderr if quiet else sys.stdout
+    for line in rep.removed:
+        print(("arena-harness: leftovers of a killed run: %s" if quiet else "%s") % line, file=out)
+    for line in rep.problems:
+        print("arena-harness: %s" % line, file=sys.stderr)
+    if not quiet:
+        for line in rep.left:
+            print(line)
+
+
+def cmd_run(args: argparse.Namespace, argv: List[str], whole_process: bool = False) -> int:
     if args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
     targets = select_targets(config.load(args.targets), args.only, args.group, args.shard)
@@ -207,31 +255,27 @@ def cmd_run(args: argparse.Namespace, argv: List[str]) -> int:
         raise UsageError("nothing to run: the selection (--only, --group, --shard, --policy) leaves no target and "
                          "policy")
     make_output_dirs(args.json, args.junit, args.markdown, args.html)
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    previous_int = signal.signal(signal.SIGINT, _raise_interrupt)
-    try:
+    with signals_stop_the_run(restore=not whole_process):
+        run_id = runner.new_run_id()
+        _print_clean(cleanup.clean(skip=run_id), quiet=True)
         doc = runner.run(
             targets,
             policies=policies,
             jobs=args.jobs,
             artifacts=args.artifacts,
             progress=None if args.quiet else _progress(len(targets), sys.stderr),
+            run_id=run_id,
             argv=["arena-harness"] + argv,
             targets_file=args.targets,
         )
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, previous_int)
-    if doc.interrupted:
-        doc.interrupted = "interrupted by %s" % (_caught[-1] if _caught else "SIGINT")
-    # Results are written before anything else can go wrong, also for an interrupted run.
-    if args.json:
-        doc.write(args.json)
-    report.write(report.junit(doc), args.junit)
-    report.write(report.markdown(doc), args.markdown)
-    report.write(report.html(doc), args.html)
-    print(report.table(doc, color=sys.stdout.isatty()))
-    print("console logs: %s" % doc.artifacts)
+        # Results are written before anything else can go wrong, also for an interrupted run.
+        if args.json:
+            doc.write(args.json)
+        report.write(report.junit(doc), args.junit)
+        report.write(report.markdown(doc), args.markdown)
+        report.write(report.html(doc), args.html)
+        print(report.table(doc, color=sys.stdout.isatty()))
+        print("console logs: %s" % doc.artifacts)
     if doc.interrupted:
         return EXIT_INTERRUPTED
     return _gate(doc, args.allow_skip)
@@ -379,6 +423,25 @@ def _human(n: float) -> str:
     return str(n)
 
 
+def _build_images(cache: images.Cache, targets: Sequence[Target]) -> int:
+    start = time.monotonic()
+    for t in targets:
+        backend = backends.get(t.backend)(t)
+        recipes = backend.recipes()
+        if not recipes:
+            continue
+        t0 = time.monotonic()
+
+        def log(msg: str, name: str = t.name) -> None:
+            print("[ img ] %-22s %s" % (name, msg), file=sys.stderr, flush=True)
+
+        backend.provision(cache, log)
+        print("%-22s ready in %.1fs: %s" % (t.name, time.monotonic() - t0,
+                                          ", ".join("%s %s" % (r.kind, r.name) for r in recipes)))
+    print("%d built, %d already cached, %.1fs" % (cache.builds, cache.hits, time.monotonic() - start))
+    return EXIT_OK
+
+
 def cmd_images(args: argparse.Namespace) -> int:
     cache = images.Cache()
     action = args.images_command
@@ -397,22 +460,8 @@ def cmd_images(args: argparse.Namespace) -> int:
     targets = ts.select(None)
     if action == "build":
         targets = select_targets(ts, args.only, args.group, args.shard)
-        start = time.monotonic()
-        for t in targets:
-            backend = backends.get(t.backend)(t)
-            recipes = backend.recipes()
-            if not recipes:
-                continue
-            t0 = time.monotonic()
-
-            def log(msg: str, name: str = t.name) -> None:
-                print("[ img ] %-22s %s" % (name, msg), file=sys.stderr, flush=True)
-
-            backend.provision(cache, log)
-            print("%-22s ready in %.1fs: %s" % (t.name, time.monotonic() - t0,
-                                              ", ".join("%s %s" % (r.kind, r.name) for r in recipes)))
-        print("%d built, %d already cached, %.1fs" % (cache.builds, cache.hits, time.monotonic() - start))
-        return EXIT_OK
+        with registry.recording("images-" + runner.new_run_id()):
+            return _build_images(cache, targets)
     keep: List[Path] = []
     if not args.all:
         for t in targets:
@@ -425,6 +474,14 @@ def cmd_images(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_clean(args: argparse.Namespace) -> int:
+    rep = cleanup.clean(dry_run=args.dry_run)
+    _print_clean(rep, quiet=False)
+    print("%d %s, %d left alone%s" % (len(rep.removed), "to do" if args.dry_run else "done", len(rep.left),
+                                      ", %d problems" % len(rep.problems) if rep.problems else ""))
+    return EXIT_FAILED if rep.problems else EXIT_OK
+
+
 COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
     "list": cmd_list,
     "doctor": cmd_doctor,
@@ -433,15 +490,17 @@ COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
     "diff": cmd_diff,
     "merge": cmd_merge,
     "groups": cmd_groups,
+    "clean": cmd_clean,
 }
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    whole_process = argv is None  # the command line itself, not a caller in the same process
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
         if args.command == "run":
-            return cmd_run(args, argv)
+            return cmd_run(args, argv, whole_process)
         command = COMMANDS.get(args.command)
         if command is None:
             raise UsageError("a command is required: run, %s (see arena-harness --help)" % ", ".join(COMMANDS))

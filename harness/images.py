@@ -307,9 +307,12 @@ class Cache:
         for d in sorted(self.root.glob(".*.partial")) if self.root.is_dir() else []:
             dirname = d.name[1:-len(".partial")].rsplit(".", 1)[0]
             key = dirname.rsplit("-", 1)[-1]
-            with self._locked(key, wait=False) as lock:
-                if lock is not None:
-                    out.append(d)
+            try:
+                with self._locked(key, wait=False) as lock:
+                    if lock is not None:
+                        out.append(d)
+            except OSError:  # a cache this user cannot write: nothing of it is this user's to remove
+                continue
         return out
 
     def _touch(self, path: Path) -> None:

@@ -3,24 +3,27 @@
 Each target boots once and runs every requested policy in that session. The
 run's temporary directory (the allocator zipapp, per-boot init scripts and
 result shares) is removed when the run ends, whatever ends it; console logs
-are kept under the artefacts directory. Ctrl-C or SIGTERM stops every guest and
-still returns what was collected, marked incomplete.
+are kept under the artefacts directory. An interrupt (a stop request from the
+CLI's signal handler, or a KeyboardInterrupt) stops every guest at once and
+returns what was collected within a few seconds, marked incomplete; further
+signals change nothing. Targets run on daemon threads, each bound to the run's
+own stop (``proc.scope``), so one stuck in a wait no stop can end neither delays
+the results nor starts anything after the run returned. The run's temp dir,
+processes and containers are recorded in the run registry while they exist.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import datetime
-import os
 import secrets
 import shutil
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from harness import backends, images, payload, proc
+from harness import backends, cleanup, images, payload, proc, registry
 from harness.backends.base import RunContext
 from harness.config import Target
 from harness.errors import HarnessError
@@ -82,6 +85,14 @@ def _error(target: Target, policy: str, msg: str, log: Path, duration: float) ->
                   None, None, round(duration, 3), str(log), detail=msg, markers=list(target.all_markers))
 
 
+STOP_GRACE = 1.0
+"""Seconds every guest gets, all at once, between SIGTERM and SIGKILL when the run is interrupted."""
+SETTLE = 2.5
+"""Seconds the interrupted run waits for its targets to report after their guests were stopped; a target
+still busy then (a wait no stop can end) is reported as interrupted, and the results are written."""
+INTERRUPTED = "interrupted: the run was stopped before this target finished"
+
+
 def run(
     targets: Sequence[Target],
     *,
@@ -94,6 +105,10 @@ def run(
     targets_file: Optional[str] = None,
     cache: Optional[images.Cache] = None,
 ) -> RunDocument:
+    """Run every target; an interrupt (``proc.request_stop``, e.g. from a signal handler, or a
+    KeyboardInterrupt here) stops all guests at once and returns within ``STOP_GRACE + SETTLE`` seconds
+    or so, with what was collected and ``interrupted`` set. Everything the run creates is recorded in the
+    run registry (:mod:`harness.registry`) while it exists."""
     run_id = run_id or new_run_id()
     logs = Path(artifacts) / run_id
     logs.mkdir(parents=True, exist_ok=True)
@@ -101,55 +116,131 @@ def run(
                       artifacts=str(logs))
     plan = [(t, policies_for(t, policies)) for t in targets]
     plan = [(t, ps) for t, ps in plan if ps]
+    with registry.recording(run_id) as rec:
+        if any(t.backend == "docker" for t, _ in plan):
+            rec.may_have_containers()  # labelled with the run's id: found again after a crash
+        _run_plan(plan, run_id, doc, logs, rec, jobs, progress, cache)
+    return doc
+
+
+def _make_temp_dir(run_id: str, rec: registry.Recording) -> Path:
+    """The run's temp dir, recorded before it exists (so a kill in between leaves no orphan)."""
+    while True:
+        tmp = Path(tempfile.gettempdir()) / ("arena-harness-%s-%s" % (run_id, secrets.token_hex(4)))
+        rec.add_temp_dir(tmp)
+        try:
+            # 0700: only the harness enters the run's directory; jailed guests get their own paths bound in.
+            tmp.mkdir(mode=0o700)
+            return tmp
+        except FileExistsError:
+            rec.drop_temp_dir(tmp)
+
+
+def _run_plan(plan: List[Tuple[Target, List[str]]], run_id: str, doc: RunDocument, logs: Path,
+              rec: registry.Recording, jobs: int, progress: Optional[Progress],
+              cache: Optional[images.Cache]) -> None:
     results: Dict[int, List[Record]] = {}
+    busy: Dict[int, Tuple[Target, List[str], float]] = {}
     lock = threading.Lock()
-    stopping = threading.Event()
-    tmp = Path(tempfile.mkdtemp(prefix="arena-harness-%s-" % run_id))
+    todo = list(enumerate(plan))
+    finished = threading.Event()
+    workers_left = [max(1, min(jobs, len(plan)))]
+    ended: List[str] = []  # this run's own stop (proc.scope): its threads start nothing once it is set
+    tmp = _make_temp_dir(run_id, rec)
     try:
-        # Only the harness enters the run's directory: jailed guests get their own paths bound in.
-        os.chmod(tmp, 0o700)
         pyz = payload.build(tmp)
 
         def one(i: int, target: Target, ps: List[str]) -> None:
             if progress:
                 progress("start", target, "booting", [])
+
             def log(msg: str) -> None:
                 if progress:
                     progress("build", target, msg, [])
 
             recs = run_target(target, ps, run_id, tmp, pyz, logs, cache, log)
-            if stopping.is_set():
+            if proc.stopping():
                 for r in recs:
                     if r.status is not Status.PASS:
                         r.status = Status.ERROR
-                        r.detail = "interrupted: the run was stopped before this target finished"
+                        r.detail = INTERRUPTED
             with lock:
+                if i not in busy:  # reported as interrupted already: the run did not wait for it
+                    return
                 results[i] = recs
+                busy.pop(i)
             if progress:
                 progress("done", target, "", recs)
 
-        pool = cf.ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="target")
-        futures = [pool.submit(one, i, t, ps) for i, (t, ps) in enumerate(plan)]
+        def worker() -> None:
+            try:
+                with proc.scope(ended):
+                    while not proc.stopping():
+                        with lock:
+                            if not todo:
+                                return
+                            i, (target, ps) = todo.pop(0)
+                            busy[i] = (target, ps, time.monotonic())
+                        one(i, target, ps)
+            finally:
+                with lock:
+                    workers_left[0] -= 1
+                    if workers_left[0] == 0:
+                        finished.set()
+
+        # Daemon threads, not an executor: a target stuck in a wait no stop can end must not keep the
+        # harness from writing its results and exiting (an executor's threads are joined at exit).
+        for n in range(workers_left[0] if plan else 0):
+            threading.Thread(target=worker, name="target-%d" % n, daemon=True).start()
+        if not plan:
+            finished.set()
         try:
-            for f in cf.as_completed(futures):
-                f.result()
+            while not finished.wait(0.05) and not proc.stopping():
+                pass
+        except KeyboardInterrupt:  # no signal handler of ours: Python's default SIGINT
+            ended.append("SIGINT")
+        why = proc.stopping() or (ended[0] if ended else None)
+        if why:
+            ended.append(why)
+            doc.interrupted = "interrupted by %s" % why
+            _stop_everything(finished)
+        else:
             doc.complete = True
-        except KeyboardInterrupt:
-            stopping.set()
-            doc.interrupted = "interrupted"
-            for f in futures:
-                f.cancel()
-            proc.stop_all()
-            pool.shutdown(wait=True, cancel_futures=True)
-        finally:
-            pool.shutdown(wait=True)
     finally:
-        proc.stop_all()
+        ended.append("the run ended")
+        proc.stop_all(STOP_GRACE, reason=None)  # nothing a target started outlives the run
         shutil.rmtree(tmp, ignore_errors=True)
-        for i in sorted(results):
-            doc.records.extend(results[i])
+        rec.drop_temp_dir(tmp)
+        with lock:
+            for i, (target, ps, began) in busy.items():  # still busy after the settle time
+                results[i] = [_error(target, p, INTERRUPTED, logs / ("%s.log" % target.name),
+                                     time.monotonic() - began) for p in ps]
+            stragglers = bool(busy)
+            busy.clear()
+            for i in sorted(results):
+                doc.records.extend(results[i])
+        # A target still busy may yet make a container: then the entry keeps saying so, for `clean`.
+        if rec.entry.containers and not stragglers and cleanup.remove_containers(run_id, False, cleanup.Report(),
+                                                                                  sweep=False):
+            rec.containers_removed()
         doc.finished = now_iso()
-    return doc
+
+
+def _stop_everything(finished: threading.Event) -> None:
+    """Stop all guests at once and give the targets ``SETTLE`` seconds to report. More signals (or
+    KeyboardInterrupts) meanwhile change nothing: the stop goes on, the deadline stays."""
+    deadline = time.monotonic() + STOP_GRACE + SETTLE
+    stopped = False
+    while True:
+        try:
+            if not stopped:
+                proc.stop_all(STOP_GRACE, reason=None)  # cut short by a KeyboardInterrupt: done again
+                stopped = True
+            finished.wait(max(0.0, deadline - time.monotonic()))
+            return
+        except KeyboardInterrupt:
+            if time.monotonic() >= deadline:
+                return
 
 
 def shard(items: List[Any], spec: str) -> List[Any]:

@@ -212,7 +212,8 @@ class DockerBackend(Backend):
             except Exception as e:  # noqa: BLE001 - docker.errors.APIError and friends
                 raise HarnessError("docker: cannot start a container from %s: %s" % (self._image, e)) from None
             try:
-                result = self._container.wait(timeout=max(1.0, ctx.timeout - (time.monotonic() - start)))
+                with proc.stopper(self._container.kill):  # an interrupt kills it now, not at the deadline
+                    result = self._container.wait(timeout=max(1.0, ctx.timeout - (time.monotonic() - start)))
                 returncode = int(result.get("StatusCode", -1))
             except Exception:  # noqa: BLE001 - requests' ReadTimeout / ConnectionError
                 timed_out = True
