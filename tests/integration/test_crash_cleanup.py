@@ -9,9 +9,12 @@ their processes, or by the run registry read by a later process.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import List
@@ -35,6 +38,11 @@ targets:
     python: {escaper}
     policies: [go-2012]
     timeout: 120s
+  - name: crash-docker
+    backend: docker
+    arch: amd64
+    policies: [go-2012]
+    timeout: 120s
   - name: crash-qemu
     backend: qemu
     arch: x86_64
@@ -45,7 +53,7 @@ targets:
 
 ESCAPER = """#!/bin/sh
 # A guest that leaves its process group (setsid) from a forked child, which does not inherit
-# PR_SET_PDEATHSIG: it outlives the harness, and only the run's marker in its environment finds it.
+# PR_SET_PDEATHSIG: only the jail's PID namespace, or else the run's marker in its environment, finds it.
 setsid sleep 300 &
 echo escaped
 exec sleep 300
@@ -74,13 +82,29 @@ def finish(p: "subprocess.Popen[str]", timeout: float = 120) -> str:
 
 @pytest.mark.uml
 @pytest.mark.qemu
+@pytest.mark.docker
 @pytest.mark.parametrize("then", ["clean", "run"])
-def test_kill_9_mid_boot_then_nothing_is_left(tmp_path: Path, then: str) -> None:
+def test_kill_9_mid_boot_then_nothing_is_left(tmp_path: Path, then: str, request: pytest.FixtureRequest) -> None:
+    """UML (frozen), QEMU (hanging), a local guest that escapes its group, a Docker container (paused);
+    the harness gets SIGKILL. Its children die with it; the container, which the Docker daemon runs, and
+    the run's temp dir stay until ``clean`` or the next run."""
     require_tool("uml", "linux.uml", "sudo apt-get install -y user-mode-linux")
     require_tool("qemu", "qemu-system-x86_64", "sudo apt-get install -y qemu-system-x86")
     from harness import backends, config
+    from harness.backends.docker import client
+    from harness.errors import ToolMissing
+    from harness.plugin import skip_or_fail
 
-    escaper = tmp_path / "escaper"
+    try:
+        docker = client()
+    except ToolMissing as e:
+        skip_or_fail("docker", str(e))
+    # The jailed guest runs as a uid of its own: its "interpreter" must be where that uid may read it.
+    prefix = Path(tempfile.mkdtemp(prefix="arena-ctest-"))
+    request.addfinalizer(lambda: shutil.rmtree(prefix))
+    prefix.chmod(0o755)
+    (prefix / "bin").mkdir(mode=0o755)
+    escaper = prefix / "bin" / "escaper"
     escaper.write_text(ESCAPER)
     escaper.chmod(0o755)
     f = tmp_path / "t.yaml"
@@ -88,16 +112,30 @@ def test_kill_9_mid_boot_then_nothing_is_left(tmp_path: Path, then: str) -> None
     for t in config.load(str(f)).targets:  # images are built before, not during, the killed run
         backends.get(t.backend)(t).provision(images.Cache(), lambda m: None)
     artifacts = tmp_path / "logs"
-    p = harness(tmp_path, "run", "--targets", str(f), "--jobs", "3", "--artifacts", str(artifacts))
+    since = int(time.time()) - 1
+    p = harness(tmp_path, "run", "--targets", str(f), "--jobs", "4", "--artifacts", str(artifacts))
+    events = docker.events(since=since, filters={"label": "arena-harness.run", "event": "start"}, decode=True)
     try:
         run_id = leftovers.wait_for(lambda: leftovers.run_id_of(artifacts), 30, "the run's artefacts directory")
+        paused = threading.Event()
+
+        def pause_the_container() -> None:
+            for ev in events:  # paused as it starts: a container that does not finish by itself
+                if ev.get("Actor", {}).get("Attributes", {}).get("arena-harness.run") == run_id:
+                    docker.containers.get(ev["id"]).pause()
+                    paused.set()
+                    return
+
+        threading.Thread(target=pause_the_container, daemon=True).start()
         # The UML guest would be done in seconds: frozen as it starts, it hangs.
         frozen = False
         deadline = time.monotonic() + 120
-        while not (frozen and any("qemu-system" in a for _, a in leftovers.cmdlines() if run_id in a)
-                   and "escaped" in (artifacts / run_id / "crash-escaper.log").read_text()):
+        log = artifacts / run_id / "crash-escaper.log"
+        while not (frozen and paused.is_set() and "escaped" in (log.read_text() if log.exists() else "")
+                   and any("qemu-system" in a for _, a in leftovers.cmdlines() if run_id in a)):
             assert time.monotonic() < deadline and p.poll() is None, "the guests never all ran"
-            uml = [pid for pid, args in leftovers.cmdlines() if "umid=ah-%s-crash-uml" % run_id in args]
+            uml = [pid for pid, args in leftovers.cmdlines()
+                   if args.split(" ")[0].endswith("linux.uml") and "umid=ah-%s-crash-uml" % run_id in args]
             if uml and not frozen:
                 os.killpg(os.getpgid(uml[0]), signal.SIGSTOP)
                 frozen = True
@@ -106,19 +144,16 @@ def test_kill_9_mid_boot_then_nothing_is_left(tmp_path: Path, then: str) -> None
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
     finally:
+        events.close()
         if p.poll() is None:
             p.kill()
             p.wait()
     time.sleep(0.5)
     survivors = leftovers.processes(run_id)
-    # Guests forked by the harness die with it (PR_SET_PDEATHSIG). What their own forks made does not
-    # inherit that: the escaper's setsid sleep, and UML's helper processes when they exist by then.
-    # Those the registry and the run's marker must find.
     print("running before the kill: %s\nstill running after it: %s" % (running, survivors))
-    assert "sleep 300 " in [s.split(" ", 1)[1] for s in survivors]
-    assert not [s for s in survivors if "qemu-system" in s]
-    assert leftovers.temp_dirs(run_id) != [] and leftovers.registry_entries(tmp_path / "state") == \
-        ["%s.json" % run_id]
+    assert leftovers.containers(run_id) == ["ah-%s-crash-docker" % run_id]  # the daemon's, not ours
+    assert leftovers.temp_dirs(run_id) != []
+    assert leftovers.registry_entries(tmp_path / "state") == ["%s.json" % run_id]
 
     if then == "clean":
         out = finish(harness(tmp_path, "clean"))
@@ -128,9 +163,11 @@ def test_kill_9_mid_boot_then_nothing_is_left(tmp_path: Path, then: str) -> None
         q.write_text(QUICK)
         out = finish(harness(tmp_path, "run", "--targets", str(q), "--artifacts", str(tmp_path / "logs2")))
         assert "leftovers of a killed run: removed the registry entry of run %s" % run_id in out, out
-    for s in survivors:
-        assert "killed process group %s" % s.split(" ")[0] in out or "killed process %s" % s.split(" ")[0] in out
+    assert "removed container ah-%s-crash-docker" % run_id in out
     assert "removed /tmp/arena-harness-%s-" % run_id in out
+    for s in survivors:  # what outlived the harness (none where the jail's PID namespace reaches)
+        pid = s.split(" ")[0]
+        assert "killed process group %s " % pid in out or "killed process %s " % pid in out, out
     assert leftovers.settle(lambda: leftovers.everything(run_id)) == []
     assert leftovers.registry_entries(tmp_path / "state") == []
 

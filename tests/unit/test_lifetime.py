@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -254,12 +255,18 @@ SLOW_GUEST = "#!/bin/sh\ntrap '' TERM\necho started\nsleep 60\n"
 
 
 @pytest.mark.parametrize("storm", ["twice", "many"])
-def test_signals_while_stopping_keep_the_results(tmp_path: Path, state: Path, storm: str) -> None:
+def test_signals_while_stopping_keep_the_results(tmp_path: Path, state: Path, storm: str,
+                                                  request: pytest.FixtureRequest) -> None:
     """A real ``arena-harness run`` whose guest ignores SIGTERM (its stop takes the whole grace period):
     a second signal 0.3 s after the first, or a storm of both kinds, still gives exit 130 and the JSON."""
-    guest = tmp_path / "guest"
+    # The local backend runs its "interpreter" in a jail, as a guest uid: from a directory it may enter.
+    prefix = Path(tempfile.mkdtemp(prefix="arena-ltest-"))
+    prefix.chmod(0o755)
+    (prefix / "bin").mkdir(mode=0o755)
+    guest = prefix / "bin" / "guest"
     guest.write_text(SLOW_GUEST)
     guest.chmod(0o755)
+    request.addfinalizer(lambda: shutil.rmtree(prefix))
     targets = tmp_path / "t.yaml"
     targets.write_text("targets:\n  - name: slow\n    backend: local\n    python: %s\n    policies: [go-2012]\n"
                        % guest)
