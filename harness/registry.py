@@ -138,7 +138,8 @@ class Recording:
 
     def __init__(self, run_id: str, root: Optional[Path] = None) -> None:
         me = ProcessId.of(os.getpid())
-        assert me is not None, "/proc is not mounted"
+        if me is None:
+            raise RegistryError("cannot read /proc/%d/stat: the run registry needs /proc mounted" % os.getpid())
         self.entry = Entry(run_id, me, socket.gethostname(), boot_id(), time.time())
         self.dir = runs_dir(root)
         self.path = self.dir / ("%s.json" % run_id)
