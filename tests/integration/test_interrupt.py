@@ -167,6 +167,7 @@ def test_any_number_of_signals_while_guests_stop(tmp_path: Path, storm: str) -> 
         if p.poll() is None:
             p.kill()
             p.wait()
+    print("%s: exited %.2fs after the first signal" % (storm, took))
     assert p.returncode == 130, (stdout, stderr)
     assert took < 6, "exited %.1fs after the first signal" % took
     doc = json.loads(out.read_text())
