@@ -107,7 +107,8 @@ def test_only_cached_base_images_remain(docker_client: Any) -> None:
     target = config.load().select(["docker-amd64"])[0]
     DockerBackend(target).provision(images.Cache(), lambda m: None)
     tags = labels_of(docker_client)["images"]
-    assert tags and all(t.startswith(("arena-harness/rootfs:", "arena-harness/probe:", "arena-harness/pristine:")) for t in tags)
+    ours = ("arena-harness/rootfs:", "arena-harness/probe:", "arena-harness/pristine:")
+    assert tags and all(t.startswith(ours) for t in tags)
     for im in docker_client.images.list(filters={"label": LABEL}):
         assert im.labels.get(LABEL) in ("base", "payload")
 
