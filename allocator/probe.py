@@ -156,6 +156,10 @@ def set_rlimit_as(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
+def _size(n: int) -> str:
+    return "%.1f MiB" % (n / (1 << 20)) if n >= 1 << 20 else "%d KiB" % (n >> 10)
+
+
 def summary(doc: Dict[str, Any]) -> str:
     """A short human summary of one document."""
     if doc.get("error"):
@@ -183,6 +187,12 @@ def summary(doc: Dict[str, Any]) -> str:
             lines.append("  reservation: hint %s, probe %s -> %s" % (res["hint"], landed, verdict))
     else:
         lines.append("  reservation: not attempted (%d-bit)" % f["pointer_bits"])
+    meta = (doc.get("heap") or {}).get("metadata")
+    if meta:
+        lines.append("  runtime: reserved %s of page summaries, %s of scavenge index, %s of arena metadata; "
+                     "%d heap arenas of %d bytes of metadata"
+                     % (_size(meta["summary_reserved"]), _size(meta["scavenge_index_reserved"]),
+                        _size(meta["arena_meta_reserved"]), meta["heap_arenas"], meta["heap_arena_bytes"]))
     fb = doc.get("fallback") or {}
     if fb.get("engaged"):
         lines.append("  fallback: engaged, want %s, arena %s" % (fb["want"], "-".join(fb["arena"] or ["?"])))

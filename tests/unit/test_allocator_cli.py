@@ -124,6 +124,10 @@ def test_human_summary() -> None:
     assert p.returncode == 0
     assert "hint 0xf800000000 taken unchecked" in p.stdout
     assert "outcome: crash: runtime: out of memory" in p.stdout
+    modern = allocator("probe", "--simulate", "host,rlimit-as=1G", "--policy", "go-modern", "--grow", "64M*20").stdout
+    assert "runtime: reserved 585.1 MiB of page summaries, 8.0 MiB of scavenge index, 0 KiB of arena metadata; " \
+           "5 heap arenas of 2165776 bytes of metadata" in modern
+    assert "outcome: crash: out of memory allocating heap arena metadata" in modern
 
 
 @pytest.mark.parametrize(
