@@ -61,7 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--grow", default=DEFAULT_GROW, help="growth plan (default %(default)s)")
     probe.add_argument("--touch-every", default=str(DEFAULT_TOUCH_EVERY),
                        help="touch one page per SIZE mapped (0: none)")
-    probe.add_argument("--rlimit-as", metavar="SIZE", help="set RLIMIT_AS on this process first (real runs)")
+    probe.add_argument("--rlimit-as", metavar="SIZE",
+                       help="run the model as a Go process under RLIMIT_AS SIZE (real runs): set on this process, "
+                            "then moved by the interpreter's own share before each of the model's mmaps")
     probe.add_argument("--no-trace", action="store_true", help="leave the call trace out")
     sub.add_parser("policies", help="list the policies")
     return p
@@ -113,7 +115,8 @@ def _main(argv: Optional[List[str]]) -> int:
         if args.simulate is not None:
             raise UsageError("--rlimit-as applies to real runs; use --simulate ...,rlimit-as=SIZE")
         set_rlimit_as(rlimit)
-    kw: Dict[str, Any] = dict(simulate=args.simulate, grow=args.grow, touch_every=touch_every, trace=not args.no_trace)
+    kw: Dict[str, Any] = dict(simulate=args.simulate, grow=args.grow, touch_every=touch_every, trace=not args.no_trace,
+                              rlimit_as=rlimit)
     if len(policies) == 1 and not (args.policy and "all" in ",".join(args.policy)):
         docs = [run_policy(policies[0], **kw)]
         single = True

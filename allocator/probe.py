@@ -47,14 +47,15 @@ def expand_policies(names: List[str]) -> List[str]:
     return out
 
 
-def make_space(simulate: Optional[str]) -> AddressSpace:
+def make_space(simulate: Optional[str], rlimit_as: Optional[int] = None) -> AddressSpace:
+    """The simulated kernel for a spec, else this process's space (``rlimit_as``: see ``real.RealSpace``)."""
     if simulate is not None:
         from allocator.simulated import SimKernel
 
         return SimKernel.from_spec(simulate)
     from allocator.real import RealSpace
 
-    return RealSpace()
+    return RealSpace(rlimit_as=rlimit_as)
 
 
 def run_policy(
@@ -63,13 +64,23 @@ def run_policy(
     grow: str = DEFAULT_GROW,
     touch_every: int = DEFAULT_TOUCH_EVERY,
     trace: bool = True,
+    rlimit_as: Optional[int] = None,
 ) -> Dict[str, Any]:
-    """One policy, in this process: the full result document."""
+    """One policy, in this process: the full result document.
+
+    ``rlimit_as`` (real runs, already set on this process by the caller): the limit the modelled Go
+    process runs under; the space moves the soft limit by the interpreter's own share before each
+    mmap and reports the shift in ``facts.rlimit_as_shift``.
+    """
     plan = parse_grow(grow)
-    space = make_space(simulate)
+    space = make_space(simulate, rlimit_as)
     facts = space.facts()
     runtime = POLICIES[policy](space, str(facts.get("machine", "")))
-    result = runtime.run(plan, touch_every)
+    try:
+        result = runtime.run(plan, touch_every)
+    finally:
+        space.close()
+    facts["rlimit_as_shift"] = space.rlimit_shift()
     doc: Dict[str, Any] = {
         "schema": SCHEMA,
         "allocator_version": __version__,
@@ -82,7 +93,6 @@ def run_policy(
     if not trace:
         doc["trace"] = None
     doc["error"] = None
-    space.close()
     return doc
 
 
@@ -146,6 +156,10 @@ def set_rlimit_as(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
+def _size(n: int) -> str:
+    return "%.1f MiB" % (n / (1 << 20)) if n >= 1 << 20 else "%d KiB" % (n >> 10)
+
+
 def summary(doc: Dict[str, Any]) -> str:
     """A short human summary of one document."""
     if doc.get("error"):
@@ -173,6 +187,12 @@ def summary(doc: Dict[str, Any]) -> str:
             lines.append("  reservation: hint %s, probe %s -> %s" % (res["hint"], landed, verdict))
     else:
         lines.append("  reservation: not attempted (%d-bit)" % f["pointer_bits"])
+    meta = (doc.get("heap") or {}).get("metadata")
+    if meta:
+        lines.append("  runtime: reserved %s of page summaries, %s of scavenge index, %s of arena metadata; "
+                     "%d heap arenas of %d bytes of metadata"
+                     % (_size(meta["summary_reserved"]), _size(meta["scavenge_index_reserved"]),
+                        _size(meta["arena_meta_reserved"]), meta["heap_arenas"], meta["heap_arena_bytes"]))
     fb = doc.get("fallback") or {}
     if fb.get("engaged"):
         lines.append("  fallback: engaged, want %s, arena %s" % (fb["want"], "-".join(fb["arena"] or ["?"])))

@@ -5,6 +5,17 @@ the observed top of user space (highest mapping, then a bisection with
 MAP_FIXED_NOREPLACE probes), RLIMIT_AS, vm.overcommit_memory, mmap_min_addr,
 and Go's ``end`` (the program break: the end of the data segment as the kernel
 sees it, brk heap included, so the 32-bit hint does not land on Python's heap).
+
+RLIMIT_AS for the modelled process: the model's mappings share this process
+with the Python interpreter, whose own mappings (about 18 MiB) are much larger
+than a small Go binary's (``space.GO_IMAGE`` and ``GO_STACK``, about 2 MiB). Go
+1.19 reserves some 660 MiB at start-up and then about 66 MiB per 64 MiB heap
+arena, so those 16 MiB would decide which reservation fails first, and with it
+Go's message. Given ``rlimit_as``, the space therefore sets the soft limit
+before each of the model's mmaps to ``rlimit_as`` plus what the interpreter
+maps beyond a Go binary's own mappings, measured then (VmSize less the model's
+live mappings). The kernel still decides every call; it sees the room a Go
+process would have. ``close`` unmaps the model's mappings and restores the limit.
 """
 
 from __future__ import annotations
@@ -19,11 +30,14 @@ from typing import Any, Dict, List, Optional, Tuple
 from allocator.space import (
     EEXIST,
     ENOMEM,
+    GO_IMAGE,
+    GO_STACK,
     MAP_ANON,
     MAP_FIXED_NOREPLACE,
     MAP_PRIVATE,
     PROT_NONE,
     AddressSpace,
+    MappingSet,
     hexa,
 )
 
@@ -60,11 +74,29 @@ def read_maps(path: str = "/proc/self/maps") -> List[Tuple[int, int, str]]:
     return out
 
 
-class RealSpace(AddressSpace):
-    """This process's own address space. Mappings it makes vanish when the process exits."""
+def vm_size() -> Optional[int]:
+    """This process's VmSize in bytes (what the kernel holds against RLIMIT_AS), or None without /proc."""
+    for line in (_read("/proc/self/status") or "").splitlines():
+        if line.startswith("VmSize:"):
+            fields = line.split()
+            if len(fields) >= 2 and fields[1].isdigit():
+                return int(fields[1]) * 1024
+    return None
 
-    def __init__(self) -> None:
+
+class RealSpace(AddressSpace):
+    """This process's own address space. Mappings it makes are unmapped by ``close`` (or at exit).
+
+    ``rlimit_as``: the RLIMIT_AS the modelled Go process runs under (see the module's docstring).
+    """
+
+    def __init__(self, rlimit_as: Optional[int] = None) -> None:
         super().__init__()
+        self.rlimit_as = rlimit_as
+        self.mappings = MappingSet()  # the model's live mappings, for the interpreter's share and close()
+        self.shift_first: Optional[int] = None
+        self.shift_max: Optional[int] = None
+        self.shift_capped = False
         self.libc = _load_libc()
         self.pointer_bits = ctypes.sizeof(ctypes.c_void_p) * 8
         self.page_size = os.sysconf("SC_PAGE_SIZE")
@@ -91,19 +123,44 @@ class RealSpace(AddressSpace):
         self._vec = ctypes.create_string_buffer(64)
         self._user_top: Optional[Dict[str, Any]] = None
 
+    def _page_up(self, n: int) -> int:
+        return (n + self.page_size - 1) & ~(self.page_size - 1)
+
+    def _fit_rlimit(self) -> None:
+        """Set the soft RLIMIT_AS so that this call has the room it would have in a Go process."""
+        if self.rlimit_as is None:
+            return
+        vm = vm_size()
+        if vm is None:
+            return
+        shift = vm - self.mappings.total() - (GO_IMAGE + GO_STACK)
+        if self.shift_first is None:
+            self.shift_first = shift
+        self.shift_max = shift if self.shift_max is None else max(self.shift_max, shift)
+        soft = max(0, self.rlimit_as + shift)
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if hard != resource.RLIM_INFINITY and soft > hard:
+            soft, self.shift_capped = hard, True
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
     def _raw_mmap(self, addr: int, length: int, prot: int, flags: int) -> int:
+        self._fit_rlimit()
         ctypes.set_errno(0)
         p = self._mmap(addr or None, length, prot, flags, -1, 0)
         if p is None:  # NULL is a valid mapping only with MAP_FIXED at 0, which we never ask
             return ctypes.get_errno() or ENOMEM
-        addr = int(p) & self._mask
-        if addr == self._mask:  # MAP_FAILED
+        got = int(p) & self._mask
+        if got == self._mask:  # MAP_FAILED
             return ctypes.get_errno() or ENOMEM
-        return addr
+        self.mappings.insert(got, got + self._page_up(length), prot)
+        return got
 
     def _raw_munmap(self, addr: int, length: int) -> int:
         ctypes.set_errno(0)
-        return ctypes.get_errno() if self._munmap(addr, length) != 0 else 0
+        if self._munmap(addr, length) != 0:
+            return ctypes.get_errno()
+        self.mappings.remove(addr, addr + self._page_up(length))
+        return 0
 
     def _raw_mincore(self, addr: int, length: int) -> int:
         pages = (length + self.page_size - 1) // self.page_size
@@ -208,4 +265,23 @@ class RealSpace(AddressSpace):
             "image_end": hexa(image_end),
             "python": platform.python_version(),
             "simulated": False,
+            "vm_size": vm_size(),
+            "rlimit_as_shift": None,
         }
+
+    def rlimit_shift(self) -> Optional[Dict[str, Any]]:
+        """How far the soft RLIMIT_AS was moved for the interpreter (bytes), or None without ``rlimit_as``."""
+        if self.rlimit_as is None:
+            return None
+        return {"go_image": GO_IMAGE + GO_STACK, "first": self.shift_first, "max": self.shift_max,
+                "capped_at_hard_limit": self.shift_capped}
+
+    def close(self) -> None:
+        """Unmap what the model mapped and put back the soft RLIMIT_AS, so the report has room to be written."""
+        for start, end, _ in list(self.mappings.maps):
+            self._munmap(start, end - start)
+        self.mappings = MappingSet()
+        if self.rlimit_as is not None:
+            _, hard = resource.getrlimit(resource.RLIMIT_AS)
+            soft = self.rlimit_as if hard == resource.RLIM_INFINITY else min(self.rlimit_as, hard)
+            resource.setrlimit(resource.RLIMIT_AS, (soft, hard))

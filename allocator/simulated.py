@@ -11,23 +11,25 @@ mincore of an unmapped page, or beyond the task size, is ENOMEM.
 
 from __future__ import annotations
 
-import bisect
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Optional, Set
 
 from allocator.space import (
     EEXIST,
     EINVAL,
     ENOMEM,
     EPERM,
+    GO_IMAGE,
+    GO_STACK,
     MAP_FIXED,
     MAP_FIXED_NOREPLACE,
     PROT_WRITE,
     AddressSpace,
+    KiB,
+    MappingSet,
+    MiB,
     hexa,
 )
 
-KiB = 1 << 10
-MiB = 1 << 20
 GiB = 1 << 30
 
 
@@ -144,15 +146,15 @@ class SimKernel(AddressSpace):
         self.honour_hints = honour_hints
         self.machine = machine or ("x86_64" if pointer_bits == 64 else "i686")
         image = 0x400000 if pointer_bits == 64 else 0x08048000
-        self.end = end if end is not None else image + 12 * MiB
+        # A small static Go binary (space.GO_IMAGE), so that RLIMIT_AS leaves the room it leaves Go.
+        self.end = end if end is not None else image + GO_IMAGE
         stack_top = task_size
         # Linux puts mmap_base a stack-rlimit gap (at least 128 MiB) below the stack.
         self.mmap_base = mmap_base if mmap_base is not None else stack_top - 128 * MiB - 8 * MiB
-        self._starts: List[int] = []
-        self._maps: List[Tuple[int, int, int]] = []  # (start, end, prot), sorted, disjoint
+        self.mappings = MappingSet()
         self.touched: Set[int] = set()
-        self._insert(image, self._page_up(self.end), 0x7)  # text, data, bss, brk heap
-        self._insert(stack_top - 132 * KiB, stack_top, 0x3)  # [stack]
+        self.mappings.insert(image, self._page_up(self.end), 0x7)  # text, data, bss, brk heap
+        self.mappings.insert(stack_top - GO_STACK, stack_top, 0x3)  # [stack]
 
     @classmethod
     def from_spec(cls, spec: str) -> "SimKernel":
@@ -163,40 +165,21 @@ class SimKernel(AddressSpace):
     def _page_up(self, x: int) -> int:
         return (x + self.page_size - 1) & ~(self.page_size - 1)
 
-    def _insert(self, start: int, end: int, prot: int) -> None:
-        i = bisect.bisect_left(self._starts, start)
-        self._starts.insert(i, start)
-        self._maps.insert(i, (start, end, prot))
-
     def _remove(self, start: int, end: int) -> None:
-        """Unmap [start, end), splitting mappings that straddle the edges."""
-        keep: List[Tuple[int, int, int]] = []
-        for s, e, p in self._maps:
-            if e <= start or s >= end:
-                keep.append((s, e, p))
-                continue
-            if s < start:
-                keep.append((s, start, p))
-            if e > end:
-                keep.append((end, e, p))
-        self._maps = keep
-        self._starts = [s for s, _, _ in keep]
+        self.mappings.remove(start, end)
         self.touched = {a for a in self.touched if not (start <= a < end)}
 
-    def _overlap(self, start: int, end: int) -> int:
-        return sum(max(0, min(e, end) - max(s, start)) for s, e, _ in self._maps)
-
     def mapped_bytes(self) -> int:
-        return sum(e - s for s, e, _ in self._maps)
+        return self.mappings.total()
 
     def _free(self, start: int, end: int) -> bool:
-        return self._overlap(start, end) == 0
+        return self.mappings.overlap(start, end) == 0
 
     def _find_gap(self, length: int) -> Optional[int]:
         """Top-down from mmap_base, then bottom-up from mmap_min_addr."""
         gaps = []
         prev_end = self.mmap_min_addr
-        for s, e, _ in self._maps:
+        for s, e, _ in self.mappings.maps:
             if s > prev_end:
                 gaps.append((prev_end, s))
             prev_end = max(prev_end, e)
@@ -244,11 +227,11 @@ class SimKernel(AddressSpace):
                     return ENOMEM
                 start = gap
         if self.rlimit_as is not None:
-            grow = length - self._overlap(start, start + length)
+            grow = length - self.mappings.overlap(start, start + length)
             if self.mapped_bytes() + grow > self.rlimit_as:
                 return ENOMEM
         self._remove(start, start + length)
-        self._insert(start, start + length, prot)
+        self.mappings.insert(start, start + length, prot)
         return start
 
     def _raw_munmap(self, addr: int, length: int) -> int:
@@ -263,12 +246,12 @@ class SimKernel(AddressSpace):
         end = addr + self._page_up(length)
         if end > self.task_size:
             return ENOMEM
-        covered = self._overlap(addr, end)
+        covered = self.mappings.overlap(addr, end)
         return 0 if covered == end - addr else ENOMEM
 
     def _raw_touch(self, addr: int) -> None:
-        i = bisect.bisect_right(self._starts, addr) - 1
-        if i < 0 or not (self._maps[i][0] <= addr < self._maps[i][1]) or not self._maps[i][2] & PROT_WRITE:
+        m = self.mappings.find(addr)
+        if m is None or not m[2] & PROT_WRITE:
             raise SimFault("SIGSEGV: write to 0x%x, which is not mapped writable" % addr)
         self.touched.add(addr & ~(self.page_size - 1))
 
@@ -284,7 +267,7 @@ class SimKernel(AddressSpace):
             "page_size": self.page_size,
             "user_top": hexa(self.task_size),
             "user_top_method": "simulated",
-            "highest_mapping": hexa(self._maps[-1][1] if self._maps else 0),
+            "highest_mapping": hexa(self.mappings.maps[-1][1] if self.mappings.maps else 0),
             "rlimit_as": self.rlimit_as,
             "overcommit_memory": None,
             "mmap_min_addr": self.mmap_min_addr,
@@ -293,4 +276,6 @@ class SimKernel(AddressSpace):
             "image_end": hexa(self._page_up(self.end)),
             "python": None,
             "simulated": True,
+            "vm_size": self.mapped_bytes(),
+            "rlimit_as_shift": None,
         }

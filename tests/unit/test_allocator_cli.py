@@ -14,7 +14,7 @@ import pytest
 
 from allocator.probe import FRAME_BEGIN, FRAME_END
 from allocator.real import RealSpace, read_maps
-from allocator.space import MAP_ANON, MAP_PRIVATE, PROT_NONE
+from allocator.space import GO_IMAGE, GO_STACK, MAP_ANON, MAP_PRIVATE, PROT_NONE
 from harness import payload
 from tests.conftest import ROOT
 
@@ -72,6 +72,33 @@ def test_real_mmap_errno_and_mincore() -> None:
     assert [e["call"] for e in space.trace.entries] == ["mmap", "mincore", "munmap", "mincore", "mmap"]
 
 
+@pytest.mark.parametrize("limit, grown, crash, first_message", [
+    ("1G", 4, "out of memory allocating heap arena metadata", "throw: out of memory allocating heap arena metadata"),
+    ("600M", 0, "out of memory", "runtime: out of memory: cannot allocate 4194304-byte block (0 in use)"),
+])
+def test_real_rlimit_as_gives_the_model_the_room_a_go_binary_has(limit: str, grown: int, crash: str,
+                                                                 first_message: str) -> None:
+    """go1.19.8 linux/amd64 static binaries under prlimit --as grew 4 blocks of 64 MiB at 1G and died
+    before main at 600M. The interpreter's own 18 MiB would otherwise make the model fail 16 MiB early:
+    at 1G on the fifth arena instead of its metadata, at 600M on the page summaries."""
+    p = allocator("probe", "--policy", "go-modern", "--grow", "64M*20", "--rlimit-as", limit, "--json")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert sum(1 for g in doc["growth"] if g["ok"]) == grown
+    assert doc["crash"] == crash and doc["messages"][0 if grown == 0 else -1] == first_message
+    f = doc["facts"]
+    assert f["rlimit_as"] == int(limit[:-1]) << (30 if limit.endswith("G") else 20)
+    shift = f["rlimit_as_shift"]
+    # The interpreter's share: its VmSize before the run, less a Go binary's own mappings.
+    assert shift["go_image"] == GO_IMAGE + GO_STACK and shift["capped_at_hard_limit"] is False
+    assert 0 < shift["first"] <= shift["max"] and abs(shift["first"] - (f["vm_size"] - shift["go_image"])) < 4 << 20
+
+
+def test_real_run_without_rlimit_moves_no_limit() -> None:
+    doc = json.loads(allocator("probe", "--policy", "go-modern", "--json", "--no-trace").stdout)
+    assert doc["facts"]["rlimit_as_shift"] is None and doc["facts"]["rlimit_as"] is None
+
+
 # -- the CLI contract ---------------------------------------------------------------------------
 
 
@@ -97,6 +124,10 @@ def test_human_summary() -> None:
     assert p.returncode == 0
     assert "hint 0xf800000000 taken unchecked" in p.stdout
     assert "outcome: crash: runtime: out of memory" in p.stdout
+    modern = allocator("probe", "--simulate", "host,rlimit-as=1G", "--policy", "go-modern", "--grow", "64M*20").stdout
+    assert "runtime: reserved 585.1 MiB of page summaries, 8.0 MiB of scavenge index, 0 KiB of arena metadata; " \
+           "5 heap arenas of 2165776 bytes of metadata" in modern
+    assert "outcome: crash: out of memory allocating heap arena metadata" in modern
 
 
 @pytest.mark.parametrize(

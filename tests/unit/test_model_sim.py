@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import pytest
 
@@ -274,7 +274,10 @@ def test_modern_memory_outside_the_usable_address_space() -> None:
 
 
 def test_modern_out_of_memory_when_nothing_can_be_reserved() -> None:
-    doc = run("go-modern", "uml,rlimit-as=200M", grow="64M*4")
+    # Go 1.19 reserves 593 MiB for its page allocator first, and on UML its first arena anywhere
+    # (128 MiB asked, to align it): 800 MiB leaves room for one block and not a third arena. (The
+    # old 200M case is now test_modern_page_summaries_that_do_not_fit.)
+    doc = run("go-modern", "uml,rlimit-as=800M", grow="64M*4")
     assert doc["crash"] == "out of memory"
     assert any(m.startswith("runtime: out of memory: cannot allocate 67108864-byte block") for m in doc["messages"])
 
@@ -299,3 +302,203 @@ def test_ignored_hints_are_retried_with_map_fixed_when_free() -> None:
 def test_modern_direct_class_is_usable_without_the_cli() -> None:
     doc = GoModern(SimKernel(), machine="x86_64").run(parse_grow("4M"))
     assert doc["outcome"] == "high-arena" and doc["heap"]["arenas"] == [["0xc000000000", "0xc004000000"]]
+
+
+
+# -- Go 1.19's reservations, one by one (go1.19.8: malloc.go, mheap.go, mpagealloc*.go) ---------------
+
+RW, NONE = "READ|WRITE", "NONE"
+ANY, FIXED = "ANON|PRIVATE", "ANON|FIXED|PRIVATE"
+HEAP_ARENA_64 = 2 * MiB + 64 * 1024 + 3 * 1024 + 16  # bitmap, spans, three page bitmaps, two words
+HEAP_ARENA_32 = 256 * 1024 + 2048 + 3 * 64 + 8
+SUMMARY_64 = [128 * 1024, 1 * MiB, 8 * MiB, 64 * MiB, 512 * MiB]
+
+
+def maps(doc: Dict[str, Any]) -> List[Tuple[str, str, int, str, str, str]]:
+    """(fn, addr, len, prot, flags, result) of every mmap."""
+    return [(e["fn"], e["addr"], e["len"], e["prot"], e["flags"], e["result"]) for e in doc["trace"]
+            if e["call"] == "mmap"]
+
+
+def page_up(n: int) -> int:
+    return (n + 4095) & ~4095
+
+
+def base_vm(spec: str) -> int:
+    """What the simulated process has mapped before Go's runtime starts: its image and stack."""
+    return int(run("go-modern", spec, grow="1M")["facts"]["vm_size"])
+
+
+def test_modern_64bit_start_up_reserves_what_go_reserves_in_its_order() -> None:
+    doc = run("go-modern", "host", grow="64M")
+    m = maps(doc)
+    assert m[0][:5] == ("persistentalloc", "0x0", 256 * 1024, RW, ANY)  # addrRanges.init's first chunk
+    # sysInit: five summary levels, then the scavenge index, all PROT_NONE wherever the kernel likes.
+    assert [(fn, a, n, p, f) for fn, a, n, p, f, _ in m[1:7]] == \
+        [("pageAlloc.sysInit", "0x0", n, NONE, ANY) for n in SUMMARY_64 + [8 * MiB]]
+    assert m[7][:5] == ("mheap.sysAlloc", "0xc000000000", 64 * MiB, NONE, ANY)  # the first hint
+    assert m[8][:5] == ("mheap.sysAlloc", "0x0", 32 * MiB, RW, ANY)  # the arena index's L2 map
+    assert m[9][:5] == ("persistentalloc", "0x0", HEAP_ARENA_64, RW, ANY)  # the arena's heapArena
+    assert m[10][:5] == ("mheap.grow", "0xc000000000", 4 * MiB, RW, FIXED)  # the runtime's first chunk
+    summary = [int(r, 16) for _, _, _, _, _, r in m[1:6]]
+    scav = int(m[6][5], 16)
+    # sysGrow maps the whole root level and one page of each other level ...
+    grown = [(fn, int(a, 16), n) for fn, a, n, p, f, _ in m[11:16]]
+    assert [fn for fn, _, _ in grown] == ["pageAlloc.sysGrow"] * 5 and grown[0][1:] == (summary[0], 128 * 1024)
+    # ... at the index of 0xc000000000 less amd64's arenaBaseOffset (a 2^47 shift) in each level.
+    for level, (_, addr, n) in enumerate(grown[1:], 1):
+        shift = 48 - 14 - 3 * level + 0  # levelShift
+        index = ((0xC000000000 + (1 << 47)) >> shift) & ~7  # block-aligned
+        assert n == 4096 and addr == summary[level] + (index * 8 & ~4095)
+    # The scavenge index from its start to the chunk's byte: 0x406000 bytes in, on amd64.
+    assert m[16][:5] == ("scavengeIndex.grow", hex(scav), 0x407000, RW, FIXED)
+    assert m[17][:5] == ("pageAlloc.grow", "0x0", 1 * MiB, RW, ANY)  # chunk bitmaps' L2 block
+    # The plan's 64 MiB block: the next hint's arena and its metadata, then the pages.
+    assert [x[:5] for x in m[18:]] == [("mheap.sysAlloc", "0xc004000000", 64 * MiB, NONE, ANY),
+                                       ("persistentalloc", "0x0", HEAP_ARENA_64, RW, ANY),
+                                       ("mheap.grow", "0xc000400000", 64 * MiB, RW, FIXED)]
+    meta = doc["heap"]["metadata"]
+    assert meta["summary_reserved"] == sum(SUMMARY_64) and meta["scavenge_index_reserved"] == 8 * MiB
+    assert meta["heap_arenas"] == 2 and meta["heap_arena_bytes"] == HEAP_ARENA_64
+    assert meta["arena_map_bytes"] == 32 * MiB and meta["chunk_bitmap_blocks"] == 1
+
+
+def test_modern_first_block_lands_after_what_the_runtime_took_before_main() -> None:
+    doc = run("go-modern", "host", grow="64M*2,1M")
+    assert doc["heap"]["runtime_init"] == {"size": MiB, "addr": "0xc000000000", "path": "hint"}
+    assert [g["addr"] for g in doc["growth"]] == ["0xc000100000", "0xc004100000", "0xc008100000"]
+    # The 1 MiB allocation fits in the pages left free: no grow, no mapping.
+    assert doc["growth"][2]["path"] == "free" and maps(doc)[-1][0] == "mheap.grow"
+    assert doc["heap"]["heap_sys"] == 132 * MiB and doc["heap"]["pages_in_use"] == 130 * MiB
+
+
+def test_modern_arm64_has_no_arena_base_offset() -> None:
+    doc = run("go-modern", "host,machine=aarch64", grow="1M")
+    scav = [x for x in maps(doc) if x[0] == "scavengeIndex.grow"]
+    # chunkIndex(0x4000000000) = 0x10000: the index maps three pages, not amd64's 0x407000 bytes.
+    assert [x[2] for x in scav] == [0x3000]
+
+
+def test_rlimit_1g_dies_where_go_1_19_dies_allocating_heap_arena_metadata() -> None:
+    """go1.19.8 linux/amd64, prlimit --as=1G, 64 MiB blocks: 4 grown, then this throw."""
+    doc = run("go-modern", "host,rlimit-as=1G", grow="64M*20")
+    assert [g["ok"] for g in doc["growth"]] == [True] * 4 + [False]
+    assert doc["crash"] == "out of memory allocating heap arena metadata"
+    # The fifth arena was reserved; its metadata was not.
+    last = maps(doc)[-2:]
+    assert last[0][:3] == ("mheap.sysAlloc", "0xc014000000", 64 * MiB) and last[0][5] == "0xc014000000"
+    assert last[1][:3] == ("persistentalloc", "0x0", HEAP_ARENA_64) and last[1][5] == "ENOMEM"
+
+
+def test_rlimit_600m_dies_before_main_like_go_1_19() -> None:
+    """go1.19.8 linux/amd64 under prlimit --as=600M never reaches main."""
+    doc = run("go-modern", "host,rlimit-as=600M", grow="64M*20")
+    assert doc["growth"] == [] and doc["outcome"] == "crash" and doc["crash"] == "out of memory"
+    assert doc["messages"][0] == "runtime: out of memory: cannot allocate 4194304-byte block (0 in use)"
+    assert doc["heap"]["runtime_init"]["addr"] is None
+    # Every hint was refused (ENOMEM), then the 128 MiB aligned reservation anywhere.
+    assert doc["reservation"]["hints_tried"] == 128 and doc["reservation"]["probe_error"] == "ENOMEM"
+    assert maps(doc)[-1][:3] == ("sysReserveAligned", "0x0", 128 * MiB) and maps(doc)[-1][5] == "ENOMEM"
+
+
+def test_modern_page_summaries_that_do_not_fit() -> None:
+    doc = run("go-modern", "host,rlimit-as=200M")
+    assert doc["crash"] == "failed to reserve page summary memory"
+    assert maps(doc)[-1][:3] == ("pageAlloc.sysInit", "0x0", 512 * MiB) and maps(doc)[-1][5] == "ENOMEM"
+
+
+def test_modern_persistentalloc_chunk_that_does_not_fit() -> None:
+    base = base_vm("host")
+    doc = run("go-modern", "host,rlimit-as=%d" % (base + 128 * 1024))
+    assert doc["crash"] == "runtime: cannot allocate memory" and len(maps(doc)) == 1
+
+
+def _start_up_vm(base: int) -> int:
+    """The simulated process's VM once sysInit is done and the first arena is reserved."""
+    return base + 256 * 1024 + sum(SUMMARY_64) + 8 * MiB + 64 * MiB
+
+
+def test_modern_heap_arena_map_that_does_not_fit() -> None:
+    limit = _start_up_vm(base_vm("host")) + 16 * MiB
+    doc = run("go-modern", "host,rlimit-as=%d" % limit)
+    assert doc["crash"] == "out of memory allocating heap arena map"
+    assert maps(doc)[-1][:3] == ("mheap.sysAlloc", "0x0", 32 * MiB)
+
+
+def test_modern_first_heap_arena_metadata_that_does_not_fit() -> None:
+    limit = _start_up_vm(base_vm("host")) + 32 * MiB + MiB
+    doc = run("go-modern", "host,rlimit-as=%d" % limit)
+    assert doc["crash"] == "out of memory allocating heap arena metadata" and doc["growth"] == []
+
+
+def test_modern_chunk_bitmaps_that_do_not_fit() -> None:
+    limit = _start_up_vm(base_vm("host")) + 32 * MiB + page_up(HEAP_ARENA_64) + 512 * 1024
+    doc = run("go-modern", "host,rlimit-as=%d" % limit)
+    assert doc["crash"] == "pageAlloc: out of memory"
+    assert maps(doc)[-1][:3] == ("pageAlloc.grow", "0x0", MiB)
+
+
+def test_modern_discontiguous_arena_maps_the_rest_of_the_old_one() -> None:
+    """A hint the kernel will not honour (something lies there) moves the heap: Go maps what is
+    left of the current arena for the page allocator, then starts over in the new one."""
+    space = SimKernel(task_size=0x7FFFFFFFF000)
+    assert space.mmap(0xC004000000, 4096, PROT_NONE, MAP_ANON | MAP_PRIVATE | MAP_FIXED) == 0xC004000000
+    doc = GoModern(space, machine="x86_64").run(parse_grow("64M"))
+    assert doc["heap"]["arenas"] == [["0xc000000000", "0xc004000000"], ["0x1c000000000", "0x1c004000000"]]
+    grows = [x for x in maps(doc) if x[0] == "mheap.grow"]
+    assert [(a, n) for _, a, n, _, _, _ in grows] == [("0xc000000000", 4 * MiB), ("0xc000400000", 60 * MiB),
+                                                     ("0x1c000000000", 64 * MiB)]
+    # 1 MiB used and 3 free in the first chunk, 60 MiB after it: no run of 64 MiB until the new arena.
+    assert doc["growth"][0]["addr"] == "0x1c000000000" and doc["growth"][0]["path"] == "hint"
+    # The new range needs its own summary pages: sysGrow maps them after the remainder's.
+    assert len([x for x in maps(doc) if x[0] == "pageAlloc.sysGrow"]) == 5 + 4
+
+
+def test_modern_32bit_reserves_all_arena_metadata_before_the_arena() -> None:
+    doc = run("go-modern", "i386", grow="64M*9")
+    m = maps(doc)
+    assert m[0][:5] == ("persistentalloc", "0x0", 256 * 1024, RW, ANY)
+    # sysInit: every summary level at once (2+16+128+1024 entries of 8 bytes), mapped at once.
+    assert m[1][:5] == ("pageAlloc.sysInit", "0x0", 12288, NONE, ANY)
+    assert m[2][:5] == ("pageAlloc.sysInit", m[1][5], 12288, RW, FIXED)
+    # mallocinit: arenaMetaSize for all 1024 arenas of 4 MiB, then the arena near the end of the binary.
+    assert m[3][:5] == ("mallocinit", "0x0", 1024 * HEAP_ARENA_32, NONE, ANY) and 1024 * HEAP_ARENA_32 == 270737408
+    end = int(doc["facts"]["end"], 16)
+    want = (end + 256 * 1024 + 4 * MiB - 1) & ~(4 * MiB - 1)
+    assert doc["fallback"]["want"] == hex(want)
+    assert m[4][:5] == ("sysReserveAligned", hex(want), 516 * MiB, NONE, ANY)
+    assert doc["fallback"]["meta"] == [m[3][5], hex(int(m[3][5], 16) + 270737408)]
+    # The first arena: the 4 KiB L2 map, then the heapArena mapped inside the metadata reservation.
+    assert m[5][:5] == ("mheap.sysAlloc", "0x0", 4096, RW, ANY)
+    assert m[6][:5] == ("linearAlloc.alloc", m[3][5], 266240, RW, FIXED)
+    # A 64 MiB block is sixteen arenas, each mapping the pages its heapArena reaches into: the
+    # lengths go1.19.8 linux/386 mapped (strace) for the first arena and two 64 MiB blocks.
+    o, t = 266240, 262144
+    measured = [o] + [o, t, o, t, o, t, o, t, o, o, t, o, t, o, t, o] + [t, o, t, o, o, t, o, t, o, t, o, t, o, o, t, o]
+    assert [x[2] for x in m if x[0] == "linearAlloc.alloc"][:33] == measured
+    # 4 MiB and eight blocks fill the 516 MiB reservation; the ninth comes from the hint at its end.
+    assert [g["path"] for g in doc["growth"]] == ["linear"] * 8 + ["hint"]
+    assert doc["outcome"] == "native-32bit"
+
+
+@pytest.mark.parametrize("limit, arena, grown", [("1G", 516, 11), ("600M", 260, 5), ("450M", 132, 2)])
+def test_modern_32bit_arena_retries_and_rlimit(limit: str, arena: int, grown: int) -> None:
+    """go1.19.8 linux/386 under prlimit: 11 blocks at 1 GiB, 5 at 600 MiB (then 'cannot allocate')."""
+    doc = run("go-modern", "i386,rlimit-as=%s" % limit, grow="64M*20")
+    a, b = [int(x, 16) for x in doc["fallback"]["arena"]]
+    assert b - a == arena * MiB  # 512, 256 or 128 MiB, and the 4 MiB of alignment slack kept
+    tried = [x[2] >> 20 for x in maps(doc) if x[0] == "sysReserveAligned"][:3]
+    assert tried[: [516, 260, 132].index(arena) + 1] == [516, 260, 132][: [516, 260, 132].index(arena) + 1]
+    assert sum(g["ok"] for g in doc["growth"]) == grown and doc["crash"] == "out of memory"
+    in_use = (4 + 64 * grown) * MiB
+    assert "runtime: out of memory: cannot allocate 67108864-byte block (%d in use)" % in_use in doc["messages"]
+
+
+def test_modern_32bit_without_the_metadata_reservation_allocates_metadata_one_by_one() -> None:
+    doc = run("go-modern", "i386,rlimit-as=200M", grow="8M")
+    assert doc["fallback"]["meta"] is None and doc["heap"]["metadata"]["arena_meta_reserved"] == 0
+    a, b = [int(x, 16) for x in doc["fallback"]["arena"]]
+    assert b - a == 132 * MiB
+    per_arena = [x for x in maps(doc) if x[0] == "persistentalloc" and x[2] == HEAP_ARENA_32]
+    assert len(per_arena) == 3 and all(x[3:5] == (RW, ANY) for x in per_arena)  # 4 MiB, then 8 MiB
+    assert doc["outcome"] == "native-32bit"
