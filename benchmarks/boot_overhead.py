@@ -29,7 +29,8 @@ from typing import List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness import backends, config, images, payload, runner  # noqa: E402
+import images
+from harness import backends, config, payload, runner  # noqa: E402
 from harness.backends.base import RunContext  # noqa: E402
 
 DEFAULT = ["local", "uml", "qemu-x86_64", "qemu-i386", "qemu-arm64", "qemu-riscv64-sv39"]

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
-from harness import images, mounts, registry
+import images
+from harness import mounts, registry
 from harness.errors import HarnessError, ToolMissing
 from harness.registry import Entry, ProcessId
 

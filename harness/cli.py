@@ -15,6 +15,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Callable, Dict, Iterator, List, NoReturn, Optional, Sequence
 
+import images
 from allocator.probe import POLICIES, expand_policies
 from harness import (
     __version__,
@@ -22,7 +23,6 @@ from harness import (
     cleanup,
     config,
     diff,
-    images,
     proc,
     registry,
     report,
@@ -31,9 +31,9 @@ from harness import (
     verdict,
 )
 from harness.backends.base import Need
-from harness.config import Target
 from harness.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, HarnessError, UsageError
-from harness.results import Record, RunDocument
+from harness.model import Record, Target, TargetSet
+from harness.results import RunDocument
 
 DEFAULT_ARTIFACTS = "arena-harness-out"
 
@@ -205,7 +205,7 @@ def signals_stop_the_run(restore: bool = True) -> Iterator[None]:
             proc.clear_stop()
 
 
-def select_targets(targets_set: config.TargetSet, only: Optional[List[str]], group: Optional[List[str]],
+def select_targets(targets_set: TargetSet, only: Optional[List[str]], group: Optional[List[str]],
                    shard: Optional[str] = None) -> List[Target]:
     """The targets ``--only``, ``--group`` and ``--shard`` select (all of them when none is given), in file order.
 

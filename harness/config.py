@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import typing
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -34,6 +33,19 @@ from allocator.simulated import parse_size
 from harness import backends
 from harness.errors import ConfigError
 from harness.inputs import MAX_TARGETS_BYTES, read_text
+from harness.model import (
+    DIRECTORY,
+    FILE,
+    PROGRAM,
+    QUOTE_MAX,
+    Expectation,
+    Group,
+    Seconds,
+    Size,
+    Target,
+    TargetSet,
+    quote,
+)
 
 DEFAULT_TARGETS = "targets.yaml"
 # A target's name becomes file names (logs, locks, umids) and table rows: a short, safe token.
@@ -43,26 +55,6 @@ MAX_TARGETS = 1000
 MAX_SECONDS = 7 * 24 * 3600.0  # timeouts and watchdogs: finite, and at most a week
 MAX_SIZE = 1 << 60  # sizes: positive, and at most 1 EiB (RLIMIT_AS and guest memory fit in 64 bits)
 MAX_INT = (1 << 63) - 1
-QUOTE_MAX = 40  # how much of a wrong value an error quotes
-
-
-class Size(int):
-    """A number of bytes, written like "256M" or "1G"."""
-
-
-class Seconds(float):
-    """A duration, written like 60, "90s" or "2m"."""
-
-
-# Option fields whose value names something on the host carry ``metadata`` saying so:
-#   field(default="linux.uml", metadata={PROGRAM: "user-mode-linux"})   # a program, and its package
-#   field(default=None, metadata={FILE: "a private key"})                # a file
-#   field(default="/", metadata={DIRECTORY: "the guest's root"})         # a directory
-# When the targets file sets such a key, what it names must exist here: a typo is a config
-# error (exit 2), not a skip. A default that is missing stays the backend's install hint.
-PROGRAM = "arena-harness.program"
-FILE = "arena-harness.file"
-DIRECTORY = "arena-harness.directory"
 
 
 # -- YAML with line numbers ------------------------------------------------------------
@@ -117,79 +109,6 @@ _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _constru
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_seq)
 
 
-# -- the model ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Expectation:
-    outcome: str
-    crash: Optional[str] = None  # for "crash: <message>": the exact Go message
-
-    @classmethod
-    def parse(cls, text: str) -> "Expectation":
-        head, sep, rest = text.partition(":")
-        if head.strip() == "crash" and sep:
-            return cls("crash", rest.strip() or None)
-        return cls(text.strip())
-
-    def matches(self, outcome: Optional[str], crash: Optional[str]) -> bool:
-        if outcome != self.outcome:
-            return False
-        return self.crash is None or self.crash == crash
-
-    def __str__(self) -> str:
-        return "crash: %s" % self.crash if self.crash else self.outcome
-
-
-@dataclass(frozen=True)
-class Target:
-    name: str
-    backend: str
-    options: Any  # the backend's frozen Options dataclass
-    expect: Tuple[Tuple[str, Expectation], ...] = ()
-    markers: Tuple[str, ...] = ()
-    timeout: float = 120.0
-    policies: Tuple[str, ...] = tuple(POLICIES)
-    grow: Optional[str] = None
-    touch_every: Optional[int] = None
-    rlimit_as: Optional[int] = None
-    watchdog: Optional[float] = None
-    description: str = ""
-    source: str = ""
-    line: int = 0
-
-    def expectation(self, policy: str) -> Optional[Expectation]:
-        return dict(self.expect).get(policy)
-
-    @property
-    def all_markers(self) -> Tuple[str, ...]:
-        """The backend's name is always a marker: ``pytest -m uml`` selects every uml target
-        (a dash becomes an underscore: ``-m qemu_user``)."""
-        out = [self.backend.replace("-", "_")]
-        out.extend(m for m in self.markers if m not in out)
-        return tuple(out)
-
-
-@dataclass(frozen=True)
-class TargetSet:
-    targets: Tuple[Target, ...]
-    source: str
-
-    def names(self) -> List[str]:
-        return [t.name for t in self.targets]
-
-    def select(self, only: Optional[List[str]] = None) -> List[Target]:
-        if not only:
-            return list(self.targets)
-        known = {t.name: t for t in self.targets}
-        out = []
-        for name in only:
-            if name not in known:
-                raise ConfigError(
-                    "unknown target %r; targets in this file: %s" % (name, ", ".join(known)), path=self.source
-                )
-            out.append(known[name])
-        return out
 
 
 COMMON_KEYS = {
@@ -217,13 +136,6 @@ class _Ctx:
 
     def error(self, line: Optional[int], key: str, message: str) -> ConfigError:
         return ConfigError(message, path=self.path, line=line, target=self.target, key=key)
-
-
-def quote(text: str, limit: int = QUOTE_MAX) -> str:
-    """``text`` for an error message: at most ``limit`` characters, on one line (control characters
-    escaped), so an error never carries more of a file than the offending value's beginning."""
-    short = text if len(text) <= limit else text[: limit - 3] + "..."
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in short)
 
 
 _KEY_RE = re.compile(r"[A-Za-z0-9_.-]{1,%d}" % QUOTE_MAX)
@@ -527,13 +439,6 @@ def parse(text: str, path: str = "<string>") -> TargetSet:
     lines = getattr(targets, "item_lines", [1] * len(targets))
     out = tuple(_target(raw, ln, defaults, _Ctx(path), seen) for raw, ln in zip(targets, lines))
     return TargetSet(out, path)
-
-
-@dataclass(frozen=True)
-class Group:
-    name: str
-    kernels: Tuple[str, ...]
-    targets: Tuple[str, ...]
 
 
 def load_groups(targets: TargetSet) -> List[Group]:

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from harness.config import quote
 from harness.errors import ConfigError
 from harness.inputs import MAX_RESULTS_BYTES, read_text
-from harness.results import Record, RunDocument, Status
+from harness.model import Record, Status, quote
+from harness.results import RunDocument
 
 Key = Tuple[str, str]
 GOOD = (Status.PASS, Status.SKIP)

@@ -22,10 +22,9 @@ from typing import Any, Dict, List, Optional
 import pytest
 
 from allocator.probe import expand_policies
-from harness import backends, config, runner
-from harness.config import Target, TargetSet
+from harness import backends, config, results, runner
 from harness.errors import HarnessError
-from harness.results import Record, Status
+from harness.model import Record, Status, Target, TargetSet
 from harness.verdict import REQUIRE_ENV, required  # one meaning of HARNESS_REQUIRE, shared with the CLI's gates
 
 
@@ -96,7 +95,7 @@ class HarnessState:
             with open(shared / ("%s.lock" % target.name), "a") as lf:
                 fcntl.flock(lf, fcntl.LOCK_EX)
                 if cache.exists():
-                    recs = [Record.from_json(r) for r in json.loads(cache.read_text())]
+                    recs = [results.record_from_json(r) for r in json.loads(cache.read_text())]
                 else:
                     artifacts = self.artifacts or shared / "logs"
                     doc = runner.run([target], policies=self.policies, artifacts=artifacts)

@@ -6,7 +6,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from harness.results import PRECEDENCE, Record, RunDocument, Status, write_atomically
+from harness.model import PRECEDENCE, Record, Status
+from harness.results import RunDocument, write_atomically
 
 _BOOL = {True: "yes", False: "no", None: "-"}
 

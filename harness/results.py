@@ -6,7 +6,6 @@ Reports read these records, never guests.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import json
 import math
 import os
@@ -14,15 +13,14 @@ import platform
 import socket
 import tempfile
 import typing
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-from harness.backends.base import GuestRun
-from harness.config import Target, quote
-from harness.console import check_document
+from harness.document import check_document
 from harness.errors import ConfigError
 from harness.inputs import MAX_RESULTS_BYTES, read_text
+from harness.model import GuestRun, Record, Status, Target, quote, worst
 
 SCHEMA = 1
 FILE_MODE = 0o644
@@ -49,86 +47,35 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
-class Status(str, enum.Enum):
-    PASS = "pass"
-    FAIL = "fail"
-    ERROR = "error"
-    TIMEOUT = "timeout"
-    PANIC = "panic"
-    SKIP = "skip"
-
-    def __str__(self) -> str:
-        return self.value
-
-
-# The one precedence rule: the worst status wins.
-PRECEDENCE = (Status.PANIC, Status.TIMEOUT, Status.ERROR, Status.FAIL, Status.PASS, Status.SKIP)
-
-
-def worst(statuses: Iterable[Status]) -> Status:
-    """The status that wins: panic > timeout > error > fail > pass > skip (skip if there are none)."""
-    found = set(statuses)
-    for s in PRECEDENCE:
-        if s in found:
-            return s
-    return Status.SKIP
-
-
-@dataclass
-class Record:
-    target: str
-    backend: str
-    policy: str
-    status: Status
-    expected: Optional[str]
-    outcome: Optional[str]
-    crash: Optional[str]
-    high_ok: Optional[bool]
-    fallback_engaged: Optional[bool]
-    duration_s: float
-    log: Optional[str]
-    detail: Optional[str] = None
-    kernel: Optional[str] = None
-    machine: Optional[str] = None
-    markers: List[str] = field(default_factory=list)
-    channel: Optional[str] = None
-    probe: Optional[Dict[str, Any]] = None
-
-    def to_json(self) -> Dict[str, Any]:
-        d = asdict(self)
-        d["status"] = self.status.value
-        return d
-
-    @classmethod
-    def from_json(cls, d: Any, where: str = "result", path: str = "") -> "Record":
-        """A record from its JSON form, checked: a missing key, a wrong type or an unknown status is one
-        ConfigError naming ``where`` (``results[3].status``), never a KeyError or TypeError."""
-        if not isinstance(d, dict):
-            raise ConfigError("expected a mapping, got %s" % _json_kind(d), path=path, key=where)
-        raw_target = d.get("target")
-        target = quote(raw_target) if isinstance(raw_target, str) else ""
-        kw: Dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            if f.name not in d:
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                    raise ConfigError("missing", path=path, target=target, key="%s.%s" % (where, f.name))
-                continue
-            value = d[f.name]
-            if f.name == "status":
-                if value not in _STATUSES:
-                    raise ConfigError("unknown status %s; known: %s" % (_short(value), ", ".join(_STATUSES)),
-                                      path=path, target=target, key="%s.status" % where)
-                kw["status"] = Status(value)
-                continue
-            expected = _RECORD_TYPES[f.name]
-            if not _is(value, expected):
-                raise ConfigError("expected %s, got %s" % (_TYPE_NAMES[expected], _json_kind(value)), path=path,
-                                  target=target, key="%s.%s" % (where, f.name))
-            problem = check_document(value) if f.name == "probe" and value is not None else None
-            if problem:  # reports and diff read the probe document: it must have the allocator's shape
-                raise ConfigError(problem, path=path, target=target, key="%s.probe" % where)
-            kw[f.name] = value
-        return cls(**kw)
+def record_from_json(d: Any, where: str = "result", path: str = "") -> Record:
+    """A record from its JSON form, checked: a missing key, a wrong type or an unknown status is one
+    ConfigError naming ``where`` (``results[3].status``), never a KeyError or TypeError."""
+    if not isinstance(d, dict):
+        raise ConfigError("expected a mapping, got %s" % _json_kind(d), path=path, key=where)
+    raw_target = d.get("target")
+    target = quote(raw_target) if isinstance(raw_target, str) else ""
+    kw: Dict[str, Any] = {}
+    for f in dataclasses.fields(Record):
+        if f.name not in d:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError("missing", path=path, target=target, key="%s.%s" % (where, f.name))
+            continue
+        value = d[f.name]
+        if f.name == "status":
+            if value not in _STATUSES:
+                raise ConfigError("unknown status %s; known: %s" % (_short(value), ", ".join(_STATUSES)),
+                                  path=path, target=target, key="%s.status" % where)
+            kw["status"] = Status(value)
+            continue
+        expected = _RECORD_TYPES[f.name]
+        if not _is(value, expected):
+            raise ConfigError("expected %s, got %s" % (_TYPE_NAMES[expected], _json_kind(value)), path=path,
+                              target=target, key="%s.%s" % (where, f.name))
+        problem = check_document(value) if f.name == "probe" and value is not None else None
+        if problem:  # reports and diff read the probe document: it must have the allocator's shape
+            raise ConfigError(problem, path=path, target=target, key="%s.probe" % where)
+        kw[f.name] = value
+    return Record(**kw)
 
 
 def skipped(target: Target, policy: str, reason: str) -> Record:
@@ -311,7 +258,7 @@ class RunDocument:
             started=run["started"],
             finished=run.get("finished"),
             complete=run["complete"],
-            records=[Record.from_json(r, "results[%d]" % i, name) for i, r in enumerate(d["results"])],
+            records=[record_from_json(r, "results[%d]" % i, name) for i, r in enumerate(d["results"])],
             argv=run.get("argv") or [],
             targets_file=run.get("targets_file"),
             artifacts=run.get("artifacts"),

@@ -23,11 +23,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from harness import backends, cleanup, images, payload, proc, registry
+import images
+from harness import backends, cleanup, payload, proc, registry
 from harness.backends.base import RunContext
-from harness.config import Target
 from harness.errors import HarnessError
-from harness.results import Record, RunDocument, Status, classify, skipped
+from harness.model import Record, Status, Target
+from harness.results import RunDocument, classify, skipped
 
 Progress = Callable[[str, Target, str, Sequence[Record]], None]
 """progress(event, target, message, records): event is "build", "start" or "done"."""

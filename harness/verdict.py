@@ -23,7 +23,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Iterable, List, Optional
 
-from harness.results import Record, RunDocument, Status
+from harness.model import Record, Status
+from harness.results import RunDocument
 
 if TYPE_CHECKING:
     from harness.diff import Diff

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Dict, List, Optional, Tuple
+from typing import Any, ClassVar, List, Optional, Tuple
 
-from harness import images, jail, proc
-from harness.config import Target
-from harness.console import DONE, extract_frames, find_panic, parse_documents
+import images
+from harness import proc
+from harness.backends import jail
+from harness.backends.console import DONE, extract_frames, find_panic, parse_documents
 from harness.errors import ToolMissing
-from harness.images import Tool
+from harness.model import GuestRun, Target
+from images import Tool
 
 __all__ = ["Backend", "GuestRun", "Need", "NoOptions", "RunContext", "Tool"]
 
@@ -52,20 +54,6 @@ class RunContext:
     payload: Path  # allocator.pyz, read-only
     log_path: Path  # the console log, kept as an artefact
     timeout: float
-
-
-@dataclass
-class GuestRun:
-    """What one boot produced: a document per policy that reported, and what went wrong."""
-
-    documents: Dict[str, Dict[str, Any]]
-    log: Path
-    duration_s: float
-    panic: Optional[str] = None
-    timed_out: bool = False
-    silent: bool = False  # stopped by the watchdog (no output), a kind of timeout
-    error: Optional[str] = None
-    channel: Optional[str] = None
 
 
 class Backend:
@@ -181,7 +169,7 @@ class Backend:
         return self._slot
 
     def jailed(self, ctx: RunContext, view: jail.View, argv: List[str]) -> List[str]:
-        """``argv`` run inside ``view`` as this boot's guest uid (see :mod:`harness.jail`)."""
+        """``argv`` run inside ``view`` as this boot's guest uid (see :mod:`harness.backends.jail`)."""
         mountpoint = ctx.workdir / "view"
         mountpoint.mkdir(exist_ok=True)
         return jail.launcher(view, mountpoint, self.slot()) + ["--"] + argv

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
-from harness import images, proc
+import images
+from harness import proc
 from harness.backends.base import Backend, Need, RunContext
-from harness.config import Size, Target
 from harness.errors import HarnessError, ToolMissing
+from harness.model import Size, Target
 
 MiB = 1 << 20
 LABEL = "arena-harness"

@@ -1,7 +1,7 @@
 """The local host: the allocator runs as a jailed subprocess of the harness (optionally under RLIMIT_AS).
 
 The process sees the host's kernel and its own PID namespace, but of the host's
-files only a read-only view (:mod:`harness.jail`): ``/usr``, ``/etc``, the
+files only a read-only view (:mod:`harness.backends.jail`): ``/usr``, ``/etc``, the
 zipapp, a private ``/tmp``; as root it runs as a guest uid of its own. The
 interpreter is looked up in the view (``/usr/local/bin``, ``/usr/bin``); one
 given by a path outside ``/usr`` (a pyenv or venv build) has its installation
@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, List, Optional, Tuple
 
-from harness import images, jail, proc
+import images
+from harness import proc
+from harness.backends import jail
 from harness.backends.base import Backend, RunContext, Tool
-from harness.config import PROGRAM, Target
+from harness.model import PROGRAM, Target
 
 VIEW_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

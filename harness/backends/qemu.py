@@ -23,11 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Dict, List, Optional, Tuple
 
-from harness import images, jail, proc
+import images
+from harness import proc
+from harness.backends import jail
 from harness.backends.base import Backend, Need, RunContext, Tool
-from harness.config import Seconds, Size, Target
-from harness.console import find_panic
+from harness.backends.console import find_panic
 from harness.errors import HarnessError
+from harness.model import Seconds, Size, Target
 
 MiB = 1 << 20
 

@@ -5,7 +5,7 @@ with ROOT a cached Debian root filesystem of that architecture. Without ``-R``
 the guest shares the host's 47-bit space; ``reserved_va`` (``-R``) limits it,
 like a small-VA kernel would (4 GiB, or 256 GiB as under Sv39).
 
-The emulator runs jailed (:mod:`harness.jail`): the view's root is ROOT itself,
+The emulator runs jailed (:mod:`harness.backends.jail`): the view's root is ROOT itself,
 read-only, with the (static) emulator and the zipapp bound under
 ``/mnt/arena``, a proc of its own PID namespace and, as root, a guest uid of
 its own. So the command is really ``/mnt/arena/qemu -L / ... /usr/bin/python3``.
@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Dict, List, Optional, Tuple
 
-from harness import images, jail, proc
+import images
+from harness import proc
+from harness.backends import jail
 from harness.backends.base import Backend, Need, RunContext, Tool
-from harness.config import Size, Target
 from harness.errors import HarnessError
+from harness.model import Size, Target
 
 # Debian architecture -> (qemu-user name, default suite)
 USER_ARCHES: Dict[str, Tuple[str, str]] = {

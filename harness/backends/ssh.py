@@ -27,8 +27,8 @@ from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 from harness import known_hosts, proc
 from harness.backends.base import Backend, RunContext
-from harness.config import FILE, Seconds, Target
 from harness.errors import HarnessError, ToolMissing
+from harness.model import FILE, Seconds, Target
 
 
 class SshError(HarnessError):

@@ -1,7 +1,7 @@
 """User-Mode Linux: Debian's ``linux.uml`` booted with a read-only view of the host as its root.
 
 UML's hostfs lets a guest (root inside) mount any host path the ``linux.uml``
-process can reach, so that process runs jailed (:mod:`harness.jail`): in a
+process can reach, so that process runs jailed (:mod:`harness.backends.jail`): in a
 private mount namespace whose root is a read-only view holding the host's
 ``/usr`` and ``/etc`` (or, with ``root:`` or ``suite:``, a root filesystem),
 the boot's own init and allocator under ``/mnt/arena/boot`` (read-only), and
@@ -26,11 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, List, Optional, Tuple
 
-from harness import images, jail, proc
+import images
+from harness import proc
+from harness.backends import jail
 from harness.backends.base import Backend, RunContext, Tool
-from harness.config import DIRECTORY, PROGRAM, Size, Target
-from harness.console import BOOTED, DONE
+from harness.backends.console import BOOTED, DONE
 from harness.errors import ToolMissing
+from harness.model import DIRECTORY, PROGRAM, Size, Target
 
 MiB = 1 << 20
 

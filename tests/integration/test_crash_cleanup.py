@@ -21,7 +21,7 @@ from typing import List
 
 import pytest
 
-from harness import images
+import images
 from tests.conftest import ROOT, require_tool
 from tests.integration import leftovers
 
@@ -69,7 +69,7 @@ targets:
 
 def harness(tmp_path: Path, *args: str, **env: str) -> "subprocess.Popen[str]":
     """``arena-harness ARGS`` in a session of its own (so a kill -9 of it is a kill of the leader only).
-    PYTHONPATH: the launchers it starts (``python -m harness.nsexec``) are this tree's too."""
+    PYTHONPATH: the launchers it starts (``python -m harness.backends.nsexec``) are this tree's too."""
     e = dict(os.environ, ARENA_HARNESS_STATE=str(tmp_path / "state"), PYTHONPATH=str(ROOT), **env)
     return subprocess.Popen([sys.executable, "-m", "harness.cli", *args], cwd=str(ROOT), env=e, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)

@@ -11,10 +11,12 @@ from typing import Any, Iterator, List, Tuple
 
 import pytest
 
-from harness import config, images, payload
-from harness.backends.base import GuestRun, RunContext
+import images
+from harness import config, payload
+from harness.backends.base import RunContext
 from harness.backends.docker import LABEL, DockerBackend, client, labels_of, sweep
 from harness.errors import ToolMissing
+from harness.model import GuestRun
 from harness.plugin import skip_or_fail
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]

@@ -5,7 +5,7 @@ write another target's results, read the harness's files, fork-bomb, close
 their output and sleep forever, and leave processes behind that ignore SIGTERM
 in a session of their own. UML guests are root inside their kernel; the local
 and qemu-user backends run their program directly on the host kernel, in the
-same jail (:mod:`harness.jail`), so the local cases below cover both.
+same jail (:mod:`harness.backends.jail`), so the local cases below cover both.
 """
 
 from __future__ import annotations
@@ -19,10 +19,12 @@ from typing import Dict, List, Optional
 import pytest
 
 import harness
-from harness import config, jail, payload, proc
+from harness import config, payload, proc
+from harness.backends import jail
 from harness.backends.base import RunContext
 from harness.backends.local import LocalBackend
-from harness.results import Status, classify
+from harness.model import Status
+from harness.results import classify
 from tests.conftest import require_tool
 from tests.integration.test_uml import boot
 

@@ -29,7 +29,7 @@ from typing import Any, Dict
 
 import pytest
 
-from harness import images
+import images
 from harness.backends.docker import LABEL, client
 from harness.errors import ToolMissing
 from harness.plugin import skip_or_fail

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import backends, config, images, runner
-from harness.results import RunDocument, Status
+import images
+from harness import backends, config, runner
+from harness.model import Status
+from harness.results import RunDocument
 from tests.conftest import require_tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.qemu]

@@ -12,7 +12,8 @@ from typing import List, Set, Tuple
 import pytest
 
 from harness import cli, config, diff, report, runner
-from harness.results import RunDocument, Status
+from harness.model import Status
+from harness.results import RunDocument
 from tests.conftest import require_tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.local]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness import config, proc, runner
-from harness.results import Status
+from harness.model import Status
 from tests.conftest import require_tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.uml]

@@ -16,7 +16,7 @@ import pytest
 
 from harness import config, runner
 from harness.errors import ConfigError
-from harness.results import Status
+from harness.model import Status
 from tests.conftest import require_tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.ssh]

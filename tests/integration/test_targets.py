@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from harness.model import Record
 from harness.plugin import check
-from harness.results import Record
 
 pytestmark = pytest.mark.integration
 

@@ -13,9 +13,10 @@ from typing import Tuple
 import pytest
 
 from harness import config, payload, proc
-from harness.backends.base import GuestRun, RunContext
+from harness.backends.base import RunContext
 from harness.backends.uml import UmlBackend
-from harness.results import Status, classify
+from harness.model import GuestRun, Status
+from harness.results import classify
 from tests.conftest import require_tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.uml]

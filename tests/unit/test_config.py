@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from harness import cli, config
-from harness.config import Expectation, Seconds, Size
 from harness.errors import ConfigError
+from harness.model import Expectation, Seconds, Size
 
 GOOD = """\
 schema: 1

@@ -13,12 +13,13 @@ from typing import Callable, Iterable, List, Optional
 
 import pytest
 
-from harness import cli, config, images, proc, runner
+import images
+from harness import cli, config, proc, runner
 from harness.backends import docker as docker_backend
 from harness.backends import qemu
 from harness.errors import ToolMissing
-from harness.images import Cache, Rootfs, RootfsTarball, Tool
-from harness.results import Status
+from harness.model import Status
+from images import Cache, Rootfs, RootfsTarball, Tool
 
 
 def only_missing(*absent: str) -> Callable[[str], Optional[str]]:

@@ -16,8 +16,9 @@ from typing import Callable, Dict, Iterator, List, Tuple
 
 import pytest
 
-from harness import images, proc
-from harness.images import Cache, Cpio, Recipe, module_closure
+import images
+from harness import proc
+from images import Cache, Cpio, Recipe, module_closure
 from tests.conftest import ROOT
 
 

@@ -22,7 +22,8 @@ from typing import Iterator, List
 
 import pytest
 
-from harness import cleanup, images, proc, registry
+import images
+from harness import cleanup, proc, registry
 from harness.registry import Entry, ProcessId
 from tests.conftest import ROOT
 

@@ -14,8 +14,8 @@ from typing import Any, Dict, Optional
 import pytest
 
 from harness import config, report
-from harness.backends.base import GuestRun
-from harness.results import PRECEDENCE, Record, RunDocument, Status, classify, worst
+from harness.model import PRECEDENCE, GuestRun, Record, Status, worst
+from harness.results import RunDocument, classify
 
 GOLDEN = Path(__file__).parent / "golden"
 TARGETS = config.parse(

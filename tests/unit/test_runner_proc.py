@@ -13,8 +13,8 @@ import pytest
 
 from allocator.probe import FRAME_BEGIN, FRAME_END
 from harness import config, proc, runner
-from harness.console import extract_frames, find_panic, parse_documents
-from harness.results import Status
+from harness.backends.console import extract_frames, find_panic, parse_documents
+from harness.model import Status
 
 
 def targets(fake: type, *specs: str) -> List[config.Target]:

@@ -10,7 +10,8 @@ from typing import Any, Callable, Dict, List
 import pytest
 
 from harness import cli
-from harness.results import Record, RunDocument, Status
+from harness.model import Record, Status
+from harness.results import RunDocument
 
 PASS_LINE = "1 regressions"
 

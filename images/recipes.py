@@ -1,85 +1,37 @@
-"""The image pipeline: recipes that build guest artefacts into a content-addressed cache.
+"""The recipes: how each kind of guest artefact is built (kernels, initramfs, root filesystems, disks).
 
-A recipe's key is a hash of its kind, its inputs and its version; its artefact
-lives in ``<cache>/<kind>-<name>-<key>/`` and is built once: builds run in a
-``.partial`` directory under a per-key file lock and are published by one
-rename, so an interrupted build never leaves a half-written entry and parallel
-runs build each entry once. A ``.partial`` whose key's lock is free belongs to
-a builder that was killed: the next build of that key, ``images prune`` and
-``arena-harness clean`` remove it. The cache is ``$ARENA_HARNESS_CACHE``, else
-``$XDG_CACHE_HOME/arena-harness``, else ``~/.cache/arena-harness``.
-
-Recipes: ``KernelKit`` (a Debian kernel, busybox and the modules a 9p root
-needs, fetched with ``mmdebstrap --variant=extract``, no change to the host's
-apt), ``Rootfs`` (``mmdebstrap --variant=essential --include=python3``) and
-``Initramfs`` (busybox, modules and an init script, written as newc cpio).
+``KernelKit`` (a Debian kernel, busybox and the modules a 9p root needs,
+fetched with ``mmdebstrap --variant=extract``, no change to the host's apt),
+``Rootfs`` (``mmdebstrap --variant=essential --include=python3``; ``minbase``
+for the pristine-machine test), ``RootfsTarball`` (for ``docker import``),
+``Initramfs`` (busybox, modules and an init script from ``images/qemu/``,
+written as newc cpio) and ``SshDisk`` (a root with sshd in an ext4 image).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import gzip
 import hashlib
-import json
 import lzma
 import os
 import re
 import shutil
 import stat
-import time
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
-from typing import IO, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Sequence, Set, Tuple
 
-from harness import mounts, proc
-from harness.errors import HarnessError
-
-CACHE_ENV = "ARENA_HARNESS_CACHE"
-BUILD_TIMEOUT = 1800.0
-Log = Callable[[str], None]
-
-
-class BuildError(HarnessError):
-    """A recipe that could not be built; ``log`` is its build log, when there is one to read."""
-
-    def __init__(self, message: str, log: Optional[Path] = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.log = log
-
-    def __str__(self) -> str:
-        return "%s (see %s)" % (self.message, self.log) if self.log else self.message
-
-
-@dataclass(frozen=True)
-class Tool:
-    """A host program, and the Debian package that brings it."""
-
-    command: str
-    package: str
-
-    @property
-    def hint(self) -> str:
-        return "install it with: sudo apt-get install -y %s" % self.package
-
-
-MMDEBSTRAP = Tool("mmdebstrap", "mmdebstrap")
-UNSHARE_TOOL = Tool("unshare", "util-linux")  # essential on Debian: checked when a build runs, not by doctor
-
-
-def cache_root() -> Path:
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "arena-harness"
-
-
-def recipe_text(*parts: str) -> str:
-    """A recipe file from the repository's images/ (installed as the package ``harness.recipes``)."""
-    return resources.files("harness.recipes").joinpath(*parts).read_text(encoding="utf-8")
-
+from harness import proc
+from images.cache import (
+    BUILD_TIMEOUT,
+    MMDEBSTRAP,
+    UNSHARE_TOOL,
+    BuildError,
+    Cache,
+    Log,
+    Recipe,
+    Tool,
+)
 
 # -- cpio (newc), for initramfs ------------------------------------------------------------
 
@@ -127,237 +79,6 @@ class Cpio:
     def bytes(self) -> bytes:
         self._entry("TRAILER!!!", 0)
         return b"".join(self.parts)
-
-
-# -- the cache ------------------------------------------------------------------------------
-
-
-class Recipe:
-    kind = ""
-    version = 1
-
-    def inputs(self) -> Dict[str, object]:
-        raise NotImplementedError
-
-    def parts(self) -> Tuple["Recipe", ...]:
-        """The recipes this one is built from (each built first when the cache lacks it)."""
-        return ()
-
-    def tools(self) -> Tuple[Tool, ...]:
-        """The host programs this recipe's own build runs (not those of its parts)."""
-        return ()
-
-    @property
-    def name(self) -> str:
-        raise NotImplementedError
-
-    def key(self) -> str:
-        blob = json.dumps({"kind": self.kind, "version": self.version, "inputs": self.inputs()}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-    def dirname(self) -> str:
-        return "%s-%s-%s" % (self.kind, re.sub(r"[^A-Za-z0-9_.-]", "_", self.name), self.key())
-
-    def build(self, out: Path, cache: "Cache", log: Log) -> None:
-        raise NotImplementedError
-
-
-@dataclass
-class Entry:
-    path: Path
-    kind: str
-    name: str
-    key: str
-    size: int
-    built: float
-    used: float
-    build_s: float
-
-
-class Cache:
-    def __init__(self, root: Optional[Path] = None) -> None:
-        self.root = Path(root) if root else cache_root()
-        self.hits = 0
-        self.builds = 0
-
-    def path(self, recipe: Recipe) -> Path:
-        return self.root / recipe.dirname()
-
-    def ready(self, recipe: Recipe) -> bool:
-        return (self.path(recipe) / "manifest.json").is_file()
-
-    def plan(self, recipes: Iterable[Recipe]) -> Tuple[List[Recipe], List[Recipe]]:
-        """(cached, to build): the entries :meth:`get` of each recipe would use, and those it would build,
-        parts first. The parts of a cached recipe are not needed and appear in neither list."""
-        cached: List[Recipe] = []
-        build: List[Recipe] = []
-
-        def visit(r: Recipe) -> None:
-            if r in cached or r in build:
-                return
-            if self.ready(r):
-                cached.append(r)
-                return
-            for part in r.parts():
-                visit(part)
-            build.append(r)
-
-        for r in recipes:
-            visit(r)
-        return cached, build
-
-    def to_build(self, recipe: Recipe) -> List[Recipe]:
-        """What :meth:`get` would build for ``recipe``, parts first: nothing when it is cached."""
-        return self.plan([recipe])[1]
-
-    def build_tools(self, recipe: Recipe) -> List[Tool]:
-        """The host programs building ``recipe`` would run here (none when it is cached)."""
-        out: List[Tool] = []
-        for r in self.to_build(recipe):
-            out.extend(t for t in r.tools() if t not in out)
-        return out
-
-    def get(self, recipe: Recipe, log: Optional[Log] = None) -> Path:
-        """The artefact directory of ``recipe``, built first if the cache does not have it."""
-        log = log or (lambda msg: None)
-        final = self.path(recipe)
-        if (final / "manifest.json").is_file():
-            self._touch(final)
-            self.hits += 1
-            return final
-        with self._locked(recipe.key()) as lock:
-            if lock is None:
-                raise BuildError("interrupted while waiting for another build of %s %s" % (recipe.kind, recipe.name))
-            if (final / "manifest.json").is_file():  # another run built it while we waited
-                self.hits += 1
-                return final
-            absent = [t for t in recipe.tools() if proc.which(t.command) is None]
-            if absent:
-                raise BuildError("building %s %s needs %s: %s" % (recipe.kind, recipe.name, absent[0].command,
-                                                                  absent[0].hint))
-            # Holding the key's lock, every .partial of this key is a dead builder's: remove them.
-            for stale in self.root.glob(".%s.*.partial" % recipe.dirname()):
-                mounts.remove_tree(stale)
-            partial = self.root / (".%s.%d.partial" % (recipe.dirname(), os.getpid()))
-            partial.mkdir(parents=True)
-            start = time.monotonic()
-            log("building %s %s" % (recipe.kind, recipe.name))
-            try:
-                try:
-                    recipe.build(partial, self, log)
-                except BaseException as e:
-                    # The .partial directory goes; its build log must outlive it for the error to point at.
-                    kept = self._keep_failed_log(recipe, partial)
-                    if kept is not None and isinstance(e, BuildError) and e.log in (None, partial / "build.log"):
-                        e.log = kept  # (an inner recipe's failure keeps pointing at its own log)
-                    raise
-                manifest = {
-                    "kind": recipe.kind,
-                    "name": recipe.name,
-                    "key": recipe.key(),
-                    "inputs": recipe.inputs(),
-                    "built": time.time(),
-                    "build_s": round(time.monotonic() - start, 1),
-                }
-                (partial / "manifest.json").write_text(json.dumps(manifest, indent=1))
-                if final.exists():
-                    shutil.rmtree(final)
-                os.replace(partial, final)
-            finally:
-                if partial.exists():
-                    mounts.remove_tree(partial)
-            self.builds += 1
-            log("built %s %s in %.1fs" % (recipe.kind, recipe.name, time.monotonic() - start))
-            return final
-
-    def failed_log(self, recipe: Recipe) -> Path:
-        """Where the build log of ``recipe``'s last failed build is kept."""
-        return self.root / "failed" / ("%s.log" % recipe.dirname())
-
-    def _keep_failed_log(self, recipe: Recipe, partial: Path) -> Optional[Path]:
-        built = partial / "build.log"
-        if not built.is_file():
-            return None
-        kept = self.failed_log(recipe)
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(built, kept)
-        return kept
-
-    @contextlib.contextmanager
-    def _locked(self, key: str, wait: bool = True) -> Iterator[Optional[IO[str]]]:
-        """The key's build lock (an flock, so a killed builder's is released with it), or None: not
-        free (``wait=False``), or the harness is stopping. Polled, so an interrupt ends the wait."""
-        (self.root / "locks").mkdir(parents=True, exist_ok=True)
-        with open(self.root / "locks" / (key + ".lock"), "a") as f:
-            while True:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if not wait or proc.stopping():
-                        yield None
-                        return
-                    time.sleep(0.2)
-            yield f
-
-    def stale_partials(self) -> List[Path]:
-        """``.partial`` directories no builder is working in (their key's lock is free): what a killed
-        build left. Live builds of other runs are not touched."""
-        out = []
-        for d in sorted(self.root.glob(".*.partial")) if self.root.is_dir() else []:
-            dirname = d.name[1:-len(".partial")].rsplit(".", 1)[0]
-            key = dirname.rsplit("-", 1)[-1]
-            try:
-                with self._locked(key, wait=False) as lock:
-                    if lock is not None:
-                        out.append(d)
-            except OSError:  # a cache this user cannot write: nothing of it is this user's to remove
-                continue
-        return out
-
-    def _touch(self, path: Path) -> None:
-        try:
-            os.utime(path / "manifest.json")
-        except OSError:
-            pass
-
-    def entries(self) -> List[Entry]:
-        out: List[Entry] = []
-        if not self.root.is_dir():
-            return out
-        for d in sorted(self.root.iterdir()):
-            m = d / "manifest.json"
-            if not m.is_file():
-                continue
-            try:
-                meta = json.loads(m.read_text())
-            except ValueError:
-                continue
-            size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file() and not f.is_symlink())
-            out.append(Entry(d, meta.get("kind", "?"), meta.get("name", "?"), meta.get("key", "?"), size,
-                             meta.get("built", 0.0), m.stat().st_mtime, meta.get("build_s", 0.0)))
-        return out
-
-    def prune(self, keep: Iterable[Path] = (), older_than: Optional[float] = None) -> List[Path]:
-        """Remove entries not in ``keep`` (and, if given, unused for ``older_than`` seconds), and leftovers."""
-        keep_set = {Path(k).resolve() for k in keep}
-        removed = []
-        now = time.time()
-        for e in self.entries():
-            if e.path.resolve() in keep_set:
-                continue
-            if older_than is not None and now - e.used < older_than:
-                continue
-            shutil.rmtree(e.path, ignore_errors=True)
-            removed.append(e.path)
-        for d in self.stale_partials():
-            mounts.remove_tree(d)
-            removed.append(d)
-        for f in sorted((self.root / "failed").glob("*.log")):  # failed builds' logs: diagnostics only
-            if older_than is None or now - f.stat().st_mtime >= older_than:
-                f.unlink()
-                removed.append(f)
-        return removed
 
 
 # -- recipes ------------------------------------------------------------------------------------
@@ -685,3 +406,4 @@ class SshDisk(Recipe):
         build_step(["mke2fs", "-q", "-t", "ext4", "-L", "root", "-d", str(stage), str(out / "disk.img"),
             "%dM" % (size_mb + self.extra_mb)], logf, "mke2fs")
         shutil.rmtree(stage)
+

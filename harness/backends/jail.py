@@ -1,7 +1,7 @@
 """Confinement for guests that reach host files (UML's hostfs, QEMU's 9p): a view and a uid of their own.
 
 A jailed guest process (``linux.uml``, ``qemu-system-*``) is started through
-:mod:`harness.nsexec`, which builds a read-only view of just what it needs in a
+:mod:`harness.backends.nsexec`, which builds a read-only view of just what it needs in a
 private mount namespace and chroots into it (see that module for the view's
 layout). Whatever the guest mounts through hostfs or reads over 9p, it can only
 reach that view: the host's ``/usr`` and ``/etc`` (or a cached root
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, List, Optional, Tuple
 
-from harness import nsexec
+from harness.backends import nsexec
 from harness.errors import HarnessError
 
 # Slots are uids no account uses: far above the ranges Debian hands out (system

@@ -1,9 +1,9 @@
 """Exec a command inside a private mount namespace whose root is a constructed, read-only view.
 
-    python3 -m harness.nsexec --view DIR [--root ROOT] [--ro SRC:DEST ...] [--rw SRC:DEST ...]
+    python3 -m harness.backends.nsexec --view DIR [--root ROOT] [--ro SRC:DEST ...] [--rw SRC:DEST ...]
                               [--tmp SIZE] [--dev NAME ...] [--proc] [--user UID:GID] [--userns] -- CMD ARGS...
 
-This is the guest-facing half of :mod:`harness.jail`. Everything it mounts is
+This is the guest-facing half of :mod:`harness.backends.jail`. Everything it mounts is
 made in a new mount namespace (private propagation), so it vanishes with the
 process, whatever ends it: nothing is ever left in the host's mount table. The
 command runs as PID 1 of a new PID namespace, so when it ends (or is killed,
@@ -156,7 +156,7 @@ def _wait(child: int) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python3 -m harness.nsexec")
+    ap = argparse.ArgumentParser(prog="python3 -m harness.backends.nsexec")
     ap.add_argument("--view", required=True, help="an empty directory to mount the view on")
     ap.add_argument("--root", help="a root filesystem to use (read-only) instead of the host's /usr and /etc")
     ap.add_argument("--ro", action="append", default=[], metavar="SRC:DEST")

@@ -1,53 +1,15 @@
-"""Reading a guest's console: result frames, the harness's markers, and kernel panics."""
+"""The allocator's JSON document (schema 1): the shape of the parts the harness reads, checked.
+
+A document comes from a guest, or from a results file a user hands us: either
+may be anything. ``check_document`` says what is wrong with one, so that
+classify, the reports and diff only ever read values of the types they expect.
+Pure: imports nothing of the harness.
+"""
 
 from __future__ import annotations
 
-import json
 import re
-from typing import Any, Dict, Iterable, List, Optional, Tuple
-
-from allocator.probe import FRAME_BEGIN, FRAME_END
-
-BOOTED = "@@ARENA-HARNESS-BOOTED@@"
-DONE = "@@ARENA-HARNESS-DONE@@"
-
-# Oops patterns in the spirit of syzkaller's: what a console says when the kernel died.
-PANIC_RE = re.compile(
-    r"Kernel panic - not syncing|kernel BUG at|BUG: (?:unable|kernel|soft lockup|scheduling)|"
-    r"Unable to handle kernel|general protection fault|Oops(?::| -)"
-)
-
-
-def find_panic(line: str) -> Optional[str]:
-    m = PANIC_RE.search(line)
-    if not m:
-        return None
-    return line[m.start():].strip()
-
-
-def extract_frames(lines: Iterable[str]) -> Tuple[List[str], Optional[str]]:
-    """The texts between frame markers, and a complaint if a frame was left open (truncated)."""
-    frames: List[str] = []
-    current: Optional[List[str]] = None
-    for line in lines:
-        if FRAME_BEGIN in line:
-            current = []
-            tail = line.split(FRAME_BEGIN, 1)[1].strip()
-            if tail:
-                current.append(tail)
-            continue
-        if FRAME_END in line and current is not None:
-            head = line.split(FRAME_END, 1)[0].strip()
-            if head:
-                current.append(head)
-            frames.append("".join(current))
-            current = None
-            continue
-        if current is not None:
-            current.append(line.strip())
-    problem = "result frame began but never ended (output truncated)" if current is not None else None
-    return frames, problem
-
+from typing import Any, Dict, Optional
 
 # The parts of an allocator document the harness reads (classify, reports, diff), and their JSON types.
 # A document comes from a guest, or from a results file a user hands us: either may be anything, and
@@ -117,21 +79,3 @@ _ARTICLE = {_ADDR: "an address (0x...) or null", "policy": "a string", "addresse
             _OPT_STR: "a string or null", _OPT_BOOL: "true, false or null", _OPT_LIST: "a list or null"}
 
 
-def parse_documents(text: str) -> Tuple[Dict[str, Dict[str, Any]], Optional[str]]:
-    """Allocator output (one document or an array) -> {policy: document}, or a complaint."""
-    try:
-        payload = json.loads(text)
-    except ValueError as e:
-        return {}, "result is not valid JSON (%s; %d bytes)" % (e, len(text))
-    except RecursionError:
-        return {}, "result is not valid JSON (nested too deeply; %d bytes)" % len(text)
-    docs = payload if isinstance(payload, list) else [payload]
-    out: Dict[str, Dict[str, Any]] = {}
-    for d in docs:
-        if not isinstance(d, dict) or "policy" not in d or d.get("schema") != 1:
-            return {}, "result is not an allocator document of schema 1"
-        problem = check_document(d)
-        if problem:
-            return {}, "result is not a usable allocator document: %s" % problem
-        out[d["policy"]] = d
-    return out, None

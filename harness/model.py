@@ -1,0 +1,221 @@
+"""The data model: targets, expectations, sizes and durations, deadlines, guest runs, result records.
+
+Pure data, read by every layer and importing nothing of the harness but its
+error types: ``config`` parses YAML into it, the runner and the backends fill
+it, and ``results``, ``report``, ``diff`` and ``verdict`` read it (and nothing
+else). The data flows one way::
+
+    targets.yaml -> config -> model.Target -> runner -> backends (machine, channel, probe)
+                                                 -> model.GuestRun -> results.classify -> model.Record
+                                                 -> results.RunDocument -> report, diff, verdict
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+from allocator.probe import POLICIES
+from harness.errors import ConfigError
+
+QUOTE_MAX = 40  # how much of a wrong value an error quotes
+
+
+def quote(text: str, limit: int = QUOTE_MAX) -> str:
+    """``text`` for an error message: at most ``limit`` characters, on one line (control characters
+    escaped), so an error never carries more of a file than the offending value's beginning."""
+    short = text if len(text) <= limit else text[: limit - 3] + "..."
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in short)
+
+
+class Size(int):
+    """A number of bytes, written like "256M" or "1G"."""
+
+
+class Seconds(float):
+    """A duration, written like 60, "90s" or "2m"."""
+
+
+# Option fields whose value names something on the host carry ``metadata`` saying so:
+#   field(default="linux.uml", metadata={PROGRAM: "user-mode-linux"})   # a program, and its package
+#   field(default=None, metadata={FILE: "a private key"})                # a file
+#   field(default="/", metadata={DIRECTORY: "the guest's root"})         # a directory
+# When the targets file sets such a key, what it names must exist here: a typo is a config
+# error (exit 2), not a skip. A default that is missing stays the backend's install hint.
+PROGRAM = "arena-harness.program"
+FILE = "arena-harness.file"
+DIRECTORY = "arena-harness.directory"
+
+
+@dataclass(frozen=True)
+class Expectation:
+    outcome: str
+    crash: Optional[str] = None  # for "crash: <message>": the exact Go message
+
+    @classmethod
+    def parse(cls, text: str) -> "Expectation":
+        head, sep, rest = text.partition(":")
+        if head.strip() == "crash" and sep:
+            return cls("crash", rest.strip() or None)
+        return cls(text.strip())
+
+    def matches(self, outcome: Optional[str], crash: Optional[str]) -> bool:
+        if outcome != self.outcome:
+            return False
+        return self.crash is None or self.crash == crash
+
+    def __str__(self) -> str:
+        return "crash: %s" % self.crash if self.crash else self.outcome
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    backend: str
+    options: Any  # the backend's frozen Options dataclass
+    expect: Tuple[Tuple[str, Expectation], ...] = ()
+    markers: Tuple[str, ...] = ()
+    timeout: float = 120.0
+    policies: Tuple[str, ...] = tuple(POLICIES)
+    grow: Optional[str] = None
+    touch_every: Optional[int] = None
+    rlimit_as: Optional[int] = None
+    watchdog: Optional[float] = None
+    description: str = ""
+    source: str = ""
+    line: int = 0
+
+    def expectation(self, policy: str) -> Optional[Expectation]:
+        return dict(self.expect).get(policy)
+
+    @property
+    def all_markers(self) -> Tuple[str, ...]:
+        """The backend's name is always a marker: ``pytest -m uml`` selects every uml target
+        (a dash becomes an underscore: ``-m qemu_user``)."""
+        out = [self.backend.replace("-", "_")]
+        out.extend(m for m in self.markers if m not in out)
+        return tuple(out)
+
+
+@dataclass(frozen=True)
+class TargetSet:
+    targets: Tuple[Target, ...]
+    source: str
+
+    def names(self) -> List[str]:
+        return [t.name for t in self.targets]
+
+    def select(self, only: Optional[List[str]] = None) -> List[Target]:
+        if not only:
+            return list(self.targets)
+        known = {t.name: t for t in self.targets}
+        out = []
+        for name in only:
+            if name not in known:
+                raise ConfigError(
+                    "unknown target %r; targets in this file: %s" % (name, ", ".join(known)), path=self.source
+                )
+            out.append(known[name])
+        return out
+
+
+@dataclass(frozen=True)
+class Group:
+    name: str
+    kernels: Tuple[str, ...]
+    targets: Tuple[str, ...]
+
+
+class Deadline:
+    """One deadline for a whole boot, made by the runner and passed down: every wait takes what is left.
+
+    ``left()`` is never negative; ``expired`` says whether it passed. Built on the monotonic clock.
+    """
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = float(seconds)
+        self._clock = clock
+        self.start = clock()
+        self.end = self.start + self.seconds
+
+    def left(self, at_least: float = 0.0) -> float:
+        """Seconds left (``at_least`` as a floor, for calls that need a positive timeout)."""
+        return max(at_least, self.end - self._clock())
+
+    @property
+    def expired(self) -> bool:
+        return self._clock() >= self.end
+
+    def elapsed(self) -> float:
+        return self._clock() - self.start
+
+    def __repr__(self) -> str:
+        return "Deadline(%.1fs, %.1fs left)" % (self.seconds, self.left())
+
+
+@dataclass
+class GuestRun:
+    """What one boot produced: a document per policy that reported, and what went wrong."""
+
+    documents: Dict[str, Dict[str, Any]]
+    log: Path
+    duration_s: float
+    panic: Optional[str] = None
+    timed_out: bool = False
+    silent: bool = False  # stopped by the watchdog (no output), a kind of timeout
+    error: Optional[str] = None
+    channel: Optional[str] = None
+
+
+class Status(str, enum.Enum):
+    PASS = "pass"
+    FAIL = "fail"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    PANIC = "panic"
+    SKIP = "skip"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# The one precedence rule: the worst status wins.
+PRECEDENCE = (Status.PANIC, Status.TIMEOUT, Status.ERROR, Status.FAIL, Status.PASS, Status.SKIP)
+
+
+def worst(statuses: Iterable[Status]) -> Status:
+    """The status that wins: panic > timeout > error > fail > pass > skip (skip if there are none)."""
+    found = set(statuses)
+    for s in PRECEDENCE:
+        if s in found:
+            return s
+    return Status.SKIP
+
+
+@dataclass
+class Record:
+    target: str
+    backend: str
+    policy: str
+    status: Status
+    expected: Optional[str]
+    outcome: Optional[str]
+    crash: Optional[str]
+    high_ok: Optional[bool]
+    fallback_engaged: Optional[bool]
+    duration_s: float
+    log: Optional[str]
+    detail: Optional[str] = None
+    kernel: Optional[str] = None
+    machine: Optional[str] = None
+    markers: List[str] = field(default_factory=list)
+    channel: Optional[str] = None
+    probe: Optional[Dict[str, Any]] = None
+
+    def to_json(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["status"] = self.status.value
+        return d
