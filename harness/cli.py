@@ -346,11 +346,12 @@ def cmd_groups(args: argparse.Namespace) -> int:
 
 def _kvm_report(cache: images.Cache, targets: Sequence[Target], trial: bool) -> str:
     """Whether KVM is usable and what ``accel: auto`` would pick: the QEMU backend's own decision."""
-    from harness.backends.qemu import ARCHES, QemuBackend, QemuOptions
+    from harness import arches
+    from harness.backends.qemu import QemuBackend, QemuOptions
 
     auto = [t.name for t in targets if t.backend == "qemu" and t.options.accel == "auto"]
     uses = ("targets with accel: auto: %s" % ", ".join(auto)) if auto else "no target here uses accel: auto"
-    arch = next((a for a, spec in ARCHES.items() if spec.debian == images.host_arch()), None)
+    arch = next((a.name for a in arches.ARCHES if a.debian == images.host_arch()), None)
     if arch is None:
         return "KVM: no QEMU architecture of the harness matches this host (%s); %s" % (os.uname().machine, uses)
     probe = QemuBackend(Target(name="(kvm trial)", backend="qemu", options=QemuOptions(arch=arch, accel="auto")))

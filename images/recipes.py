@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Sequence, Set, Tuple
 
-from harness import proc
+from harness import arches, proc
 from images.cache import (
     BUILD_TIMEOUT,
     MMDEBSTRAP,
@@ -243,8 +243,8 @@ class Rootfs(Recipe):
         host = host_arch()
         if self.arch != host:
             out.append(Tool("arch-test", "arch-test"))
-        if self.arch not in _NATIVE.get(host, {host}):
-            out += [Tool("qemu-%s-static" % _QEMU_USER.get(self.arch, self.arch), "qemu-user-static"),
+        if not arches.runs_natively(self.arch, host):
+            out += [Tool("qemu-%s-static" % arches.qemu_user_name(self.arch), "qemu-user-static"),
                     Tool("update-binfmts", "binfmt-support")]
         return tuple(out)
 
@@ -285,26 +285,23 @@ class RootfsTarball(Recipe):
                     "."], out / "build.log", "tar of %s" % root)
 
 
-_HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "riscv64": "riscv64", "i686": "i386"}
-_NATIVE = {"amd64": {"amd64", "i386"}, "arm64": {"arm64"}, "riscv64": {"riscv64"}}
-_QEMU_USER = {"arm64": "aarch64", "riscv64": "riscv64", "armhf": "arm", "i386": "i386", "amd64": "x86_64"}
 
 
 def host_arch() -> str:
     """The host's Debian architecture name (amd64 on x86_64)."""
-    return _HOST_ARCH.get(os.uname().machine, os.uname().machine)
+    return arches.host_debian()
 
 
 def ensure_binfmt(arch: str, log: Log) -> None:
     """Foreign-arch rootfs builds run the guest's binaries through qemu-user: binfmt_misc must be ready."""
     host = host_arch()
-    if arch in _NATIVE.get(host, {host}):
+    if arches.runs_natively(arch, host):
         return
-    entry = Path("/proc/sys/fs/binfmt_misc/qemu-%s" % _QEMU_USER.get(arch, arch))
+    entry = Path("/proc/sys/fs/binfmt_misc/qemu-%s" % arches.qemu_user_name(arch))
     if entry.exists() and entry.read_text().startswith("enabled"):
         return
     hint = "sudo apt-get install -y qemu-user-static binfmt-support"
-    if not Path("/usr/bin/qemu-%s-static" % _QEMU_USER.get(arch, arch)).exists():
+    if not Path("/usr/bin/qemu-%s-static" % arches.qemu_user_name(arch)).exists():
         raise BuildError("building a %s root filesystem needs qemu-user-static: %s" % (arch, hint))
     if not Path("/proc/sys/fs/binfmt_misc/register").exists():
         log("mounting binfmt_misc")
@@ -312,7 +309,7 @@ def ensure_binfmt(arch: str, log: Log) -> None:
         if c.returncode != 0:
             raise BuildError("cannot mount binfmt_misc (needs root): %s" % c.output.strip())
     if proc.which("update-binfmts"):
-        proc.run(["update-binfmts", "--enable", "qemu-%s" % _QEMU_USER.get(arch, arch)], timeout=60)
+        proc.run(["update-binfmts", "--enable", "qemu-%s" % arches.qemu_user_name(arch)], timeout=60)
     if not (entry.exists() and entry.read_text().startswith("enabled")):
         raise BuildError("binfmt for %s is not enabled (%s): %s" % (arch, entry, hint))
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 import images
-from harness import proc
+from harness import arches, proc
 from harness.backends.base import Backend, Need, RunContext
 from harness.errors import HarnessError, ToolMissing
 from harness.model import Size, Target
@@ -34,7 +34,9 @@ MiB = 1 << 20
 LABEL = "arena-harness"
 IMAGE_REPO = "arena-harness/rootfs"
 PAYLOAD_REPO = "arena-harness/probe"
-ARCHES = {"amd64": "bookworm", "i386": "bookworm", "arm64": "bookworm"}
+# The arches a container can run here: natively, or through binfmt and qemu-user (riscv64's Python is too
+# slow under emulation for a container's deadline to be useful; it has qemu-user targets instead).
+ARCHES = ("amd64", "i386", "arm64")
 
 
 def client() -> Any:
@@ -102,7 +104,7 @@ class DockerBackend(Backend):
 
     # -- images ------------------------------------------------------------------------------
     def rootfs(self) -> images.Rootfs:
-        return images.Rootfs(self.options.arch, self.options.suite or ARCHES[self.options.arch])
+        return images.Rootfs(self.options.arch, self.options.suite or arches.BY_DEBIAN[self.options.arch].suite)
 
     def recipes(self) -> List[images.Recipe]:
         return [images.RootfsTarball(self.rootfs())]

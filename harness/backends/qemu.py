@@ -1,6 +1,6 @@
 """QEMU system VMs (TCG by default): a Debian kernel, a busybox initramfs, the guest root over 9p.
 
-Per-architecture facts are data (``ARCHES``). A boot: the cached initramfs plus
+Per-architecture facts are data (:mod:`harness.arches`). A boot: the cached initramfs plus
 a small per-boot cpio (the allocator zipapp and its arguments) as ``-initrd``;
 the guest root shared read-only over 9p (the host's ``/`` for x86_64, else a
 cached Debian root filesystem of the guest's architecture); results come back
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import ClassVar, Dict, List, Optional, Tuple
 
 import images
-from harness import proc
+from harness import arches, proc
 from harness.backends import jail
 from harness.backends.base import Backend, Need, RunContext, Tool
 from harness.backends.console import find_panic
@@ -32,39 +32,6 @@ from harness.errors import HarnessError
 from harness.model import Seconds, Size, Target
 
 MiB = 1 << 20
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    name: str
-    debian: str  # Debian's name for the architecture
-    qemu: str
-    qemu_package: str
-    machine: Tuple[str, ...]
-    cpu: str
-    console: str
-    kernel_package: str
-    image_glob: str
-    suite: str  # default Debian release of kernel and root filesystem
-    host_root: bool  # the host's / can be the guest root (same architecture)
-    modules: Tuple[str, ...]
-    firmware: Tuple[str, ...] = ()
-    firmware_package: Optional[str] = None
-
-
-_9P = ("9p", "9pnet_virtio", "virtio_pci")
-ARCHES: Dict[str, ArchSpec] = {
-    "x86_64": ArchSpec("x86_64", "amd64", "qemu-system-x86_64", "qemu-system-x86", (), "max,-la57", "ttyS0",
-                       "linux-image-amd64", "boot/vmlinuz-*", "bookworm", True, _9P),
-    "i386": ArchSpec("i386", "i386", "qemu-system-i386", "qemu-system-x86", (), "max", "ttyS0",
-                     "linux-image-686", "boot/vmlinuz-*", "bookworm", False, _9P),
-    "arm64": ArchSpec("arm64", "arm64", "qemu-system-aarch64", "qemu-system-arm", ("-M", "virt"),
-                      "max,pauth-impdef=on", "ttyAMA0", "linux-image-arm64", "boot/vmlinuz-*", "bookworm", False,
-                      _9P),
-    "riscv64": ArchSpec("riscv64", "riscv64", "qemu-system-riscv64", "qemu-system-misc", ("-M", "virt"), "rv64",
-                        "ttyS0", "linux-image-riscv64", "boot/vmlinux-*", "trixie", False, _9P,
-                        ("-bios", "/usr/lib/riscv64-linux-gnu/opensbi/generic/fw_dynamic.bin"), "opensbi"),
-}
 
 
 @dataclass(frozen=True)
@@ -82,11 +49,11 @@ class QemuOptions:
     boot: str = "9p"  # 9p: the initramfs runs the probe; ssh: a disk image with sshd, probed over SSH
 
     def validate(self) -> Optional[Tuple[str, str]]:
-        if self.arch not in ARCHES:
-            return "arch", "%r is not a known arch, options are %s" % (self.arch, ", ".join(ARCHES))
+        if self.arch not in arches.BY_NAME:
+            return "arch", "%r is not a known arch, options are %s" % (self.arch, ", ".join(arches.BY_NAME))
         if self.rootfs not in ("host", "debian", "auto"):
             return "rootfs", "expected host, debian or auto, got %r" % self.rootfs
-        if self.rootfs == "host" and not ARCHES[self.arch].host_root:
+        if self.rootfs == "host" and arches.BY_NAME[self.arch].uname != os.uname().machine:
             return "rootfs", "the host's / cannot be a %s guest's root; use debian" % self.arch
         if self.boot not in ("9p", "ssh"):
             return "boot", "expected 9p or ssh, got %r" % self.boot
@@ -99,13 +66,14 @@ class QemuOptions:
         return None
 
     @property
-    def spec(self) -> ArchSpec:
-        return ARCHES[self.arch]
+    def spec(self) -> arches.Arch:
+        return arches.BY_NAME[self.arch]
 
     @property
     def host_root(self) -> bool:
+        """Whether the guest's root is the host's view (its /usr): only a guest of the host's own arch."""
         if self.rootfs == "auto":
-            return self.spec.host_root and os.uname().machine == self.spec.name
+            return self.spec.uname == os.uname().machine
         return self.rootfs == "host"
 
 
@@ -130,7 +98,7 @@ class QemuBackend(Backend):
     # -- availability and images ------------------------------------------------------------
     def required_tools(self) -> Tuple[Tool, ...]:
         spec = self.options.spec
-        tools = [Tool(spec.qemu, spec.qemu_package)]
+        tools = [Tool(spec.qemu_system, spec.qemu_package)]
         return tuple(tools)
 
     def needs(self, cache: images.Cache) -> List[Need]:
@@ -148,7 +116,7 @@ class QemuBackend(Backend):
         # ext4 needs crc32c through the crypto API: a soft dependency that depends= does not list.
         modules = spec.modules + (("virtio_blk", "crc32c_generic", "ext4", "virtio_net") if o.boot == "ssh" else ())
         return images.KernelKit(spec.debian, o.suite or spec.suite, o.kernel_package or spec.kernel_package,
-                                spec.image_glob, modules)
+                                spec.kernel_image, modules)
 
     def initramfs(self) -> images.Initramfs:
         init = "init-ssh.sh" if self.options.boot == "ssh" else "init.sh"
@@ -241,7 +209,7 @@ class QemuBackend(Backend):
         ok = False
         why = "there is no %s" % KVM_DEVICE
         if os.path.exists(KVM_DEVICE) and self._kit is not None and self._initramfs is not None:
-            c = proc.run([spec.qemu, "-accel", "kvm", *spec.machine, "-cpu", "host", "-m", "256", "-nographic",
+            c = proc.run([spec.qemu_system, "-accel", "kvm", *spec.machine, "-cpu", "host", "-m", "256", "-nographic",
                           "-no-reboot", "-kernel", str(self._kit / "kernel"), "-initrd", str(self._initramfs),
                           "-append", "console=%s panic=-1 quiet" % spec.console],
                          timeout=KVM_TRIAL_S, watch=lambda ln: "booted" if "@@ARENA-HARNESS-BOOTED@@" in ln else None,
@@ -267,7 +235,7 @@ class QemuBackend(Backend):
         assert self._kit is not None
         append = ["console=%s" % spec.console, "panic=-1", "rdinit=/init", *o.kernel_args]
         return [
-            spec.qemu,
+            spec.qemu_system,
             *self.accel(),
             *spec.machine,
             "-cpu", o.cpu or spec.cpu,

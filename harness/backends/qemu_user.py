@@ -17,22 +17,14 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Dict, List, Optional, Tuple
+from typing import ClassVar, List, Optional, Tuple
 
 import images
-from harness import proc
+from harness import arches, proc
 from harness.backends import jail
 from harness.backends.base import Backend, Need, RunContext, Tool
 from harness.errors import HarnessError
 from harness.model import Size, Target
-
-# Debian architecture -> (qemu-user name, default suite)
-USER_ARCHES: Dict[str, Tuple[str, str]] = {
-    "arm64": ("aarch64", "bookworm"),
-    "riscv64": ("riscv64", "trixie"),
-    "i386": ("i386", "bookworm"),
-    "amd64": ("x86_64", "bookworm"),
-}
 
 
 @dataclass(frozen=True)
@@ -42,8 +34,8 @@ class QemuUserOptions:
     reserved_va: Optional[Size] = None
 
     def validate(self) -> Optional[Tuple[str, str]]:
-        if self.arch not in USER_ARCHES:
-            return "arch", "%r is not a known arch, options are %s" % (self.arch, ", ".join(USER_ARCHES))
+        if self.arch not in arches.BY_DEBIAN:
+            return "arch", "%r is not a known arch, options are %s" % (self.arch, ", ".join(arches.BY_DEBIAN))
         if self.reserved_va is not None and self.reserved_va < (256 << 20):
             return "reserved_va", 'expected at least "256M", got %d bytes' % self.reserved_va
         return None
@@ -60,7 +52,7 @@ class QemuUserBackend(Backend):
 
     @property
     def emulator(self) -> str:
-        return "qemu-%s-static" % USER_ARCHES[self.options.arch][0]
+        return "qemu-%s-static" % arches.BY_DEBIAN[self.options.arch].qemu_user
 
     def required_tools(self) -> Tuple[Tool, ...]:
         return (Tool(self.emulator, "qemu-user-static"),)
@@ -75,7 +67,7 @@ class QemuUserBackend(Backend):
 
     def recipes(self) -> List[images.Recipe]:
         o = self.options
-        return [images.Rootfs(o.arch, o.suite or USER_ARCHES[o.arch][1])]
+        return [images.Rootfs(o.arch, o.suite or arches.BY_DEBIAN[o.arch].suite)]
 
     def provision(self, cache: images.Cache, log: images.Log) -> None:
         self._root = cache.get(self.recipes()[0], log) / "root"

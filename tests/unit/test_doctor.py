@@ -142,8 +142,10 @@ def test_doctor_names_the_qemu_binary_and_the_firmware(machine: Cache, monkeypat
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(proc, "which", only_missing("qemu-system-riscv64"))
     firmware = str(machine.root / "fw_dynamic.bin")
-    monkeypatch.setitem(qemu.ARCHES, "riscv64", dataclasses.replace(qemu.ARCHES["riscv64"],
-                                                                    firmware=("-bios", firmware)))
+    from harness import arches
+
+    monkeypatch.setitem(arches.BY_NAME, "riscv64", dataclasses.replace(arches.BY_NAME["riscv64"],
+                                                                       firmware=("-bios", firmware)))
     rc, out = doctor(capsys, "--only", "qemu-riscv64-sv39", "--strict")
     assert rc == 1
     lines = block(out, "qemu-riscv64-sv39")
