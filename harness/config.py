@@ -34,6 +34,7 @@ from harness import backends
 from harness.errors import ConfigError
 from harness.inputs import MAX_TARGETS_BYTES, read_text
 from harness.model import (
+    DEFAULT_TIMEOUT,
     DIRECTORY,
     FILE,
     PROGRAM,
@@ -358,7 +359,7 @@ def _target(raw: Any, line: int, defaults: Mapping[str, Any], ctx: _Ctx, seen: D
             parse_grow(grow)
         except (PlanError, ValueError) as e:
             raise ctx.error(kl("grow"), "grow", quote(str(e), 200)) from None
-    timeout = convert(merged.get("timeout", 120), Seconds, ctx, kl("timeout"), "timeout")
+    timeout = convert(merged.get("timeout", DEFAULT_TIMEOUT), Seconds, ctx, kl("timeout"), "timeout")
     touch = convert(merged.get("touch_every"), Optional[Size], ctx, kl("touch_every"), "touch_every")
     rlimit = convert(merged.get("rlimit_as"), Optional[Size], ctx, kl("rlimit_as"), "rlimit_as")
     desc = convert(merged.get("description", ""), str, ctx, kl("description"), "description")

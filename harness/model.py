@@ -22,6 +22,7 @@ from allocator.probe import POLICIES
 from harness.errors import ConfigError
 
 QUOTE_MAX = 40  # how much of a wrong value an error quotes
+DEFAULT_TIMEOUT = 120.0  # seconds: a target's whole boot and probe, unless it says otherwise
 
 
 def quote(text: str, limit: int = QUOTE_MAX) -> str:
@@ -78,7 +79,7 @@ class Target:
     options: Any  # the backend's frozen Options dataclass
     expect: Tuple[Tuple[str, Expectation], ...] = ()
     markers: Tuple[str, ...] = ()
-    timeout: float = 120.0
+    timeout: float = DEFAULT_TIMEOUT
     policies: Tuple[str, ...] = tuple(POLICIES)
     grow: Optional[str] = None
     touch_every: Optional[int] = None

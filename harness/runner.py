@@ -27,7 +27,7 @@ import images
 from harness import backends, cleanup, payload, proc, registry
 from harness.backends.base import RunContext
 from harness.errors import HarnessError
-from harness.model import Record, Status, Target
+from harness.model import Deadline, Record, Status, Target
 from harness.results import RunDocument, classify, skipped
 
 Progress = Callable[[str, Target, str, Sequence[Record]], None]
@@ -65,7 +65,8 @@ def run_target(
     except HarnessError as e:
         return [_error(target, p, str(e), log_path, time.monotonic() - start) for p in policies]
     workdir = Path(tempfile.mkdtemp(prefix="%s." % target.name, dir=str(tmp)))
-    ctx = RunContext(run_id, target, policies, workdir, pyz, log_path, target.timeout)
+    # The boot's one deadline starts here (image builds above have their own) and flows down to every wait.
+    ctx = RunContext(run_id, target, policies, workdir, pyz, log_path, Deadline(target.timeout))
     start = time.monotonic()
     try:
         guest = backend.run(ctx)

@@ -23,7 +23,7 @@ from harness import proc
 from harness.backends import jail
 from harness.backends.console import DONE, extract_frames, find_panic, parse_documents
 from harness.errors import ToolMissing
-from harness.model import GuestRun, Target
+from harness.model import Deadline, GuestRun, Target
 from images import Tool
 
 __all__ = ["Backend", "GuestRun", "Need", "NoOptions", "RunContext", "Tool"]
@@ -53,7 +53,16 @@ class RunContext:
     workdir: Path  # private to this target's boot; removed after
     payload: Path  # allocator.pyz, read-only
     log_path: Path  # the console log, kept as an artefact
-    timeout: float
+    deadline: Deadline  # the boot's one deadline (the runner's); a number of seconds starts one now
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.deadline, Deadline):
+            self.deadline = Deadline(float(self.deadline))
+
+    @property
+    def timeout(self) -> float:
+        """The deadline's whole length, for messages ("deadline of 60s reached")."""
+        return self.deadline.seconds
 
 
 class Backend:
@@ -184,7 +193,7 @@ class Backend:
     def spawn(self, ctx: RunContext, argv: List[str], **kw: Any) -> proc.Completed:
         """Start the boot's process: the target's deadline and watchdog, the console log, the boot's dir."""
         kw.setdefault("cwd", ctx.workdir)
-        return proc.run(argv, timeout=ctx.timeout, log_path=ctx.log_path, silence=self.target.watchdog, **kw)
+        return proc.run(argv, timeout=ctx.deadline.left(), log_path=ctx.log_path, silence=self.target.watchdog, **kw)
 
     def probe_args(self, ctx: RunContext) -> List[str]:
         t = self.target

@@ -216,7 +216,7 @@ class DockerBackend(Backend):
                 raise HarnessError("docker: cannot start a container from %s: %s" % (self._image, e)) from None
             try:
                 with proc.stopper(self._container.kill):  # an interrupt kills it now, not at the deadline
-                    result = self._container.wait(timeout=max(1.0, ctx.timeout - (time.monotonic() - start)))
+                    result = self._container.wait(timeout=ctx.deadline.left(at_least=1.0))
                 returncode = int(result.get("StatusCode", -1))
             except Exception:  # noqa: BLE001 - requests' ReadTimeout / ConnectionError
                 timed_out = True

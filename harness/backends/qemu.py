@@ -309,7 +309,7 @@ class QemuBackend(Backend):
             return vm
         try:
             seen = vm.wait_for(lambda ln: "@@ARENA-HARNESS-SSHD-READY@@" in ln or find_panic(ln) is not None,
-                               ctx.timeout)
+                               ctx.deadline.left())
             if seen is None or "@@ARENA-HARNESS-SSHD-READY@@" not in seen:
                 timed_out = seen is None and vm.alive()
                 return proc.Completed(vm.argv, vm.popen.poll(), time.monotonic() - begin, "\n".join(vm.lines),
@@ -318,13 +318,13 @@ class QemuBackend(Backend):
             known = ctx.workdir / "known_hosts"
             kind, key = (self._disk / "host_ed25519.pub").read_text().split()[:2]
             known.write_text("[127.0.0.1]:%d %s %s\n" % (port, kind, key))
-            left = max(1.0, ctx.timeout - (time.monotonic() - begin))
-            over = dataclasses.replace(self.target, backend="ssh", timeout=left, options=SshOptions(
+            left = ctx.deadline.left(at_least=1.0)
+            over = dataclasses.replace(self.target, backend="ssh", options=SshOptions(
                 host="127.0.0.1", port=port, user="root", key_file=str(self._disk / "id_ed25519"),
                 use_agent=False, known_hosts=str(known), connect_timeout=Seconds(min(30.0, left))))
             ssh = SshBackend(over)
             try:
-                done = ssh.execute(dataclasses.replace(ctx, timeout=left))
+                done = ssh.execute(ctx)  # the same deadline: the boot already spent part of it
             finally:
                 ssh.shutdown()
             lines = list(vm.lines) + done.lines

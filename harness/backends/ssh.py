@@ -208,7 +208,7 @@ class SshBackend(Backend):
             sftp.chmod(remote_pyz, 0o444)
         finally:
             sftp.close()
-        remaining = max(1.0, ctx.timeout - (time.monotonic() - start))
+        remaining = ctx.deadline.left(at_least=1.0)
         # The remote side enforces the deadline too, so nothing outlives it there.
         command = "if command -v timeout >/dev/null; then T='timeout -s KILL %d'; else T=; fi; " \
                   "cd %s && PYTHONDONTWRITEBYTECODE=1 exec $T %s %s %s" % (
