@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import TYPE_CHECKING, Dict, List, Type
+from typing import TYPE_CHECKING, Any, Dict, List, Type
 
 if TYPE_CHECKING:
     from harness.backends.base import Backend
 
 _NOT_BACKENDS = {"base"}
-_cache: Dict[str, "Type[Backend]"] = {}
-_extra: Dict[str, "Type[Backend]"] = {}
+_cache: Dict[str, "Type[Backend[Any]]"] = {}
+_extra: Dict[str, "Type[Backend[Any]]"] = {}
 
 
 def names() -> List[str]:
@@ -27,7 +27,7 @@ def names() -> List[str]:
     return sorted(found | set(_extra))
 
 
-def get(name: str) -> "Type[Backend]":
+def get(name: str) -> "Type[Backend[Any]]":
     """The backend class called ``name``; KeyError (listing the known ones) if there is none."""
     if name in _cache:
         return _cache[name]
@@ -47,7 +47,7 @@ def get(name: str) -> "Type[Backend]":
     return found[0]
 
 
-def register(cls: "Type[Backend]") -> "Type[Backend]":
+def register(cls: "Type[Backend[Any]]") -> "Type[Backend[Any]]":
     """Register a backend class defined outside this package (a plugin's, or a unit test's fake)."""
     _extra[cls.name] = cls
     _cache[cls.name] = cls

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, List, Optional, Tuple
+from typing import Any, ClassVar, Generic, List, Optional, Tuple, TypeVar
 
 import images
 from harness import proc
@@ -65,15 +65,21 @@ class RunContext:
         return self.deadline.seconds
 
 
-class Backend:
+OptionsT = TypeVar("OptionsT")  # a backend's frozen Options dataclass
+
+
+class Backend(Generic[OptionsT]):
+    """Generic in its options' type: ``class UmlBackend(Backend[UmlOptions])`` makes every access to
+    ``self.options`` checked by mypy."""
+
     name: ClassVar[str] = ""
-    Options: ClassVar[Any] = NoOptions
+    Options: ClassVar[type] = NoOptions
     tools: ClassVar[Tuple[Tool, ...]] = ()
     description: ClassVar[str] = ""
 
     def __init__(self, target: Target) -> None:
         self.target = target
-        self.options = target.options
+        self.options: OptionsT = target.options  # config built it from this backend's Options
         self._slot: Optional[jail.Slot] = None
 
     # -- availability -------------------------------------------------------------------------

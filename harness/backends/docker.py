@@ -90,7 +90,7 @@ class DockerOptions:
         return None
 
 
-class DockerBackend(Backend):
+class DockerBackend(Backend[DockerOptions]):
     name: ClassVar[str] = "docker"
     Options: ClassVar[type] = DockerOptions
     description: ClassVar[str] = "a locked-down container from an offline-built Debian image"

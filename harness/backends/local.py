@@ -42,7 +42,7 @@ class LocalOptions:
         return None
 
 
-class LocalBackend(Backend):
+class LocalBackend(Backend[LocalOptions]):
     name: ClassVar[str] = "local"
     Options: ClassVar[type] = LocalOptions
     description: ClassVar[str] = "this machine, as a subprocess"

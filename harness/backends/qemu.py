@@ -83,7 +83,7 @@ KVM_DEVICE = "/dev/kvm"
 KVM_TRIAL_S = 15.0
 
 
-class QemuBackend(Backend):
+class QemuBackend(Backend[QemuOptions]):
     name: ClassVar[str] = "qemu"
     Options: ClassVar[type] = QemuOptions
     description: ClassVar[str] = "QEMU system VMs (x86_64, i386, arm64, riscv64) with a 9p root"

@@ -41,7 +41,7 @@ class QemuUserOptions:
         return None
 
 
-class QemuUserBackend(Backend):
+class QemuUserBackend(Backend[QemuUserOptions]):
     name: ClassVar[str] = "qemu-user"
     Options: ClassVar[type] = QemuUserOptions
     description: ClassVar[str] = "user-mode emulation with a reserved address space (-R)"

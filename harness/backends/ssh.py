@@ -58,7 +58,7 @@ class SshOptions:
         return None
 
 
-class SshBackend(Backend):
+class SshBackend(Backend[SshOptions]):
     name: ClassVar[str] = "ssh"
     Options: ClassVar[type] = SshOptions
     description: ClassVar[str] = "a machine reached over SSH (paramiko)"

@@ -90,7 +90,7 @@ class UmlOptions:
         return None
 
 
-class UmlBackend(Backend):
+class UmlBackend(Backend[UmlOptions]):
     name: ClassVar[str] = "uml"
     Options: ClassVar[type] = UmlOptions
     description: ClassVar[str] = "User-Mode Linux with a read-only view of the host as its root"
