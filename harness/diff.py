@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from harness.errors import ConfigError
 from harness.inputs import MAX_RESULTS_BYTES, read_text
-from harness.model import Record, Status, quote
+from harness.model import Record, Status, outcome_text, quote
 from harness.results import RunDocument
 
 Key = Tuple[str, str]
@@ -52,10 +52,7 @@ class Diff:
 
 
 def _summary(r: Record) -> str:
-    out = r.outcome or "-"
-    if r.outcome == "crash" and r.crash:
-        out = "crash: %s" % r.crash
-    return "%s (%s)" % (r.status.value, out)
+    return "%s (%s)" % (r.status.value, outcome_text(r.outcome, r.crash) or "-")
 
 
 def _facts(r: Record) -> Dict[str, Any]:

@@ -130,6 +130,13 @@ class Group:
     targets: Tuple[str, ...]
 
 
+def outcome_text(outcome: Optional[str], crash: Optional[str]) -> Optional[str]:
+    """An outcome as people read it: ``crash: <Go's message>`` for a crash, else the outcome's word."""
+    if outcome == "crash" and crash:
+        return "crash: %s" % crash
+    return outcome
+
+
 class Deadline:
     """One deadline for a whole boot, made by the runner and passed down: every wait takes what is left.
 

@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import socket
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
 from harness.errors import HarnessError
+from harness.files import write_atomically
 
 STATE_ENV = "ARENA_HARNESS_STATE"
 MARKER_ENV = "ARENA_HARNESS_RUN"
@@ -153,10 +153,7 @@ class Recording:
 
     def _write(self) -> None:
         try:
-            fd, tmp = tempfile.mkstemp(dir=str(self.dir), prefix=".%s." % self.entry.run_id, suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.entry.to_json(), f)
-            os.replace(tmp, self.path)
+            write_atomically(self.path, json.dumps(self.entry.to_json()), mode=0o600)
         except OSError as e:
             raise RegistryError("cannot write the run registry entry %s: %s; set %s to a writable directory"
                                 % (self.path, e.strerror or e, STATE_ENV)) from None

@@ -6,16 +6,15 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from harness.model import PRECEDENCE, Record, Status
-from harness.results import RunDocument, write_atomically
+from harness.files import write_atomically
+from harness.model import PRECEDENCE, Record, Status, outcome_text
+from harness.results import RunDocument
 
 _BOOL = {True: "yes", False: "no", None: "-"}
 
 
 def _outcome(r: Record) -> str:
-    if r.outcome == "crash" and r.crash:
-        return "crash: %s" % r.crash
-    return r.outcome or "-"
+    return outcome_text(r.outcome, r.crash) or "-"
 
 
 def table(doc: RunDocument, color: bool = False) -> str:

@@ -8,10 +8,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import platform
 import socket
-import tempfile
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,32 +17,11 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from harness.document import check_document
 from harness.errors import ConfigError
+from harness.files import write_atomically
 from harness.inputs import MAX_RESULTS_BYTES, read_text
-from harness.model import GuestRun, Record, Status, Target, quote, worst
+from harness.model import GuestRun, Record, Status, Target, outcome_text, quote, worst
 
 SCHEMA = 1
-FILE_MODE = 0o644
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a reader never sees half a file, even if the run is killed meanwhile.
-
-    Missing parent directories are created. The file is mode 0644 whatever the
-    umask and whoever runs the harness: results and reports are read by other
-    users (a CI upload step runs as the runner's user, the harness often as root).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=".%s." % path.name)
-    try:
-        os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def record_from_json(d: Any, where: str = "result", path: str = "") -> Record:
@@ -78,12 +55,24 @@ def record_from_json(d: Any, where: str = "result", path: str = "") -> Record:
     return Record(**kw)
 
 
-def skipped(target: Target, policy: str, reason: str) -> Record:
+def record(target: Target, policy: str, status: Status, detail: Optional[str], **kw: Any) -> Record:
+    """The one way a record is made: the target's name, backend, expectation and markers filled in."""
     exp = target.expectation(policy)
-    return Record(
-        target.name, target.backend, policy, Status.SKIP, str(exp) if exp else None,
-        None, None, None, None, 0.0, None, detail=reason, markers=list(target.all_markers),
-    )
+    kw.setdefault("duration_s", 0.0)
+    kw.setdefault("log", None)
+    return Record(target=target.name, backend=target.backend, policy=policy, status=status,
+                  expected=str(exp) if exp else None, outcome=kw.pop("outcome", None), crash=kw.pop("crash", None),
+                  high_ok=kw.pop("high_ok", None), fallback_engaged=kw.pop("fallback_engaged", None),
+                  detail=detail, markers=list(target.all_markers), **kw)
+
+
+def skipped(target: Target, policy: str, reason: str) -> Record:
+    return record(target, policy, Status.SKIP, reason)
+
+
+def errored(target: Target, policy: str, reason: str, log: Optional[Path], duration_s: float) -> Record:
+    return record(target, policy, Status.ERROR, reason, log=str(log) if log else None,
+                  duration_s=round(duration_s, 3))
 
 
 def classify(target: Target, policy: str, run: GuestRun) -> Record:
@@ -106,8 +95,7 @@ def classify(target: Target, policy: str, run: GuestRun) -> Record:
             statuses.append(Status.PASS)
         else:
             statuses.append(Status.FAIL)
-            got = "crash: %s" % crash if outcome == "crash" else outcome
-            detail = "expected %s, got %s" % (exp, got)
+            detail = "expected %s, got %s" % (exp, outcome_text(outcome, crash))
     elif doc is not None:
         statuses.append(Status.ERROR)
         detail = "allocator: %s" % doc["error"]
@@ -123,26 +111,9 @@ def classify(target: Target, policy: str, run: GuestRun) -> Record:
     if run.panic:
         statuses.append(Status.PANIC)
         detail = "kernel panic: %s" % run.panic
-    status = worst(statuses)
-    return Record(
-        target=target.name,
-        backend=target.backend,
-        policy=policy,
-        status=status,
-        expected=str(exp) if exp else None,
-        outcome=outcome,
-        crash=crash,
-        high_ok=high_ok,
-        fallback_engaged=fallback,
-        duration_s=round(run.duration_s, 3),
-        log=str(run.log),
-        detail=detail,
-        kernel=kernel,
-        machine=machine,
-        markers=list(target.all_markers),
-        channel=run.channel,
-        probe=doc,
-    )
+    return record(target, policy, worst(statuses), detail, outcome=outcome, crash=crash, high_ok=high_ok,
+                  fallback_engaged=fallback, duration_s=round(run.duration_s, 3), log=str(run.log), kernel=kernel,
+                  machine=machine, channel=run.channel, probe=doc)
 
 
 _STATUSES = [s.value for s in Status]

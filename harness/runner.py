@@ -28,7 +28,7 @@ from harness import backends, cleanup, payload, proc, registry
 from harness.backends.base import RunContext
 from harness.errors import HarnessError
 from harness.model import Deadline, Record, Status, Target
-from harness.results import RunDocument, classify, skipped
+from harness.results import RunDocument, classify, errored, skipped
 
 Progress = Callable[[str, Target, str, Sequence[Record]], None]
 """progress(event, target, message, records): event is "build", "start" or "done"."""
@@ -63,7 +63,7 @@ def run_target(
         # Image builds are not part of the boot: they get their own (long) deadlines.
         backend.provision(cache or images.Cache(), log or (lambda msg: None))
     except HarnessError as e:
-        return [_error(target, p, str(e), log_path, time.monotonic() - start) for p in policies]
+        return [errored(target, p, str(e), log_path, time.monotonic() - start) for p in policies]
     workdir = Path(tempfile.mkdtemp(prefix="%s." % target.name, dir=str(tmp)))
     # The boot's one deadline starts here (image builds above have their own) and flows down to every wait.
     ctx = RunContext(run_id, target, policies, workdir, pyz, log_path, Deadline(target.timeout))
@@ -71,20 +71,14 @@ def run_target(
     try:
         guest = backend.run(ctx)
     except HarnessError as e:
-        return [_error(target, p, str(e), log_path, time.monotonic() - start) for p in policies]
+        return [errored(target, p, str(e), log_path, time.monotonic() - start) for p in policies]
     except Exception as e:  # noqa: BLE001 - a backend bug must not lose the other results
         msg = "internal error in %s backend: %s: %s" % (target.backend, type(e).__name__, e)
-        return [_error(target, p, msg, log_path, time.monotonic() - start) for p in policies]
+        return [errored(target, p, msg, log_path, time.monotonic() - start) for p in policies]
     finally:
         backend.shutdown()
         shutil.rmtree(workdir, ignore_errors=True)
     return [classify(target, p, guest) for p in policies]
-
-
-def _error(target: Target, policy: str, msg: str, log: Path, duration: float) -> Record:
-    exp = target.expectation(policy)
-    return Record(target.name, target.backend, policy, Status.ERROR, str(exp) if exp else None, None, None,
-                  None, None, round(duration, 3), str(log), detail=msg, markers=list(target.all_markers))
 
 
 STOP_GRACE = 1.0
@@ -215,7 +209,7 @@ def _run_plan(plan: List[Tuple[Target, List[str]]], run_id: str, doc: RunDocumen
         rec.drop_temp_dir(tmp)
         with lock:
             for i, (target, ps, began) in busy.items():  # still busy after the settle time
-                results[i] = [_error(target, p, INTERRUPTED, logs / ("%s.log" % target.name),
+                results[i] = [errored(target, p, INTERRUPTED, logs / ("%s.log" % target.name),
                                      time.monotonic() - began) for p in ps]
             stragglers = bool(busy)
             busy.clear()
