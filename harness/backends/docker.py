@@ -44,7 +44,7 @@ def client() -> Any:
     try:
         import docker
     except ImportError:
-        raise ToolMissing("docker", "the docker Python package", "pip install docker") from None
+        raise ToolMissing("docker", "the docker Python package", "pip install 'arena-harness[docker]'") from None
     try:
         c = docker.from_env(timeout=120)
         c.ping()

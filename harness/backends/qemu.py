@@ -2,19 +2,20 @@
 
 Per-architecture facts are data (:mod:`harness.arches`). A boot: the cached initramfs plus
 a small per-boot cpio (the allocator zipapp and its arguments) as ``-initrd``;
-the guest root shared read-only over 9p (the host's ``/`` for x86_64, else a
-cached Debian root filesystem of the guest's architecture); results come back
-through a second, writable 9p share, or framed on the serial console.
+the guest root shared read-only over 9p (the jail's view of the host for an
+x86_64 guest on an x86_64 host, else a cached Debian root filesystem of the
+guest's architecture); results come back through a second, writable 9p share,
+or framed on the serial console. QEMU itself runs jailed (:mod:`harness.backends.jail`).
 
-With ``boot: ssh`` the VM instead boots a disk image with sshd (``images.SshDisk``,
-run with ``snapshot=on``), user-mode networking forwards a loopback port to its
-port 22, and the probe runs through the ``ssh`` backend with the image's host
-key pinned: how users test cloud images.
+With ``boot: ssh`` the machine instead boots a disk image with sshd
+(``images.SshDisk``, run with ``snapshot=on``), user-mode networking
+(``restrict=on``) forwards a loopback port to its port 22, and the probe runs
+through the SSH channel (:class:`harness.backends.ssh.SshChannel`, the same the
+ssh backend uses) with the image's host key pinned: how users test cloud images.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import socket
@@ -296,7 +297,7 @@ class QemuBackend(Backend[QemuOptions]):
 
     def execute_over_ssh(self, ctx: RunContext) -> proc.Completed:
         """Boot the disk image, wait for its sshd, run the probe through the ssh backend, end the VM."""
-        from harness.backends.ssh import SshBackend, SshOptions
+        from harness.backends.ssh import SshChannel, SshOptions
 
         assert self._disk is not None
         begin = time.monotonic()
@@ -318,15 +319,15 @@ class QemuBackend(Backend[QemuOptions]):
             known = ctx.workdir / "known_hosts"
             kind, key = (self._disk / "host_ed25519.pub").read_text().split()[:2]
             known.write_text("[127.0.0.1]:%d %s %s\n" % (port, kind, key))
-            left = ctx.deadline.left(at_least=1.0)
-            over = dataclasses.replace(self.target, backend="ssh", options=SshOptions(
-                host="127.0.0.1", port=port, user="root", key_file=str(self._disk / "id_ed25519"),
-                use_agent=False, known_hosts=str(known), connect_timeout=Seconds(min(30.0, left))))
-            ssh = SshBackend(over)
+            # The machine is up: from here it is the SSH channel's, as for any machine reached over SSH.
+            channel = SshChannel(SshOptions(
+                host="127.0.0.1", port=port, user="root", key_file=str(self._disk / "id_ed25519"), use_agent=False,
+                known_hosts=str(known), connect_timeout=Seconds(min(30.0, ctx.deadline.left(at_least=1.0)))))
             try:
-                done = ssh.execute(ctx)  # the same deadline: the boot already spent part of it
+                done = channel.run(["python3", "{allocator.pyz}"] + self.probe_args(ctx), ctx.deadline,
+                                   ctx.log_path, {"allocator.pyz": ctx.payload})
             finally:
-                ssh.shutdown()
+                channel.close()
             lines = list(vm.lines) + done.lines
             return proc.Completed(done.argv, done.returncode, time.monotonic() - begin, "\n".join(lines),
                                   timed_out=done.timed_out, stopped=done.stopped, lines=lines)

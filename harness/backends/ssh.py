@@ -1,5 +1,8 @@
 """Machines reached over SSH with paramiko: real boards, vendor kernels, cloud VMs.
 
+The machine is already running; :class:`SshChannel` is the way in (also for a
+QEMU guest booted from a disk image, ``boot: ssh``).
+
 Host keys are checked against a known_hosts file (read by
 :mod:`harness.known_hosts`, which understands ``@revoked`` and skips
 ``@cert-authority`` lines); a host not in it is refused unless the target opts
@@ -28,7 +31,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Tuple
 from harness import known_hosts, proc
 from harness.backends.base import Backend, RunContext
 from harness.errors import HarnessError, ToolMissing
-from harness.model import FILE, Seconds, Target
+from harness.model import FILE, Deadline, Seconds, Target
 
 
 class SshError(HarnessError):
@@ -58,26 +61,27 @@ class SshOptions:
         return None
 
 
-class SshBackend(Backend[SshOptions]):
-    name: ClassVar[str] = "ssh"
-    Options: ClassVar[type] = SshOptions
-    description: ClassVar[str] = "a machine reached over SSH (paramiko)"
-    key_hints: ClassVar[Dict[str, str]] = {
-        "password": "a password does not belong in a targets file: use key_file, the agent, or "
-                    "password_env: NAME_OF_AN_ENVIRONMENT_VARIABLE",
-    }
+def _place(arg: str, remote: Dict[str, str]) -> str:
+    """``{name}`` in an argument becomes the remote path of the file put there under that name."""
+    for name, path in remote.items():
+        arg = arg.replace("{%s}" % name, path)
+    return arg
 
-    def __init__(self, target: Target) -> None:
-        super().__init__(target)
+
+class SshChannel:
+    """A command run on a machine over SSH, and files moved in over SFTP: the ssh backend's way in, and a
+    QEMU guest booted from a disk image's (``boot: ssh``).
+
+    ``run`` connects (host key checked as above), makes a fresh remote directory (``mktemp -d``), puts the
+    given files there read-only, and runs the command in it under what is left of the deadline, which the
+    remote side enforces too (``timeout -s KILL``). ``close`` removes the directory and disconnects; safe
+    to call twice.
+    """
+
+    def __init__(self, options: SshOptions) -> None:
+        self.options = options
         self._client: Any = None
         self._remote_dir: Optional[str] = None
-
-    def missing(self) -> Optional[ToolMissing]:
-        try:
-            import paramiko  # noqa: F401
-        except ImportError:
-            return ToolMissing(self.name, "the paramiko Python package", "pip install paramiko")
-        return None
 
     @property
     def where(self) -> str:
@@ -102,16 +106,16 @@ class SshBackend(Backend[SshOptions]):
                 continue  # a key type paramiko cannot use, or a damaged line: ssh skips those too
             c.get_host_keys().add(name, entry.keytype, key)
         accepted: List[Any] = []
-        backend = self
+        channel = self
 
         class Policy(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]  # paramiko has no types
             """A key paramiko was not given: revoked, unknown (refused), or accepted to be appended."""
 
             def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
-                backend._refuse_if_revoked(hosts, key)
+                channel._refuse_if_revoked(hosts, key)
                 if not o.accept_new_host_key:
                     raise SshError("%s: unknown host key (not in %s): add it with ssh-keyscan, or set "
-                                   "accept_new_host_key: true on the target" % (backend.where, known))
+                                   "accept_new_host_key: true on the target" % (channel.where, known))
                 accepted.append(key)
 
         c.set_missing_host_key_policy(Policy())
@@ -190,50 +194,89 @@ class SshBackend(Backend[SshOptions]):
         return status, b"".join(out).decode(errors="backslashreplace"), \
             b"".join(err).decode(errors="backslashreplace"), False
 
-    # -- the lifecycle --------------------------------------------------------------------------
-    def execute(self, ctx: RunContext) -> proc.Completed:
+    def run(self, argv: List[str], deadline: Deadline, log_path: Path, files: Dict[str, Path]) -> proc.Completed:
+        """Run ``argv`` (``{name}`` in an argument becomes the remote path of ``files[name]``)."""
         start = time.monotonic()
         self._client = self.connect()
         py = shlex.quote(self.options.python)
-        status, out, _, _ = self._exec("command -v %s && mktemp -d /tmp/arena-harness.XXXXXXXX" % py, 30)
+        status, out, _, _ = self._exec("command -v %s && mktemp -d /tmp/arena-harness.XXXXXXXX" % py,
+                                       min(30.0, deadline.left(at_least=1.0)))
         lines = out.split()
         if status != 0 or len(lines) < 2:
             raise SshError("%s: no %s on the remote: install Python 3 there (apt-get install python3)"
                            % (self.where, self.options.python))
         self._remote_dir = lines[-1]
-        remote_pyz = "%s/allocator.pyz" % self._remote_dir
+        remote = {name: "%s/%s" % (self._remote_dir, name) for name in files}
         sftp = self._client.open_sftp()
         try:
-            sftp.put(str(ctx.payload), remote_pyz)
-            sftp.chmod(remote_pyz, 0o444)
+            for name, local in files.items():
+                sftp.put(str(local), remote[name])
+                sftp.chmod(remote[name], 0o444)
         finally:
             sftp.close()
-        remaining = ctx.deadline.left(at_least=1.0)
+        remaining = deadline.left(at_least=1.0)
+        args = " ".join(shlex.quote(_place(a, remote)) for a in argv)
         # The remote side enforces the deadline too, so nothing outlives it there.
         command = "if command -v timeout >/dev/null; then T='timeout -s KILL %d'; else T=; fi; " \
-                  "cd %s && PYTHONDONTWRITEBYTECODE=1 exec $T %s %s %s" % (
-                      int(remaining) + 1, shlex.quote(self._remote_dir), py, shlex.quote(remote_pyz),
-                      " ".join(shlex.quote(a) for a in self.probe_args(ctx)))
+                  "cd %s && PYTHONDONTWRITEBYTECODE=1 exec $T %s" % (
+                      int(remaining) + 1, shlex.quote(self._remote_dir), args)
         status, out, err, timed_out = self._exec(command, remaining)
         text = out + ("\n" + err if err else "")
-        lines = text.splitlines()
-        with open(ctx.log_path, "a", encoding="utf-8", errors="backslashreplace") as log:
+        with open(log_path, "a", encoding="utf-8", errors="backslashreplace") as log:
             log.write("[harness] remote dir %s\n" % self._remote_dir)
             log.write("$ ssh %s %s\n" % (self.where, command))
             log.write(text + ("\n" if text and not text.endswith("\n") else ""))
             if timed_out:
-                log.write("[harness] deadline of %.1fs reached: channel closed\n" % ctx.timeout)
+                log.write("[harness] deadline of %.1fs reached: channel closed\n" % deadline.seconds)
         return proc.Completed([], None if timed_out else status, time.monotonic() - start, text,
-                              timed_out=timed_out, stopped="timeout" if timed_out else None, lines=lines)
+                              timed_out=timed_out, stopped="timeout" if timed_out else None,
+                              lines=text.splitlines())
 
-    def shutdown(self) -> None:
+    def close(self) -> None:
         if self._client is not None:
             try:
                 if self._remote_dir and self._remote_dir.startswith("/tmp/arena-harness."):
                     self._exec("rm -rf %s" % shlex.quote(self._remote_dir), 30)
-            except Exception:  # noqa: BLE001 - the connection may be gone; nothing more to do
+            except Exception:  # noqa: BLE001 - the connection may be gone: the remote dir goes with the machine
                 pass
             self._client.close()
             self._client = None
             self._remote_dir = None
+
+
+class SshBackend(Backend[SshOptions]):
+    name: ClassVar[str] = "ssh"
+    Options: ClassVar[type] = SshOptions
+    description: ClassVar[str] = "a machine reached over SSH (paramiko)"
+    key_hints: ClassVar[Dict[str, str]] = {
+        "password": "a password does not belong in a targets file: use key_file, the agent, or "
+                    "password_env: NAME_OF_AN_ENVIRONMENT_VARIABLE",
+    }
+
+    def __init__(self, target: Target) -> None:
+        super().__init__(target)
+        self._channel: Optional[SshChannel] = None
+
+    def missing(self) -> Optional[ToolMissing]:
+        try:
+            import paramiko  # noqa: F401
+        except ImportError:
+            return ToolMissing(self.name, "the paramiko Python package", "pip install 'arena-harness[ssh]'")
+        return None
+
+    # -- the lifecycle --------------------------------------------------------------------------
+    @property
+    def where(self) -> str:
+        o = self.options
+        return "%s@%s:%d" % (o.user, o.host, o.port)
+
+    def execute(self, ctx: RunContext) -> proc.Completed:
+        self._channel = SshChannel(self.options)
+        return self._channel.run([self.options.python, "{allocator.pyz}"] + self.probe_args(ctx), ctx.deadline,
+                                 ctx.log_path, {"allocator.pyz": ctx.payload})
+
+    def shutdown(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
         super().shutdown()
