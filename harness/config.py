@@ -34,6 +34,8 @@ from harness import backends
 from harness.errors import ConfigError
 from harness.inputs import MAX_TARGETS_BYTES, read_text
 from harness.model import (
+    DEBIAN,
+    DEBIAN_NAME_RE,
     DEFAULT_TIMEOUT,
     DIRECTORY,
     FILE,
@@ -235,6 +237,9 @@ def _host_path_problem(f: "dataclasses.Field[Any]", value: Any) -> Optional[str]
     if not isinstance(value, str):
         return None
     shown = quote(value, 200)
+    if DEBIAN in f.metadata and not DEBIAN_NAME_RE.fullmatch(value):
+        return "expected %s: lower-case letters, digits, '.', '+' and '-', like bookworm, got %s" % (
+            f.metadata[DEBIAN], _describe(value))
     if PROGRAM in f.metadata and shutil.which(value) is None:
         where = "" if "/" in value else " on PATH"
         return "no such program%s: %s (install %s, or fix the path)" % (where, shown, f.metadata[PROGRAM])

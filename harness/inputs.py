@@ -35,19 +35,22 @@ def _refuse_unless_regular(mode: int, path: str, what: str) -> None:
         raise ConfigError("is %s: only regular files are read as %s" % (kind, what), path=path)
 
 
-def read_text(path: Union[str, Path], what: str, limit: int, errors: str = "strict") -> str:
+def read_text(path: Union[str, Path], what: str, limit: int, errors: str = "strict", nofollow: bool = False) -> str:
     """The text of the regular file ``path``: a ConfigError (one line, no content) for anything else.
 
     ``what`` names the kind of file in errors ("targets files"). The file is
     checked before it is opened (a FIFO would block the open) and again through
     the open descriptor (it may have been swapped in between). ``errors`` is
     how invalid UTF-8 is decoded; with "strict" it is an error naming the line.
+    With ``nofollow`` a symbolic link is refused too (a file a guest wrote: it
+    must not make the harness, often root, read a host file in its stead).
     """
     name = str(path)
     try:
-        _refuse_unless_regular(os.stat(name).st_mode, name, what)
+        _refuse_unless_regular((os.lstat if nofollow else os.stat)(name).st_mode, name, what)
         # O_NONBLOCK: should a FIFO be swapped in after the check, the open does not hang.
-        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC | (os.O_NOFOLLOW if nofollow else 0)
+        fd = os.open(name, flags)
     except OSError as e:
         raise ConfigError("cannot read: %s" % (e.strerror or e), path=name) from None
     with os.fdopen(fd, "rb") as f:

@@ -13,6 +13,7 @@ else). The data flows one way::
 from __future__ import annotations
 
 import enum
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +47,11 @@ class Seconds(float):
 #   field(default="/", metadata={DIRECTORY: "the guest's root"})         # a directory
 # When the targets file sets such a key, what it names must exist here: a typo is a config
 # error (exit 2), not a skip. A default that is missing stays the backend's install hint.
+# Option fields whose value becomes a word of a command line the harness runs as root (mmdebstrap's suite
+# and packages) carry ``metadata={DEBIAN: "a Debian release"}``: the value must be such a name, never an
+# option ("--setup-hook=...") or anything else.
+DEBIAN = "arena-harness.debian-name"
+DEBIAN_NAME_RE = re.compile(r"[a-z0-9][a-z0-9.+-]{0,63}")
 PROGRAM = "arena-harness.program"
 FILE = "arena-harness.file"
 DIRECTORY = "arena-harness.directory"

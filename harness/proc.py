@@ -249,6 +249,91 @@ def live_pids() -> List[int]:
         return list(_live)
 
 
+class Capture:
+    """The capped copy of one child's output, in memory and in its log: the first ``OUTPUT_HEAD`` (written
+    to the log as it comes) and the last ``OUTPUT_TAIL`` (a ring, written when the output ends, after a
+    line saying what was dropped). Used for every guest, also those whose output does not come through a
+    pipe of this module (a container's logs, an SSH channel): see :func:`capture_lines`."""
+
+    def __init__(self, log: Optional[IO[str]]) -> None:
+        self.log = log
+        self._head: List[str] = []
+        self._tail: Deque[str] = deque()
+        self._head_cost = self._tail_cost = 0
+        self._dropped_lines = self._dropped_chars = 0
+
+    def take(self, line: str) -> None:
+        cost = len(line) + _LINE_COST
+        if not self._tail and self._head_cost + cost <= OUTPUT_HEAD:
+            self._head.append(line)
+            self._head_cost += cost
+            if self.log and not self.log.closed:
+                self.log.write(line + "\n")
+                self.log.flush()
+            return
+        self._tail.append(line)
+        self._tail_cost += cost
+        while self._tail_cost > OUTPUT_TAIL and len(self._tail) > 1:
+            old = self._tail.popleft()
+            self._tail_cost -= len(old) + _LINE_COST
+            self._dropped_lines += 1
+            self._dropped_chars += len(old) + 1
+
+    def _gap(self) -> str:
+        return ("[harness] output capped: %d lines (%d bytes) dropped here; the first %d MiB and the last %d MiB "
+                "are kept" % (self._dropped_lines, self._dropped_chars, OUTPUT_HEAD // MiB, OUTPUT_TAIL // MiB))
+
+    def kept(self) -> List[str]:
+        out = list(self._head)
+        if self._dropped_lines:
+            out.append(self._gap())
+        out.extend(self._tail)
+        return out
+
+    def close(self) -> None:
+        """The output ended: the gap notice and the tail go to the log."""
+        if self.log and not self.log.closed:
+            if self._dropped_lines:
+                self.log.write(self._gap() + "\n")
+                self.log.writelines(line + "\n" for line in self._tail)
+            self.log.flush()
+
+
+class LineCapture:
+    """Output that arrives as chunks of bytes (a container's log stream, an SSH channel): ``feed`` them,
+    then ``close`` for the kept lines. Lines are cut at ``LINE_MAX`` and capped like a child's output
+    (:class:`Capture`), so memory stays bounded whatever a guest prints."""
+
+    def __init__(self, log: Optional[IO[str]]) -> None:
+        self._cap = Capture(log)
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> None:
+        data = self._pending + chunk
+        start = 0
+        while True:
+            nl = data.find(b"\n", start)
+            if nl < 0:
+                break
+            self._cap.take(_decode_line(data[start:nl]))
+            start = nl + 1
+        self._pending = data[start:]
+        if len(self._pending) > LINE_MAX:  # one endless line: keep its start
+            self._cap.take(_decode_line(self._pending[:LINE_MAX]) + " [harness: line cut]")
+            self._pending = b""
+
+    def close(self) -> List[str]:
+        if self._pending:
+            self._cap.take(_decode_line(self._pending))
+            self._pending = b""
+        self._cap.close()
+        return self._cap.kept()
+
+
+def _decode_line(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="backslashreplace").rstrip("\r")
+
+
 class Running:
     """A started child: its output streams to the log (and to ``lines``) on a reader thread.
 
@@ -266,10 +351,7 @@ class Running:
         self.watch = watch
         self.capture = capture
         self.started_at = time.monotonic()
-        self._head: List[str] = []
-        self._tail: Deque[str] = deque()
-        self._head_cost = self._tail_cost = 0
-        self._dropped_lines = self._dropped_chars = 0
+        self._kept_output = Capture(log)
         self._waiters: List[Tuple[Callable[[str], bool], List[str]]] = []
         self.stop_reason: Optional[str] = None
         self.stop_requested_at: Optional[float] = None
@@ -285,15 +367,7 @@ class Running:
             return self._kept() if self.capture else []
 
     def _kept(self) -> List[str]:
-        out = list(self._head)
-        if self._dropped_lines:
-            out.append(self._gap())
-        out.extend(self._tail)
-        return out
-
-    def _gap(self) -> str:
-        return ("[harness] output capped: %d lines (%d bytes) dropped here; the first %d MiB and the last %d MiB "
-                "are kept" % (self._dropped_lines, self._dropped_chars, OUTPUT_HEAD // MiB, OUTPUT_TAIL // MiB))
+        return self._kept_output.kept()
 
     def _read(self) -> None:
         stream = self.popen.stdout
@@ -318,11 +392,7 @@ class Running:
             if not chunk:
                 break
         with self._cond:
-            if self.log and not self.log.closed:
-                if self._dropped_lines:
-                    self.log.write(self._gap() + "\n")
-                    self.log.writelines(line + "\n" for line in self._tail)
-                self.log.flush()
+            self._kept_output.close()
             self._cond.notify_all()
 
     def _take(self, raw: bytes, cut: int) -> None:
@@ -339,21 +409,7 @@ class Running:
             for predicate, found in self._waiters:
                 if not found and predicate(line):
                     found.append(line)
-            cost = len(line) + _LINE_COST
-            if not self._tail and self._head_cost + cost <= OUTPUT_HEAD:
-                self._head.append(line)
-                self._head_cost += cost
-                if self.log and not self.log.closed:
-                    self.log.write(line + "\n")
-                    self.log.flush()
-            else:
-                self._tail.append(line)
-                self._tail_cost += cost
-                while self._tail_cost > OUTPUT_TAIL and len(self._tail) > 1:
-                    old = self._tail.popleft()
-                    self._tail_cost -= len(old) + _LINE_COST
-                    self._dropped_lines += 1
-                    self._dropped_chars += len(old) + 1
+            self._kept_output.take(line)
             self._cond.notify_all()
 
     def alive(self) -> bool:

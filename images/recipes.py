@@ -190,7 +190,7 @@ class KernelKit(Recipe):
     def build(self, out: Path, cache: Cache, log: Log) -> None:
         x = out / "extract"
         mmdebstrap(["--variant=extract", "--include=%s,busybox-static" % self.package, "--arch=%s" % self.arch,
-                     self.suite, str(x)], out / "build.log", log, "the %s kernel" % self.name)
+                     "--", self.suite, str(x)], out / "build.log", log, "the %s kernel" % self.name)
         images = sorted(x.glob(self.image_glob))
         if not images:
             raise BuildError("no kernel image matching %s in %s" % (self.image_glob, self.package))
@@ -252,8 +252,8 @@ class Rootfs(Recipe):
         ensure_binfmt(self.arch, log)
         root = out / "root"
         mmdebstrap(["--variant=%s" % self.variant, "--include=%s" % ",".join(self.packages),
-                    "--arch=%s" % self.arch,
-                    self.suite, str(root)], out / "build.log", log, "the %s root filesystem" % self.name)
+                    "--arch=%s" % self.arch, "--", self.suite, str(root)], out / "build.log", log,
+                   "the %s root filesystem" % self.name)
         for d in ("proc", "sys", "dev", "tmp", "mnt", "run"):
             (root / d).mkdir(exist_ok=True)
 

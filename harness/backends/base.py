@@ -14,6 +14,7 @@ Steps 1-4 are driven by :meth:`Backend.run`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, List, Optional, Tuple, TypeVar
@@ -22,7 +23,8 @@ import images
 from harness import proc
 from harness.backends import jail
 from harness.backends.console import DONE, extract_frames, find_panic, parse_documents
-from harness.errors import ToolMissing
+from harness.errors import ConfigError, ToolMissing
+from harness.inputs import MiB, read_text
 from harness.model import Deadline, GuestRun, Target
 from images import Tool
 
@@ -37,6 +39,15 @@ class Need:
     ok: bool
     hint: str = ""  # how to get it, when it is missing
     images: bool = False  # needed only to build images the cache does not have yet
+
+
+RESULT_MAX = 16 * MiB  # a guest's result file: the allocator's documents are tens of KiB
+
+
+def _note(log_path: Path, text: str) -> None:
+    """A line from the harness in a console log (what it did not trust, and why)."""
+    with open(log_path, "a", encoding="utf-8", errors="backslashreplace") as log:
+        log.write("[harness] %s\n" % text)
 
 
 @dataclass(frozen=True)
@@ -138,8 +149,15 @@ class Backend(Generic[OptionsT]):
             run.error = completed.error
             return run
         share = self.result_file(ctx)
-        if share is not None and share.is_file() and share.stat().st_size > 0:
-            docs, problem = parse_documents(share.read_text(encoding="utf-8", errors="backslashreplace"))
+        if share is not None and os.path.lexists(share):
+            # The guest wrote this file: only a regular file of a sane size is read, never through a link
+            # (a symlink to /etc/shadow would make the harness, often root, read it as the result).
+            try:
+                text = read_text(share, "guest result files", RESULT_MAX, errors="backslashreplace", nofollow=True)
+            except ConfigError as e:
+                _note(ctx.log_path, "result file ignored: %s" % e)
+                text = ""
+            docs, problem = parse_documents(text) if text else ({}, "empty")
             if not problem:
                 run.documents, run.channel = docs, "share"
                 return run

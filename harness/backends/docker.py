@@ -20,7 +20,7 @@ import os
 import socket
 import tarfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
@@ -28,7 +28,7 @@ import images
 from harness import arches, proc
 from harness.backends.base import Backend, Need, RunContext
 from harness.errors import HarnessError, ToolMissing
-from harness.model import Size, Target
+from harness.model import DEBIAN, Size, Target
 
 MiB = 1 << 20
 LABEL = "arena-harness"
@@ -60,14 +60,18 @@ def owner_label() -> str:
 
 
 def sweep(c: Any) -> List[str]:
-    """Remove harness containers whose owning process is gone (a crashed or killed run)."""
+    """Remove harness containers whose owning process, on this host, is gone (a crashed or killed run).
+
+    A daemon may be shared (``DOCKER_HOST``, a CI runner's): containers owned by another host, or with
+    no owner the harness can read, are never touched; their own host's next run sweeps them."""
     removed = []
     host = socket.gethostname()
     for ct in c.containers.list(all=True, filters={"label": LABEL}):
         owner = ct.labels.get("arena-harness.owner", "")
         h, _, pid = owner.rpartition(":")
-        alive = h == host and pid.isdigit() and Path("/proc", pid).exists()
-        if not alive:
+        if h != host or not pid.isdigit():
+            continue
+        if not Path("/proc", pid).exists():
             ct.remove(force=True)
             removed.append(ct.name)
     return removed
@@ -76,7 +80,7 @@ def sweep(c: Any) -> List[str]:
 @dataclass(frozen=True)
 class DockerOptions:
     arch: str = "amd64"
-    suite: Optional[str] = None
+    suite: Optional[str] = field(default=None, metadata={DEBIAN: "a Debian release"})
     memory: Size = Size(512 * MiB)
     pids: int = 64
 
@@ -224,10 +228,11 @@ class DockerBackend(Backend[DockerOptions]):
                     self._container.kill()
                 except Exception:  # noqa: BLE001 - it may have ended meanwhile
                     pass
-            raw = self._container.logs(stdout=True, stderr=True)
-            for line in raw.decode("utf-8", errors="backslashreplace").splitlines():
-                lines.append(line)
-                log.write(line + "\n")
+            # Streamed and capped: a container that printed 400 MB must not become 400 MB in the harness.
+            capture = proc.LineCapture(log)
+            for chunk in self._container.logs(stdout=True, stderr=True, stream=True, follow=False):
+                capture.feed(chunk)
+            lines = capture.close()
             if timed_out:
                 log.write("[harness] deadline of %.1fs reached: container killed\n" % ctx.timeout)
         return proc.Completed([], returncode, time.monotonic() - start, "\n".join(lines), timed_out=timed_out,

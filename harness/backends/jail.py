@@ -46,6 +46,7 @@ class View:
     tmp_size: int = 64 << 20
     devices: Tuple[str, ...] = ("null", "zero", "urandom", "random")
     proc: bool = False  # a /proc of the guest's own PID namespace (processes that read /proc/self)
+    host_net: bool = False  # the host's network (QEMU's user-mode forward to a loopback port); else none
 
 
 @dataclass
@@ -100,6 +101,8 @@ def launcher(view: View, mountpoint: Path, slot: Optional[Slot]) -> List[str]:
         argv += ["--dev", name]
     if view.proc:
         argv += ["--proc"]
+    if view.host_net:
+        argv += ["--host-net"]
     if slot is not None:
         argv += ["--user", "%d:%d" % (slot.uid, slot.uid)]
     elif os.geteuid() != 0:

@@ -26,7 +26,7 @@ import images
 from harness import proc
 from harness.backends import jail
 from harness.backends.base import Backend, RunContext, Tool
-from harness.model import PROGRAM, Target
+from harness.model import DEBIAN, PROGRAM, Target
 
 VIEW_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -34,7 +34,7 @@ VIEW_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 @dataclass(frozen=True)
 class LocalOptions:
     python: str = field(default="python3", metadata={PROGRAM: "python3"})  # set explicitly: must exist here
-    suite: Optional[str] = None  # run in this Debian release's root filesystem (its python3)
+    suite: Optional[str] = field(default=None, metadata={DEBIAN: "a Debian release"})  # its root and python3
 
     def validate(self) -> Optional[Tuple[str, str]]:
         if not self.python.strip():

@@ -1,7 +1,8 @@
 """Exec a command inside a private mount namespace whose root is a constructed, read-only view.
 
     python3 -m harness.backends.nsexec --view DIR [--root ROOT] [--ro SRC:DEST ...] [--rw SRC:DEST ...]
-                              [--tmp SIZE] [--dev NAME ...] [--proc] [--user UID:GID] [--userns] -- CMD ARGS...
+                              [--tmp SIZE] [--dev NAME ...] [--proc] [--host-net] [--user UID:GID] [--userns]
+                              -- CMD ARGS...
 
 This is the guest-facing half of :mod:`harness.backends.jail`. Everything it mounts is
 made in a new mount namespace (private propagation), so it vanishes with the
@@ -24,7 +25,9 @@ The view, mounted on the empty directory DIR:
   host view, binds may also go elsewhere: an interpreter outside ``/usr``);
 - ``/proc`` (with ``--proc``) is the new PID namespace's own.
 
-Then chroot into the view, drop to UID:GID (or, with ``--userns``, run as the
+The command gets a network namespace of its own (no interface but a loopback
+that is down) unless ``--host-net``. Then the view becomes the root
+(``pivot_root``, the old root detached), drop to UID:GID (or, with ``--userns``, run as the
 caller mapped to root inside a new user namespace: how an unprivileged harness
 builds the same view), ask for SIGKILL when the parent dies, and exec (no new
 process: :mod:`harness.proc` started this one). Exit 126 with one line on
@@ -45,6 +48,10 @@ from typing import List, Optional, Tuple
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+MNT_DETACH = 2
+# pivot_root(2) has no libc wrapper: its number per machine (uname -m).
+SYS_PIVOT_ROOT = {"x86_64": 155, "i686": 217, "i386": 217, "aarch64": 41, "riscv64": 41}
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
@@ -140,6 +147,18 @@ def build_view(view: str, root: Optional[str], ro: List[str], rw: List[str], tmp
         mount(None, view, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
+def _pivot(view: str) -> None:
+    """Make ``view`` the root and detach the old one: unlike chroot, nothing of the host is left to climb
+    back to (root in a user namespace can leave a chroot with chroot and "..": not a pivoted root)."""
+    os.chdir(view)
+    nr = SYS_PIVOT_ROOT.get(os.uname().machine)
+    if nr is None:
+        raise OSError(38, "pivot_root: no system call number for %s in nsexec.SYS_PIVOT_ROOT" % os.uname().machine)
+    _check(_libc.syscall(nr, b".", b"."), "pivot_root")
+    _check(_libc.umount2(b".", MNT_DETACH), "detach the old root")
+    os.chdir("/")
+
+
 def _wait(child: int) -> int:
     """Wait for the namespace's PID 1 and exit as it did (a death by signal as 128+N, like a shell)."""
     # Our process group receives the harness's SIGTERM too: the namespace's init decides what it means.
@@ -166,6 +185,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--user", metavar="UID:GID")
     ap.add_argument("--userns", action="store_true", help="unprivileged: build the view in a new user namespace")
     ap.add_argument("--proc", action="store_true", help="mount a proc of the new PID namespace in the view")
+    ap.add_argument("--host-net", action="store_true", help="keep the host's network (else a namespace of its own)")
     ap.add_argument("command", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv)
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -174,11 +194,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     view = os.path.abspath(args.view)
     try:
         _pdeathsig()  # the harness's death ends us (and, through the PID namespace, everything below)
-        flags = CLONE_NEWNS | CLONE_NEWPID
+        # A network namespace of its own (only a loopback, down) unless the target needs the host's.
+        flags = CLONE_NEWNS | CLONE_NEWPID | (0 if args.host_net else CLONE_NEWNET)
         if args.userns:
             _enter_userns(flags)
         else:
-            _check(_libc.unshare(flags), "unshare(CLONE_NEWNS|CLONE_NEWPID)")
+            _check(_libc.unshare(flags), "unshare(CLONE_NEWNS|CLONE_NEWPID|CLONE_NEWNET)")
         # The next child is PID 1 of the new namespace: when it ends, the kernel kills every process
         # left in the namespace, also those that left our process group with setsid.
         child = os.fork()
@@ -188,8 +209,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing propagates back to the host
         build_view(view, os.path.abspath(args.root) if args.root else None, args.ro, args.rw, args.tmp, args.dev,
                    args.proc)
-        os.chroot(view)
-        os.chdir("/")
+        _pivot(view)
         if args.user:
             uid, _, gid = args.user.partition(":")
             # The uid is this guest's alone, so a per-uid process cap contains a fork bomb (UML and

@@ -20,7 +20,7 @@ import os
 import shutil
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Dict, List, Optional, Tuple
 
@@ -30,7 +30,7 @@ from harness.backends import jail
 from harness.backends.base import Backend, Need, RunContext, Tool
 from harness.backends.console import find_panic
 from harness.errors import HarnessError
-from harness.model import Seconds, Size, Target
+from harness.model import DEBIAN, Seconds, Size, Target
 
 MiB = 1 << 20
 
@@ -38,10 +38,10 @@ MiB = 1 << 20
 @dataclass(frozen=True)
 class QemuOptions:
     arch: str = "x86_64"
-    suite: Optional[str] = None  # the kernel's Debian release (default: the arch's)
-    kernel_package: Optional[str] = None
+    suite: Optional[str] = field(default=None, metadata={DEBIAN: "a Debian release"})  # the kernel's
+    kernel_package: Optional[str] = field(default=None, metadata={DEBIAN: "a Debian package name"})
     rootfs: str = "auto"  # host | debian | auto (host where the arch matches)
-    rootfs_suite: Optional[str] = None
+    rootfs_suite: Optional[str] = field(default=None, metadata={DEBIAN: "a Debian release"})
     cpu: Optional[str] = None
     memory: Size = Size(512 * MiB)
     smp: int = 1
@@ -268,7 +268,9 @@ class QemuBackend(Backend[QemuOptions]):
         # snapshot=on keeps the disk's writes in a file under TMPDIR: the view's private /tmp (lazily filled).
         tmp = 1 << 30 if self.options.boot == "ssh" else 64 << 20
         # proc: QEMU's 9p server sets modes through /proc/self/fd (its own PID namespace's proc will do).
-        return jail.View(ro=tuple(ro), rw=tuple(rw), devices=devices, tmp_size=tmp, proc=True)
+        # The host's network only for boot: ssh, whose user-mode networking forwards a port on its loopback.
+        return jail.View(ro=tuple(ro), rw=tuple(rw), devices=devices, tmp_size=tmp, proc=True,
+                         host_net=self.options.boot == "ssh")
 
     def argv(self, ctx: RunContext) -> List[str]:
         """9p boot: the per-boot initrd, the guest root read-only and the results share writable.
@@ -279,7 +281,9 @@ class QemuBackend(Backend[QemuOptions]):
         root_share = "local,path=%s,mount_tag=hostroot,security_model=none,readonly=on" % root
         root_share += ",multidevs=remap"  # the view spans several filesystems
         out_share = "local,path=%s,mount_tag=out,security_model=none" % jail.guest_path("out")
-        argv = self.vm_argv(Path(jail.guest_path("initrd"))) + ["-virtfs", root_share, "-virtfs", out_share]
+        # -nic none: no default network card (QEMU gives a PC one with user-mode networking otherwise).
+        argv = self.vm_argv(Path(jail.guest_path("initrd"))) + ["-nic", "none", "-virtfs", root_share,
+                                                                "-virtfs", out_share]
         return self.jailed(ctx, self.view(ctx), argv)
 
     def ssh_argv(self, ctx: RunContext, port: int) -> List[str]:

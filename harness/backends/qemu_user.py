@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, List, Optional, Tuple
 
@@ -24,13 +24,13 @@ from harness import arches, proc
 from harness.backends import jail
 from harness.backends.base import Backend, Need, RunContext, Tool
 from harness.errors import HarnessError
-from harness.model import Size, Target
+from harness.model import DEBIAN, Size, Target
 
 
 @dataclass(frozen=True)
 class QemuUserOptions:
     arch: str = "arm64"
-    suite: Optional[str] = None
+    suite: Optional[str] = field(default=None, metadata={DEBIAN: "a Debian release"})
     reserved_va: Optional[Size] = None
 
     def validate(self) -> Optional[Tuple[str, str]]:

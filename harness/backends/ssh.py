@@ -26,7 +26,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Dict, List, Optional, Tuple
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple
 
 from harness import known_hosts, proc
 from harness.backends.base import Backend, RunContext
@@ -169,8 +169,10 @@ class SshChannel:
         except OSError as e:
             raise SshError("%s: %s" % (self.where, e.strerror or e)) from None
 
-    def _exec(self, command: str, timeout: float) -> Tuple[int, str, str, bool]:
-        """Run a remote command with a deadline: (status, stdout, stderr, timed_out)."""
+    def _exec(self, command: str, timeout: float,
+              sink: Optional[Callable[[bytes], None]] = None) -> Tuple[int, str, str, bool]:
+        """Run a remote command with a deadline: (status, stdout, stderr, timed_out). With ``sink``, its
+        output (stdout, then stderr as it comes) goes there instead, and the strings are empty."""
         chan = self._client.get_transport().open_session(timeout=timeout)
         chan.settimeout(0.2)
         chan.exec_command(command)
@@ -179,9 +181,11 @@ class SshChannel:
         deadline = time.monotonic() + timeout
         while True:
             while chan.recv_ready():
-                out.append(chan.recv(65536))
+                data = chan.recv(65536)
+                sink(data) if sink else out.append(data)
             while chan.recv_stderr_ready():
-                err.append(chan.recv_stderr(65536))
+                data = chan.recv_stderr(65536)
+                sink(data) if sink else err.append(data)
             if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
                 break
             if time.monotonic() >= deadline:
@@ -220,17 +224,17 @@ class SshChannel:
         command = "if command -v timeout >/dev/null; then T='timeout -s KILL %d'; else T=; fi; " \
                   "cd %s && PYTHONDONTWRITEBYTECODE=1 exec $T %s" % (
                       int(remaining) + 1, shlex.quote(self._remote_dir), args)
-        status, out, err, timed_out = self._exec(command, remaining)
-        text = out + ("\n" + err if err else "")
         with open(log_path, "a", encoding="utf-8", errors="backslashreplace") as log:
             log.write("[harness] remote dir %s\n" % self._remote_dir)
             log.write("$ ssh %s %s\n" % (self.where, command))
-            log.write(text + ("\n" if text and not text.endswith("\n") else ""))
+            # Streamed and capped like any guest's output (stdout and stderr interleaved as they come).
+            capture = proc.LineCapture(log)
+            status, _, _, timed_out = self._exec(command, remaining, sink=capture.feed)
+            lines = capture.close()
             if timed_out:
                 log.write("[harness] deadline of %.1fs reached: channel closed\n" % deadline.seconds)
-        return proc.Completed([], None if timed_out else status, time.monotonic() - start, text,
-                              timed_out=timed_out, stopped="timeout" if timed_out else None,
-                              lines=text.splitlines())
+        return proc.Completed([], None if timed_out else status, time.monotonic() - start, "\n".join(lines),
+                              timed_out=timed_out, stopped="timeout" if timed_out else None, lines=lines)
 
     def close(self) -> None:
         if self._client is not None:

@@ -32,7 +32,7 @@ from harness.backends import jail
 from harness.backends.base import Backend, RunContext, Tool
 from harness.backends.console import BOOTED, DONE
 from harness.errors import ToolMissing
-from harness.model import DIRECTORY, PROGRAM, Size, Target
+from harness.model import DEBIAN, DIRECTORY, PROGRAM, Size, Target
 
 MiB = 1 << 20
 
@@ -70,7 +70,8 @@ class UmlOptions:
     kernel_args: Tuple[str, ...] = ("quiet",)
     python: str = "python3"
     root: str = field(default="/", metadata={DIRECTORY: "the host directory the guest boots as its root"})
-    suite: Optional[str] = None  # run this Debian release's linux.uml inside its own root filesystem
+    # run this Debian release's linux.uml inside its own root filesystem
+    suite: Optional[str] = field(default=None, metadata={DEBIAN: "a Debian release"})
 
     def validate(self) -> Optional[Tuple[str, str]]:
         # python is the guest's, found on the guest's PATH inside root (not checkable before a suite's

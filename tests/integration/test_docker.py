@@ -146,3 +146,32 @@ def test_the_container_has_no_mount_from_the_host(docker_client: Any, workdir: P
     log = (workdir / "console.log").read_text()
     assert "65534 ['allocator.pyz'] False" in log
     assert labels_of(docker_client)["containers"] == []
+
+
+def test_another_hosts_containers_on_a_shared_daemon_are_left_alone(docker_client: Any) -> None:
+    target = config.load().select(["docker-amd64"])[0]
+    backend = DockerBackend(target)
+    backend.provision(images.Cache(), lambda m: None)
+    ct = docker_client.containers.create(backend.image_tag(), ["true"], name="ah-foreign-%d" % os.getpid(),
+                                         labels={LABEL: "container", "arena-harness.owner": "another-host:123"})
+    try:
+        assert ct.name not in sweep(docker_client)
+        assert ct.name in labels_of(docker_client)["containers"]
+    finally:
+        ct.remove(force=True)
+
+
+def test_a_container_that_floods_its_output_is_capped(docker_client: Any, workdir: Path) -> None:
+    import resource
+
+    from harness import proc
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    script = "import sys\nline = 'A' * 999 + '\\n'\nfor _ in range(300000): sys.stdout.write(line)\nprint('FLOOD_OVER')"
+    _, run = boot(docker_client, workdir, ["python3", "-c", script], timeout=120)
+    grew_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    size = (workdir / "console.log").stat().st_size
+    assert size <= proc.OUTPUT_HEAD + proc.OUTPUT_TAIL + (1 << 20), size
+    text = (workdir / "console.log").read_text()
+    assert "output capped" in text and text.rstrip().endswith("FLOOD_OVER")
+    assert grew_mib < 64, grew_mib

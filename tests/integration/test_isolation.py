@@ -373,3 +373,72 @@ def test_a_uml_guest_that_floods_its_console_is_capped(tmp_path: Path) -> None:
     assert "FLOOD_OVER" in log_tail  # the tail (where results and last words are) is kept
     assert grew_mib < 64, grew_mib
     assert not run.timed_out
+
+
+def test_an_unprivileged_jail_cannot_be_climbed_out_of_and_has_no_network(tmp_path: Path) -> None:
+    """Without root the jail is a user namespace, where the guest is root: chroot and ".." must lead
+    nowhere (the view is pivoted to, and the old root detached), and there is no network."""
+    import shutil
+    import subprocess
+
+    from harness.backends import nsexec
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("becoming an unprivileged user for this test needs root and setpriv (util-linux)")
+    d = Path(tempfile_dir())
+    try:
+        (d / "v").mkdir()
+        os.chown(d / "v", 65534, 65534)
+        probe = d / "esc.py"
+        probe.write_text(
+            "import os, socket\n"
+            "os.makedirs('/tmp/x', exist_ok=True)\n"
+            "os.chroot('/tmp/x')\n"
+            "[os.chdir('..') for _ in range(40)]\n"
+            "os.chroot('.')\n"
+            "print('TOP', ' '.join(sorted(os.listdir('/'))))\n"
+            "try:\n"
+            "    socket.create_connection(('127.0.0.1', 22), timeout=2); print('NET connected')\n"
+            "except OSError as e:\n"
+            "    print('NET', e.errno)\n")
+        probe.chmod(0o644)
+        out = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3",
+             nsexec.__file__, "--view", str(d / "v"), "--userns", "--ro", "%s:/mnt/arena/esc.py" % probe, "--",
+             "/usr/bin/python3", "/mnt/arena/esc.py"], capture_output=True, text=True, timeout=60, cwd="/")
+        assert out.returncode == 0, out.stderr
+        top = next(ln for ln in out.stdout.splitlines() if ln.startswith("TOP ")).split()[1:]
+        assert set(top) <= VIEW_TOP and "root" not in top and "work" not in top and "home" not in top, top
+        assert "NET connected" not in out.stdout and "NET " in out.stdout
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def tempfile_dir() -> str:
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="arena-ujail-", dir="/tmp")
+    os.chmod(d, 0o755)  # the unprivileged user reaches its view's mount point
+    return d
+
+
+def test_a_uml_guest_cannot_make_the_harness_read_a_host_file_as_its_result(tmp_path: Path) -> None:
+    """The results directory is the guest's: a symlink there must not make the harness (root) read, and
+    report, a file the guest cannot see. Only a regular file is read, and at most 16 MiB of it."""
+    from harness.backends.base import RESULT_MAX
+
+    secret = tmp_path / "root-only.json"
+    secret.write_text('[{"schema": 1, "policy": "go-2012", "outcome": "ROOT-ONLY-SECRET"}]')
+    secret.chmod(0o600)
+    body = f"""
+mount -t hostfs -o /mnt/arena/out none /mnt/arena/boot/share
+ln -s {secret} /mnt/arena/boot/share/result.json && echo LINKED
+echo @@ARENA-HARNESS-DONE@@
+poweroff -f
+"""
+    _, ctx, run = boot(tmp_path, body)
+    log = ctx.log_path.read_text()
+    assert "LINKED" in log
+    assert run.channel != "share" and "ROOT-ONLY-SECRET" not in str(run.documents)
+    assert "result file ignored" in log, log[-600:]
+    assert RESULT_MAX == 16 << 20

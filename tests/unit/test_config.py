@@ -371,3 +371,15 @@ def test_explicit_programs_that_exist_are_fine() -> None:
     ts = parse("targets:\n  - name: t\n    backend: local\n    python: %s\n"
                "  - name: u\n    backend: uml\n    python: /usr/bin/env\n    root: /\n" % sys.executable)
     assert ts.targets[0].options.python == sys.executable
+
+
+@pytest.mark.parametrize("backend,key", [("uml", "suite"), ("local", "suite"), ("qemu", "suite"),
+                                         ("qemu", "rootfs_suite"), ("qemu", "kernel_package"),
+                                         ("qemu-user", "suite"), ("docker", "suite")])
+def test_a_debian_name_that_is_an_option_is_refused(backend: str, key: str) -> None:
+    """A suite becomes a word of mmdebstrap's command line, run as root: "--setup-hook=..." must not."""
+    text = "targets:\n  - name: a\n    backend: %s\n    %s: \"--setup-hook=id > /tmp/pwn\"\n" % (backend, key)
+    with pytest.raises(ConfigError) as e:
+        config.parse(text, "t.yaml")
+    assert str(e.value).startswith("t.yaml:4 [a] %s: expected a Debian " % key), str(e.value)
+    assert "setup-hook" in str(e.value)  # quoted, so the user sees what was refused

@@ -294,3 +294,21 @@ def test_signals_while_stopping_keep_the_results(tmp_path: Path, state: Path, st
     (rec,) = doc["results"]
     assert rec["status"] == "error" and rec["detail"].startswith("interrupted")
     assert list(registry.entries(state)) == []
+
+
+def test_output_that_arrives_in_chunks_is_capped_like_a_childs(tmp_path: Path) -> None:
+    """A container's log stream or an SSH channel: 200 MB in odd-sized chunks keeps head and tail only."""
+    from harness import proc
+
+    log = open(tmp_path / "c.log", "w")
+    cap = proc.LineCapture(log)
+    chunk = (b"B" * 999 + b"\n") * 1000 + b"partial-"
+    for _ in range(200):
+        cap.feed(chunk)
+    cap.feed(b"line\nLAST")
+    lines = cap.close()
+    log.close()
+    size = (tmp_path / "c.log").stat().st_size
+    assert size <= proc.OUTPUT_HEAD + proc.OUTPUT_TAIL + (1 << 20)
+    assert lines[-1] == "LAST" and any("output capped" in ln for ln in lines)
+    assert sum(len(ln) for ln in lines) <= proc.OUTPUT_HEAD + proc.OUTPUT_TAIL + (1 << 20)
