@@ -105,7 +105,8 @@ STORMS = {
 def test_any_number_of_signals_while_guests_stop(tmp_path: Path, storm: str) -> None:
     """UML, QEMU and Docker guests all running; the first signal is followed by more. The JSON is
     still written within seconds, the run says it is incomplete, and nothing of the run is left."""
-    from harness import backends, config, images
+    import images
+    from harness import backends, config
     from harness.backends.docker import client
     from harness.errors import ToolMissing
     from harness.plugin import skip_or_fail
