@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     mg = sub.add_parser("merge", help="join results files (shards) into one")
     mg.add_argument("output", type=Path)
     mg.add_argument("inputs", type=Path, nargs="+")
+    mg.add_argument("--prefer", choices=results.PREFER, metavar="first|last",
+                    help="which file's result wins when files share a (target, policy) (default: that is an error)")
 
     gr = sub.add_parser("groups", help="the CI matrix: groups of targets and the kernels they cover")
     targets_arg(gr)
@@ -325,11 +327,15 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    doc = results.merge([RunDocument.load(p) for p in args.inputs])
+    docs = [RunDocument.load(p) for p in args.inputs]
+    doc = results.merge(docs, args.prefer, [str(p) for p in args.inputs])
     make_output_dirs(args.output)
     doc.write(args.output)
-    print("%s: %d results from %d files; %s" % (args.output, len(doc.records), len(args.inputs),
-                                               report.summary_line(doc)))
+    dropped = sum(len(d.records) for d in docs) - len(doc.records)
+    print("%s: %d results from %d files%s; %s" % (
+        args.output, len(doc.records), len(args.inputs),
+        " (%d duplicates dropped, --prefer %s)" % (dropped, args.prefer) if dropped else "",
+        report.summary_line(doc)))
     return EXIT_OK
 
 

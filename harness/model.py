@@ -120,7 +120,7 @@ class TargetSet:
             return list(self.targets)
         known = {t.name: t for t in self.targets}
         out = []
-        for name in only:
+        for name in dict.fromkeys(only):  # a name given twice runs once: a results file holds each result once
             if name not in known:
                 raise ConfigError(
                     "unknown target %r; targets in this file: %s" % (name, ", ".join(known)), path=self.source

@@ -13,10 +13,10 @@ import socket
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from harness.document import check_document
-from harness.errors import ConfigError
+from harness.errors import ConfigError, UsageError
 from harness.files import write_atomically
 from harness.inputs import MAX_RESULTS_BYTES, read_text
 from harness.model import GuestRun, Record, Status, Target, outcome_text, quote, worst
@@ -224,12 +224,14 @@ class RunDocument:
                                   key="run.%s" % key)
         if not isinstance(d["results"], list):
             raise ConfigError("expected a list, got %s" % _json_kind(d["results"]), path=name, key="results")
+        records = [record_from_json(r, "results[%d]" % i, name) for i, r in enumerate(d["results"])]
+        _check_unique(records, name)
         return cls(
             run_id=run["id"],
             started=run["started"],
             finished=run.get("finished"),
             complete=run["complete"],
-            records=[record_from_json(r, "results[%d]" % i, name) for i, r in enumerate(d["results"])],
+            records=records,
             argv=run.get("argv") or [],
             targets_file=run.get("targets_file"),
             artifacts=run.get("artifacts"),
@@ -246,14 +248,47 @@ _RUN_KEYS: Tuple[Tuple[str, Any, bool], ...] = (
 )
 
 
-def merge(docs: List[RunDocument]) -> RunDocument:
-    """Join shard result files into one run document (records in the order given)."""
+def _check_unique(records: List[Record], path: str) -> None:
+    """One result per (target, policy) in a file: with two, every reader would pick one (report the
+    first, diff and merge the last) and a failure could hide behind a pass."""
+    first: Dict[Tuple[str, str], int] = {}
+    for i, r in enumerate(records):
+        at = first.setdefault((r.target, r.policy), i)
+        if at != i:
+            raise ConfigError("a second result for %s/%s (the first is results[%d]); a results file holds one "
+                              "result per target and policy" % (quote(r.target), quote(r.policy), at),
+                              path=path, target=quote(r.target), key="results[%d]" % i)
+
+
+PREFER = ("first", "last")
+"""What ``merge --prefer`` accepts: which file's result wins when files share a (target, policy)."""
+
+
+def merge(docs: Sequence[RunDocument], prefer: Optional[str] = None, sources: Sequence[str] = ()) -> RunDocument:
+    """Join shard result files into one run document (records in the order given).
+
+    A (target, policy) in more than one document is a UsageError naming both files (``sources``, in
+    the order of ``docs``), unless ``prefer`` says which wins: "first" keeps the earliest document's
+    result, "last" the latest's (at the place of the first). Shards never share one; re-runs may."""
     if not docs:
         raise ValueError("nothing to merge")
+    if prefer not in (None,) + PREFER:
+        raise ValueError("prefer must be one of %s, got %r" % (", ".join(PREFER), prefer))
+    names = list(sources) or ["file %d" % (i + 1) for i in range(len(docs))]
     seen: Dict[Tuple[str, str], Record] = {}
-    for doc in docs:
+    came_from: Dict[Tuple[str, str], int] = {}
+    for n, doc in enumerate(docs):
         for r in doc.records:
-            seen[(r.target, r.policy)] = r
+            key = (r.target, r.policy)
+            if key in seen:
+                if prefer is None:
+                    raise UsageError("%s: %s/%s is also in %s; pass --prefer first or --prefer last to say "
+                                     "which file's result wins" % (names[n], quote(r.target), quote(r.policy),
+                                                                    names[came_from[key]]))
+                if prefer == "first":
+                    continue
+            seen[key] = r
+            came_from[key] = n
     first = docs[0]
     return RunDocument(
         run_id="+".join(dict.fromkeys(d.run_id for d in docs)),

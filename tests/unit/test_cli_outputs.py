@@ -62,7 +62,7 @@ def test_report_diff_and_merge_create_missing_directories(fake_targets: Path, tm
     assert cli.main(["diff", str(results_json), str(results_json), "--markdown", str(diff_md),
                      "--track", str(state)]) == 0
     merged = new / "merged" / "all.json"
-    assert cli.main(["merge", str(merged), str(results_json), str(results_json)]) == 0
+    assert cli.main(["merge", str(merged), str(results_json), str(results_json), "--prefer", "last"]) == 0
     for f in written + [diff_md, merged]:
         assert f.is_file() and mode(f) == 0o644, f
     assert state.is_file()
@@ -102,3 +102,11 @@ def test_write_atomically_leaves_no_temporary_file(tmp_path: Path) -> None:
     results.write_atomically(target, "two\n")
     assert target.read_text() == "two\n"
     assert sorted(p.name for p in target.parent.iterdir()) == ["y.txt"]
+
+
+def test_a_target_named_twice_runs_once_and_its_results_load(fake_targets: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    # Was: two records for f/go-2012 in the file, which no reader could then load.
+    assert cli.main(["run", "--targets", str(fake_targets), "--only", "f", "--only", "f", "--policy", "go-2012", "-q",
+                     "--artifacts", str(tmp_path / "logs"), "--json", str(out)]) == 0
+    assert [(r.target, r.policy) for r in RunDocument.load(out).records] == [("f", "go-2012")]

@@ -231,3 +231,40 @@ def test_a_damaged_tracking_file_is_an_error_not_a_fresh_start(tmp_path: Path,
     state.write_text("[]")
     assert cli.main(["diff", good, good, "--track", str(state)]) == 2
     assert state.read_text() == "[]"  # left as it was
+
+
+FAIL_THEN_PASS = [record("l1", "go-2012", Status.FAIL, "expected high-arena, got crash: boom"),
+                  record("l1", "go-2012", Status.PASS)]
+
+
+@pytest.mark.parametrize("command", ["report", "diff", "merge"])
+def test_a_duplicate_result_in_one_file_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                               command: str) -> None:
+    # Was: report said "failed" (exit 1), diff said "no changes" (exit 0), merge kept the pass.
+    dup = write(tmp_path, "dup.json", run_doc(*FAIL_THEN_PASS, record("qemu-x", "go-2012", Status.PASS)))
+    good = write(tmp_path, "good.json", run_doc(*OLD))
+    argv = {"report": ["report", dup], "diff": ["diff", good, dup],
+            "merge": ["merge", str(tmp_path / "out.json"), good, dup]}[command]
+    assert cli.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert err == ("arena-harness: %s [l1] results[1]: a second result for l1/go-2012 (the first is results[0]); "
+                   "a results file holds one result per target and policy\n" % dup) and out == ""
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_merge_refuses_files_that_share_a_result_unless_told_which_wins(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    a = write(tmp_path, "a.json", run_doc(FAIL_THEN_PASS[0], record("qemu-x", "go-2012", Status.PASS)))
+    b = write(tmp_path, "b.json", run_doc(FAIL_THEN_PASS[1]))
+    out_path = tmp_path / "out.json"
+    assert cli.main(["merge", str(out_path), a, b]) == 2  # was: exit 0, l1/go-2012 "passed"
+    assert capsys.readouterr().err == ("arena-harness: %s: l1/go-2012 is also in %s; pass --prefer first or --prefer "
+                                       "last to say which file's result wins\n" % (b, a))
+    assert not out_path.exists()
+    for prefer, status in (("first", Status.FAIL), ("last", Status.PASS)):
+        assert cli.main(["merge", str(out_path), a, b, "--prefer", prefer]) == 0
+        assert "2 results from 2 files (1 duplicates dropped, --prefer %s)" % prefer in capsys.readouterr().out
+        merged = RunDocument.load(out_path)
+        assert [(r.target, r.status) for r in merged.records] == [("l1", status), ("qemu-x", Status.PASS)]
+    assert cli.main(["merge", str(out_path), a, b, "--prefer", "newest"]) == 2
+    assert "argument --prefer: invalid choice: 'newest' (choose from 'first', 'last')" in capsys.readouterr().err
