@@ -52,29 +52,37 @@ def run_target(
     target: Target, policies: List[str], run_id: str, tmp: Path, pyz: Path, logs: Path,
     cache: Optional[images.Cache] = None, log: Optional[images.Log] = None,
 ) -> List[Record]:
-    """Boot one target and judge each policy; every failure becomes records, never an exception."""
+    """Boot one target and judge each policy; every failure becomes records, never an exception.
+
+    A HarnessError says what went wrong in the user's terms; any other exception, in any step (finding
+    the backend, its tool check, provisioning, the boot, shutting down, judging), is a bug of the
+    backend: an error record "internal error in <backend> backend: <Type>: <message>". Raised out of
+    the target's thread it would leave the target busy, reported as interrupted though nothing was."""
+    log_path = logs / ("%s.log" % target.name)
+    began = [time.monotonic()]  # moved on when the boot starts: a record's duration is the boot's, not the build's
+    try:
+        return _boot_and_judge(target, policies, run_id, tmp, pyz, log_path, cache, log, began)
+    except HarnessError as e:
+        return [errored(target, p, str(e), log_path, time.monotonic() - began[0]) for p in policies]
+    except Exception as e:  # noqa: BLE001 - a backend bug must not lose this target's results or the run's
+        msg = "internal error in %s backend: %s: %s" % (target.backend, type(e).__name__, e)
+        return [errored(target, p, msg, log_path, time.monotonic() - began[0]) for p in policies]
+
+
+def _boot_and_judge(target: Target, policies: List[str], run_id: str, tmp: Path, pyz: Path, log_path: Path,
+                    cache: Optional[images.Cache], log: Optional[images.Log], began: List[float]) -> List[Record]:
     backend = backends.get(target.backend)(target)
     missing = backend.missing()
     if missing is not None:
         return [skipped(target, p, str(missing)) for p in policies]
-    log_path = logs / ("%s.log" % target.name)
-    start = time.monotonic()
-    try:
-        # Image builds are not part of the boot: they get their own (long) deadlines.
-        backend.provision(cache or images.Cache(), log or (lambda msg: None))
-    except HarnessError as e:
-        return [errored(target, p, str(e), log_path, time.monotonic() - start) for p in policies]
+    # Image builds are not part of the boot: they get their own (long) deadlines.
+    backend.provision(cache or images.Cache(), log or (lambda msg: None))
     workdir = Path(tempfile.mkdtemp(prefix="%s." % target.name, dir=str(tmp)))
     # The boot's one deadline starts here (image builds above have their own) and flows down to every wait.
     ctx = RunContext(run_id, target, policies, workdir, pyz, log_path, Deadline(target.timeout))
-    start = time.monotonic()
+    began[0] = time.monotonic()
     try:
         guest = backend.run(ctx)
-    except HarnessError as e:
-        return [errored(target, p, str(e), log_path, time.monotonic() - start) for p in policies]
-    except Exception as e:  # noqa: BLE001 - a backend bug must not lose the other results
-        msg = "internal error in %s backend: %s: %s" % (target.backend, type(e).__name__, e)
-        return [errored(target, p, msg, log_path, time.monotonic() - start) for p in policies]
     finally:
         backend.shutdown()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
+import images
 from allocator.probe import FRAME_BEGIN, FRAME_END, run_policy
 from harness import backends, proc
 from harness.backends.base import Backend, RunContext
@@ -22,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 class FakeOptions:
     """What the fake guest prints: "ok" (framed documents from the simulated kernel), "garbage",
     "truncated", "misshapen" (a framed document whose reservation is a number), "nothing", "panic",
-    "hang", or "crash-backend" (the backend itself raises)."""
+    "hang", "crash-backend" (the backend itself raises while the guest runs) or "crash-provision" (it
+    raises while provisioning, as a backend whose optional module is not installed would)."""
 
     behaviour: str = "ok"
     simulate: str = "uml"
@@ -30,7 +32,7 @@ class FakeOptions:
 
     def validate(self) -> Optional[Tuple[str, str]]:
         if self.behaviour not in ("ok", "garbage", "truncated", "misshapen", "nothing", "panic", "hang",
-                                  "crash-backend"):
+                                  "crash-backend", "crash-provision"):
             return "behaviour", "unknown behaviour %r" % self.behaviour
         return None
 
@@ -40,6 +42,11 @@ class FakeBackend(Backend):
 
     name: ClassVar[str] = "fake"
     Options: ClassVar[type] = FakeOptions
+
+    def provision(self, cache: images.Cache, log: images.Log) -> None:
+        if self.options.behaviour == "crash-provision":
+            raise ModuleNotFoundError("No module named 'paramiko'")
+        super().provision(cache, log)
 
     def execute(self, ctx: RunContext) -> proc.Completed:
         o = self.options

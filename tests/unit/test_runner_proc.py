@@ -80,6 +80,20 @@ def test_every_failure_becomes_a_record(fake_backend: type, tmp_path: Path, beha
     assert proc.live_pids() == []
 
 
+def test_a_backend_that_raises_while_provisioning_is_an_internal_error_not_an_interrupt(
+        fake_backend: type, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    # Was: the exception killed the target's thread (its traceback on stderr) and the complete,
+    # uninterrupted run reported "interrupted: the run was stopped before this target finished".
+    doc = runner.run(targets(fake_backend, "p:crash-provision", "after:ok"), artifacts=tmp_path,
+                     policies=["go-2012"])
+    assert doc.complete and doc.interrupted is None
+    assert [(r.target, r.status, r.detail) for r in doc.records] == [
+        ("p", Status.ERROR, "internal error in fake backend: ModuleNotFoundError: No module named 'paramiko'"),
+        ("after", Status.PASS, None)]
+    assert "Traceback" not in capfd.readouterr().err
+    assert proc.live_pids() == []
+
+
 def test_parallel_jobs_keep_the_target_order(fake_backend: type, tmp_path: Path) -> None:
     ts = targets(fake_backend, "one:ok", "two:nothing", "three:ok", "four:panic")
     seen: List[str] = []
