@@ -243,6 +243,7 @@ def _print_clean(rep: cleanup.Report, quiet: bool) -> None:
 
 
 def cmd_run(args: argparse.Namespace, argv: List[str], whole_process: bool = False) -> int:
+    verdict.require_list()  # a bad HARNESS_REQUIRE is a usage error now, not after the run
     if args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
     targets = select_targets(config.load(args.targets), args.only, args.group, args.shard)
@@ -304,6 +305,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    verdict.require_list()
     doc = RunDocument.load(args.results)
     make_output_dirs(args.junit, args.markdown, args.html)
     report.write(report.junit(doc), args.junit)
@@ -314,6 +316,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
+    verdict.require_list()
     d = diff.compare(RunDocument.load(args.old), RunDocument.load(args.new))
     make_output_dirs(args.markdown, args.track)
     problems = verdict.diff_problems(d, args.allow_skip, args.allow_gone)

@@ -25,7 +25,7 @@ from allocator.probe import expand_policies
 from harness import backends, config, results, runner
 from harness.errors import HarnessError
 from harness.model import Record, Status, Target, TargetSet
-from harness.verdict import REQUIRE_ENV, required  # one meaning of HARNESS_REQUIRE, shared with the CLI's gates
+from harness.verdict import REQUIRE_ENV, require_list, required  # one meaning of HARNESS_REQUIRE, as in the CLI
 
 
 def skip_or_fail(name: str, reason: str) -> None:
@@ -123,6 +123,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    try:
+        require_list()  # a typo in HARNESS_REQUIRE would otherwise require nothing, silently
+    except HarnessError as e:
+        raise pytest.UsageError("arena-harness: %s" % e) from None
     state = HarnessState(config)
     config.stash[STATE] = state
     for name in backends.names():

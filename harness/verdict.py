@@ -8,7 +8,10 @@ counts as passing. Nothing passes silently that did not run:
   are fine (``--allow-skip``); even then, a backend named in
   ``HARNESS_REQUIRE`` (or every backend, with ``all``) must not be skipped.
   ``HARNESS_REQUIRE`` has this one meaning everywhere: the CLI's gates, the
-  pytest plugin and the test suite's tool checks;
+  pytest plugin and the test suite's tool checks. It is a comma-separated list
+  of backend names, each in any case and with ``-`` or ``_`` (``qemu-user`` and
+  its marker spelling ``qemu_user`` are one name), or ``all``; any other value
+  is a usage error, since a typo (``umll``) would silently require nothing;
 - ``diff OLD NEW`` applies the same to NEW, and also fails when a (target,
   policy) of OLD is gone from NEW, unless ``--allow-gone`` says the removal
   was on purpose.
@@ -21,9 +24,10 @@ stays is not news.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Iterable, List, Optional
+from typing import TYPE_CHECKING, FrozenSet, Iterable, List, Optional
 
-from harness.model import Record, Status
+from harness.errors import UsageError
+from harness.model import Record, Status, quote
 from harness.results import RunDocument
 
 if TYPE_CHECKING:
@@ -32,10 +36,50 @@ if TYPE_CHECKING:
 REQUIRE_ENV = "HARNESS_REQUIRE"
 
 
+def spelling(name: str) -> str:
+    """A name as ``HARNESS_REQUIRE`` compares it: lower case, ``_`` read as ``-`` (a backend's marker spelling,
+    ``qemu_user``, is its name, ``qemu-user``)."""
+    return name.strip().lower().replace("_", "-")
+
+
+def _is_backend(name: str) -> bool:
+    # Deferred: reading results loads no backend; only a value to check brings in the registry.
+    from harness import backends
+
+    if name not in backends.names():
+        return False
+    try:
+        backends.get(name)
+    except KeyError:  # a helper module of the backends package (console, jail...), not a backend
+        return False
+    except ImportError:  # a backend whose optional module is missing here is still a backend to require
+        return True
+    return True
+
+
+def accepted() -> List[str]:
+    """Every value ``HARNESS_REQUIRE`` accepts, as its error lists them."""
+    from harness import backends
+
+    return ["all"] + [n for n in backends.names() if _is_backend(n)]
+
+
+def require_list() -> FrozenSet[str]:
+    """``HARNESS_REQUIRE`` read and checked: the names it gives (see :func:`spelling`), ``all`` among
+    them for every backend. Any value that is neither is a UsageError listing what is accepted."""
+    given = [w.strip() for w in os.environ.get(REQUIRE_ENV, "").split(",") if w.strip()]
+    unknown = [w for w in given if spelling(w) != "all" and not _is_backend(spelling(w))]
+    if unknown:
+        raise UsageError("%s: unknown value %s; accepted, comma-separated: %s (any case, '-' or '_')" % (
+            REQUIRE_ENV, ", ".join('"%s"' % quote(w) for w in unknown), ", ".join(accepted())))
+    return frozenset(spelling(w) for w in given)
+
+
 def required(name: str) -> bool:
-    """Whether ``HARNESS_REQUIRE`` says ``name`` (a backend or tool) must not be skipped."""
-    wanted = {w.strip() for w in os.environ.get(REQUIRE_ENV, "").split(",") if w.strip()}
-    return "all" in wanted or name in wanted
+    """Whether ``HARNESS_REQUIRE`` says ``name`` (a backend, or a tool the test suite needs: only ``all``
+    names those) must not be skipped. UsageError if the variable holds an unknown value."""
+    wanted = require_list()
+    return "all" in wanted or spelling(name) in wanted
 
 
 def _names(items: Iterable[str], limit: int = 5) -> str:

@@ -118,3 +118,16 @@ def test_a_bad_targets_file_is_a_usage_error(inner: pytest.Pytester) -> None:
     r = inner.runpytest_subprocess("--harness-targets", "bad.yaml", "-p", "no:cacheprovider")
     assert r.ret == pytest.ExitCode.USAGE_ERROR
     r.stderr.fnmatch_lines(["*arena-harness: bad.yaml:3 [[]x[]] backend: unknown backend 'nope'; known: *"])
+
+
+def test_an_unknown_harness_require_value_is_a_usage_error(inner: pytest.Pytester,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HARNESS_REQUIRE", "lab,umll")  # was: "umll" ignored, so nothing but lab was required
+    r = inner.runpytest(*args())
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    r.stderr.fnmatch_lines(['ERROR: arena-harness: HARNESS_REQUIRE: unknown value "umll"; accepted, comma-separated: '
+                            "all, *lab*qemu-user*uml (any case, '-' or '_')"])
+    assert "Traceback" not in r.stderr.str()
+    monkeypatch.setenv("HARNESS_REQUIRE", "LAB")  # any case, as the CLI's gate reads it
+    r = inner.runpytest(*args("-k", "notool"))
+    r.assert_outcomes(errors=1, deselected=4)

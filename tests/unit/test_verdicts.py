@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, List
 
 import pytest
 
-from harness import cli
+from harness import cli, verdict
 from harness.model import Record, Status
 from harness.results import RunDocument
 
@@ -268,3 +268,42 @@ def test_merge_refuses_files_that_share_a_result_unless_told_which_wins(tmp_path
         assert [(r.target, r.status) for r in merged.records] == [("l1", status), ("qemu-x", Status.PASS)]
     assert cli.main(["merge", str(out_path), a, b, "--prefer", "newest"]) == 2
     assert "argument --prefer: invalid choice: 'newest' (choose from 'first', 'last')" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["run", "report", "diff"])
+@pytest.mark.parametrize("value,bad", [("umll", '"umll"'), ("uml, qemu-usr,local", '"qemu-usr"'),
+                                       ("Docker,nsexec", '"nsexec"')])
+def test_an_unknown_harness_require_value_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch, command: str,
+                                                           value: str, bad: str) -> None:
+    # Was: ignored, so a typo required nothing and every skip passed under --allow-skip.
+    monkeypatch.setenv("HARNESS_REQUIRE", value)
+    path = write(tmp_path, "r.json", run_doc(OLD[0], SKIPPED))
+    f = tmp_path / "t.yaml"
+    f.write_text(LOCAL)
+    argv = {"run": ["run", "--targets", str(f), "--artifacts", str(tmp_path / "out"), "-q", "--allow-skip"],
+            "report": ["report", path, "--allow-skip"], "diff": ["diff", path, path, "--allow-skip"]}[command]
+    assert cli.main(argv) == 2
+    out, err = capsys.readouterr()
+    assert err == ("arena-harness: HARNESS_REQUIRE: unknown value %s; accepted, comma-separated: %s (any case, '-' "
+                   "or '_')\n" % (bad, ", ".join(verdict.accepted()))) and out == ""
+    assert {"all", "uml", "qemu-user", "docker"} <= set(verdict.accepted())
+    assert not {"console", "jail", "nsexec", "base"} & set(verdict.accepted())  # helper modules, not backends
+    assert not (tmp_path / "out").exists()  # refused before anything ran
+
+
+@pytest.mark.parametrize("value", ["qemu_user", "QEMU-USER", "Qemu_User", " qemu-user ", "ALL", "uml,All"])
+def test_harness_require_reads_any_spelling_of_a_backend(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    # Was: the gate took only "qemu-user" and "all"; the test suite's require_tool("qemu_user") only "qemu_user".
+    skipped = Record("arm", "qemu-user", "go-2012", Status.SKIP, None, None, None, None, None, 0.0, None,
+                     detail="qemu-user backend needs qemu-aarch64: install it")
+    path = write(tmp_path, "r.json", run_doc(OLD[0], skipped))
+    monkeypatch.setenv("HARNESS_REQUIRE", value)
+    assert cli.main(["report", path, "--allow-skip"]) == 1
+    assert "1 results skipped although HARNESS_REQUIRE=%s requires them: arm/go-2012" % value \
+        in capsys.readouterr().err
+    assert verdict.required("qemu-user") and verdict.required("qemu_user")
+    monkeypatch.setenv("HARNESS_REQUIRE", "uml")
+    assert cli.main(["report", path, "--allow-skip"]) == 0
+    assert not verdict.required("qemu_user") and verdict.required("UML")
