@@ -228,13 +228,17 @@ def recording(run_id: str, root: Optional[Path] = None) -> Iterator[Recording]:
 
 
 def entries(root: Optional[Path] = None) -> Iterator["Entry | Path"]:
-    """Every stored entry; a file that cannot be read as one is yielded as its path."""
+    """Every stored entry; a file that cannot be read as one is yielded as its path. A file gone between
+    the listing and the reading is a run that ended meanwhile (its entry removed, being empty): skipped,
+    not reported as unreadable."""
     d = runs_dir(root)
     if not d.is_dir():
         return
     for p in sorted(d.glob("*.json")):
         try:
             yield Entry.from_json(json.loads(p.read_text(encoding="utf-8")), p)
+        except FileNotFoundError:
+            continue
         except (OSError, ValueError, KeyError, TypeError):
             yield p
 

@@ -23,7 +23,7 @@ from typing import Iterator, List
 import pytest
 
 import images
-from harness import cleanup, proc, registry
+from harness import cleanup, cli, proc, registry
 from harness.registry import Entry, ProcessId
 from tests.conftest import ROOT
 
@@ -248,6 +248,29 @@ def test_clean_reports_an_unreadable_entry(state: Path) -> None:
     rep = cleanup.clean()
     assert rep.problems == ["%s is not a registry entry this version can read; remove it by hand"
                             % (d / "broken.json")]
+
+
+def test_an_entry_removed_while_clean_reads_the_registry_is_gone_not_unreadable(
+        state: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # A run that ends between clean's listing of the registry and its reading of the entry removes it:
+    # was "... is not a registry entry this version can read" and clean's exit status 1.
+    me = ProcessId.of(os.getpid())
+    assert me is not None
+    ending = write_entry(state, entry("ending", me, [], []))
+    write_entry(state, entry("other", me, [], []))
+    read_text = Path.read_text
+
+    def the_run_ends_first(self: Path, *args: object, **kw: object) -> str:
+        if self == ending:
+            self.unlink()  # as Recording.close() does when the run ends
+        return read_text(self, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "read_text", the_run_ends_first)
+    assert [e.run_id if isinstance(e, Entry) else e for e in registry.entries()] == ["other"]
+    write_entry(state, entry("ending", me, [], []))
+    assert cli.main(["clean"]) == 0
+    out = capsys.readouterr().out
+    assert "is not a registry entry" not in out and "0 done, 1 left alone\n" in out
 
 
 # -- the command line ------------------------------------------------------------------------
