@@ -1,6 +1,11 @@
 """``arena-harness``: run, list, doctor, clean. Exit 0 when every result passed, 1 when any did not (or
 the gate failed: see harness.verdict), 2 on usage or configuration errors (one line, never a traceback),
-130 when interrupted."""
+130 when interrupted.
+
+This module imports only the standard library and the harness's error types at module level; each
+command imports what it uses. So ``run`` takes over SIGINT, SIGTERM and SIGHUP within milliseconds
+of the interpreter's start, not after the ~0.1 s of imports and the config loading that come before
+the run (a signal then killed the process with no results and status 143)."""
 
 from __future__ import annotations
 
@@ -13,27 +18,16 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Callable, Dict, Iterator, List, NoReturn, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, NoReturn, Optional, Sequence
 
-import images
-from allocator.probe import POLICIES, expand_policies
-from harness import (
-    __version__,
-    backends,
-    cleanup,
-    config,
-    diff,
-    proc,
-    registry,
-    report,
-    results,
-    runner,
-    verdict,
-)
-from harness.backends.base import Need
+from harness import __version__
 from harness.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, HarnessError, UsageError
-from harness.model import Record, Target, TargetSet
-from harness.results import RunDocument
+
+if TYPE_CHECKING:
+    import images
+    from harness import cleanup, runner
+    from harness.model import Record, Target, TargetSet
+    from harness.results import RunDocument
 
 DEFAULT_ARTIFACTS = "arena-harness-out"
 
@@ -44,6 +38,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from allocator.probe import POLICIES
+    from harness.results import PREFER
+
     p = _Parser(prog="arena-harness", description="Does the high arena reservation work here, or does the "
                 "32-bit fallback take over? Runs Go's allocator model on many kinds of machine.")
     p.add_argument("--version", action="version", version="arena-harness " + __version__)
@@ -98,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     mg = sub.add_parser("merge", help="join results files (shards) into one")
     mg.add_argument("output", type=Path)
     mg.add_argument("inputs", type=Path, nargs="+")
-    mg.add_argument("--prefer", choices=results.PREFER, metavar="first|last",
+    mg.add_argument("--prefer", choices=PREFER, metavar="first|last",
                     help="which file's result wins when files share a (target, policy) (default: that is an error)")
 
     gr = sub.add_parser("groups", help="the CI matrix: groups of targets and the kernels they cover")
@@ -182,6 +179,16 @@ def _progress(total: int, stream: "object") -> runner.Progress:
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_early: List[str] = []  # signals ``run`` received before its run's own handling was in place
+
+
+def _remember(signum: int, frame: Optional[FrameType]) -> None:
+    _early.append(signal.Signals(signum).name)
+
+
+def _command(argv: Sequence[str]) -> Optional[str]:
+    """The command word of ``argv`` (the top-level options take no value), without the parser."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 @contextlib.contextmanager
@@ -193,11 +200,16 @@ def signals_stop_the_run(restore: bool = True) -> Iterator[None]:
     into a traceback or a death by signal (Python puts its own handlers back to SIG_DFL when it
     finalizes, but leaves SIG_IGN alone)."""
 
+    from harness import proc
+
     def handler(signum: int, frame: Optional[FrameType]) -> None:
         proc.request_stop(signal.Signals(signum).name)
 
     proc.clear_stop()
     previous = {s: signal.signal(s, handler) for s in STOP_SIGNALS}
+    if _early:  # came while the command line was still starting: the run starts nothing and says so
+        proc.request_stop(_early[0])
+        _early.clear()
     try:
         yield
     finally:
@@ -214,6 +226,8 @@ def select_targets(targets_set: TargetSet, only: Optional[List[str]], group: Opt
     ``run``, ``doctor`` and ``images build`` select alike, so a CI job can check
     and build for exactly the targets it then runs.
     """
+    from harness import config, runner
+
     targets = targets_set.select(only)
     if group:
         groups = {g.name: g for g in config.load_groups(targets_set)}
@@ -243,6 +257,9 @@ def _print_clean(rep: cleanup.Report, quiet: bool) -> None:
 
 
 def cmd_run(args: argparse.Namespace, argv: List[str], whole_process: bool = False) -> int:
+    from allocator.probe import expand_policies
+    from harness import cleanup, config, report, runner, verdict
+
     verdict.require_list()  # a bad HARNESS_REQUIRE is a usage error now, not after the run
     if args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
@@ -287,6 +304,8 @@ def cmd_run(args: argparse.Namespace, argv: List[str], whole_process: bool = Fal
 def _gate(doc: RunDocument, allow_skip: bool) -> int:
     """The exit status of a run or a report: 1 if any result failed or the gate has a problem (said on
     stderr, one line each), else 0."""
+    from harness import verdict
+
     problems = verdict.run_problems(doc, allow_skip)
     for problem in problems:
         print("arena-harness: gate failed: %s" % problem, file=sys.stderr)
@@ -294,6 +313,8 @@ def _gate(doc: RunDocument, allow_skip: bool) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from harness import config
+
     ts = config.load(args.targets)
     width = max(len(t.name) for t in ts.targets)
     for t in ts.targets:
@@ -305,6 +326,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from harness import report, verdict
+    from harness.results import RunDocument
+
     verdict.require_list()
     doc = RunDocument.load(args.results)
     make_output_dirs(args.junit, args.markdown, args.html)
@@ -316,6 +340,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
+    from harness import diff, report, verdict
+    from harness.results import RunDocument
+
     verdict.require_list()
     d = diff.compare(RunDocument.load(args.old), RunDocument.load(args.new))
     make_output_dirs(args.markdown, args.track)
@@ -330,6 +357,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
+    from harness import report, results
+    from harness.results import RunDocument
+
     docs = [RunDocument.load(p) for p in args.inputs]
     doc = results.merge(docs, args.prefer, [str(p) for p in args.inputs])
     make_output_dirs(args.output)
@@ -343,6 +373,8 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_groups(args: argparse.Namespace) -> int:
+    from harness import config
+
     groups = config.load_groups(config.load(args.targets))
     if args.json:
         print(json.dumps([g.name for g in groups]))
@@ -355,8 +387,10 @@ def cmd_groups(args: argparse.Namespace) -> int:
 
 def _kvm_report(cache: images.Cache, targets: Sequence[Target], trial: bool) -> str:
     """Whether KVM is usable and what ``accel: auto`` would pick: the QEMU backend's own decision."""
+    import images
     from harness import arches
     from harness.backends.qemu import QemuBackend, QemuOptions
+    from harness.model import Target
 
     auto = [t.name for t in targets if t.backend == "qemu" and t.options.accel == "auto"]
     uses = ("targets with accel: auto: %s" % ", ".join(auto)) if auto else "no target here uses accel: auto"
@@ -378,6 +412,10 @@ def _recipe_names(recipes: Sequence[images.Recipe]) -> str:
 def cmd_doctor(args: argparse.Namespace) -> int:
     """Per target: every tool it needs (those only needed to build uncached images marked so), whether it
     can run here (the runner's own check, ``Backend.missing``), and its images: cached or to build."""
+    import images
+    from harness import backends, config
+    from harness.backends.base import Need
+
     ts = config.load(args.targets)
     targets = select_targets(ts, args.only, args.group, args.shard)
     cache = images.Cache()
@@ -434,6 +472,8 @@ def _human(n: float) -> str:
 
 
 def _build_images(cache: images.Cache, targets: Sequence[Target]) -> int:
+    from harness import backends
+
     start = time.monotonic()
     for t in targets:
         backend = backends.get(t.backend)(t)
@@ -453,6 +493,9 @@ def _build_images(cache: images.Cache, targets: Sequence[Target]) -> int:
 
 
 def cmd_images(args: argparse.Namespace) -> int:
+    import images
+    from harness import backends, config, registry, runner
+
     cache = images.Cache()
     action = args.images_command
     if action == "list":
@@ -485,6 +528,8 @@ def cmd_images(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
+    from harness import cleanup
+
     rep = cleanup.clean(dry_run=args.dry_run)
     _print_clean(rep, quiet=False)
     print("%d %s, %d left alone%s" % (len(rep.removed), "to do" if args.dry_run else "done", len(rep.left),
@@ -507,6 +552,11 @@ COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
 def main(argv: Optional[List[str]] = None) -> int:
     whole_process = argv is None  # the command line itself, not a caller in the same process
     argv = list(sys.argv[1:] if argv is None else argv)
+    if whole_process and _command(argv) == "run":
+        # First, before the imports and the config loading that come before the run: from now on a signal
+        # only asks the run to stop (signals_stop_the_run passes it on), it no longer kills the process.
+        for s in STOP_SIGNALS:
+            signal.signal(s, _remember)
     try:
         args = build_parser().parse_args(argv)
         if args.command == "run":
