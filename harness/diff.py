@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from harness.errors import ConfigError
 from harness.inputs import MAX_RESULTS_BYTES, read_text
 from harness.model import Record, Status, outcome_text, quote
+from harness.report import markdown_name, markdown_text
 from harness.results import RunDocument
 
 Key = Tuple[str, str]
@@ -173,23 +174,26 @@ def text(d: Diff) -> str:
 
 
 def markdown(d: Diff, problems: Sequence[str] = ()) -> str:
-    """The diff as Markdown; ``problems`` are the gate's reasons to fail besides regressions."""
-    out = ["## arena-harness: %s → %s" % (d.old.run_id, d.new.run_id), ""]
+    """The diff as Markdown; ``problems`` are the gate's reasons to fail besides regressions. Every
+    text from the results files (outcomes, details, addresses, names, run ids) is escaped: guests wrote
+    much of it (see :func:`harness.report.markdown_text`)."""
+    md = markdown_text
+    out = ["## arena-harness: %s → %s" % (md(d.old.run_id), md(d.new.run_id)), ""]
     out.append("**%d regressions, %d fixes**" % (len(d.of("regression")), len(d.of("fix"))))
     for problem in problems:
-        out += ["", "**Gate failed:** %s" % problem]
+        out += ["", "**Gate failed:** %s" % md(problem)]
     for kind, title in _TITLES:
         items = d.of(kind)
         if not items:
             continue
         out += ["", "### %s" % title, ""]
         if kind == "facts":
-            out += ["- `%s`: %s" % (c.key, c.note) for c in items]
+            out += ["- %s: %s" % (markdown_name(c.key), md(c.note)) for c in items]
             continue
         out += ["| target/policy | before | after | note |", "|---|---|---|---|"]
         for c in items:
             note = c.note
             if c.first_failed:
                 note = ("first failed in run %s. " % c.first_failed) + note
-            out.append("| `%s` | %s | %s | %s |" % (c.key, c.old, c.new, note.replace("|", "\\|")))
+            out.append("| %s | %s | %s | %s |" % (markdown_name(c.key), md(c.old), md(c.new), md(note)))
     return "\n".join(out) + "\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -15,6 +16,35 @@ _BOOL = {True: "yes", False: "no", None: "-"}
 
 def _outcome(r: Record) -> str:
     return outcome_text(r.outcome, r.crash) or "-"
+
+
+# Markdown (GitHub's) that guest text must not make: emphasis and code (\ ` * ~, and _ at a word's edge),
+# links and images ([ ]), table cells (|), math ($); "://" and "www." would be autolinks.
+_MD_SPECIAL = re.compile(r"[\\`*\[\]|~$]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])|:(?=//)|(?<=www)\.", re.IGNORECASE)
+_HTML_SPECIAL = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+_PLAIN = re.compile(r"[0-9A-Za-z][0-9A-Za-z._/+-]*")
+
+
+def markdown_text(value: object) -> str:
+    """``value`` as literal text in Markdown, in a paragraph or a table cell.
+
+    Guests are untrusted, and what they print (a crash message, a kernel release, an allocator error)
+    lands in CI job summaries, as do the names and run ids of a results file: a guest printing
+    ``<img src=x> [fix CI here](https://example.invalid)`` must show those characters, not an image and a
+    link. So characters that make HTML become entities, those that make emphasis, code, links, images,
+    math or table cells, and the ``:`` of ``://`` and the ``.`` of ``www.``, are backslash-escaped, and a
+    control character (a newline would end the table row) becomes a space. An e-mail address still
+    becomes a mailto link on GitHub (no escape stops that one), whose text is the address itself."""
+    text = "".join(c if c.isprintable() else " " for c in str(value))
+    text = _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), text)
+    return "".join(_HTML_SPECIAL.get(c, c) for c in text)
+
+
+def markdown_name(value: object) -> str:
+    """A name (a target, ``target/policy``) in Markdown: as code when it is a plain name, as every
+    valid targets file has, else as escaped text (a results file may hold anything)."""
+    text = str(value)
+    return "`%s`" % text if _PLAIN.fullmatch(text) else markdown_text(text)
 
 
 def table(doc: RunDocument, color: bool = False) -> str:
@@ -126,20 +156,22 @@ def markdown(doc: RunDocument) -> str:
     """A targets x policies grid and the notes, for a CI job summary."""
     policies, cells = grid(doc)
     icon = {"pass": "✅", "fail": "❌", "error": "⚠️", "timeout": "⏱️", "panic": "💥", "skip": "⏭️"}
-    lines = ["# arena-harness run %s" % doc.run_id, "", summary_line(doc), ""]
-    lines.append("| target | kernel | " + " | ".join(policies) + " |")
+    md = markdown_text  # every cell holds text from the results file, much of it from guests
+    lines = ["# arena-harness run %s" % md(doc.run_id), "", md(summary_line(doc)), ""]
+    lines.append("| target | kernel | " + " | ".join(md(p) for p in policies) + " |")
     lines.append("|---|---|" + "---|" * len(policies))
     for target, by_policy in cells.items():
         kernel = next((r.kernel for r in by_policy.values() if r.kernel), None) or "-"
         row = []
         for p in policies:
             cell = by_policy.get(p)
-            row.append("%s %s" % (icon[cell.status.value], _outcome(cell).replace("|", "\\|")) if cell else "")
-        lines.append("| %s | %s | %s |" % (target, kernel, " | ".join(row)))
+            row.append("%s %s" % (icon[cell.status.value], md(_outcome(cell))) if cell else "")
+        lines.append("| %s | %s | %s |" % (md(target), md(kernel), " | ".join(row)))
     notes = [r for r in doc.records if r.status != Status.PASS and r.detail]
     if notes:
         lines += ["", "## Notes", ""]
-        lines += ["- **%s / %s** (%s): %s" % (r.target, r.policy, r.status.value, r.detail) for r in notes]
+        lines += ["- **%s / %s** (%s): %s" % (md(r.target), md(r.policy), r.status.value, md(r.detail))
+                  for r in notes]
     return "\n".join(lines) + "\n"
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from harness import config, report
 from harness.model import PRECEDENCE, GuestRun, Record, Status, worst
+from harness.plugin import skip_or_fail
 from harness.results import RunDocument, classify
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -161,3 +162,69 @@ def test_load_rejects_other_files(tmp_path: Path) -> None:
     p.write_text('{"schema": 2}')
     with pytest.raises(Exception, match="not an arena-harness result file of schema 1"):
         RunDocument.load(p)
+
+
+# -- guest text in Markdown -------------------------------------------------------------------
+
+HOSTILE = ("<img src=x> [fix CI here](https://example.invalid) ![i](https://example.invalid/i.png) **bold** _em_ "
+           "`code` ~~gone~~ $x^2$ www.example.invalid &amp; a | b \\| c\nsecond line")
+
+
+def github_html(markdown: str) -> str:
+    """The Markdown as GitHub renders it (cmark-gfm: tables, autolinks, strikethrough), raw HTML let through
+    as if nothing sanitised it afterwards: the strictest reading."""
+    try:
+        import cmarkgfm
+        from cmarkgfm.cmark import Options
+    except ImportError:
+        skip_or_fail("cmarkgfm", "cmarkgfm not installed: pip install -e '.[test]' (./scripts/setup.sh does)")
+    return str(cmarkgfm.github_flavored_markdown_to_html(markdown, options=Options.CMARK_OPT_UNSAFE))
+
+
+def shown(text: str) -> str:
+    """``text`` as it must appear in the rendered HTML: literally, on one line."""
+    import html
+
+    return html.escape(" ".join(text.split("\n")), quote=False).replace('"', "&quot;")
+
+
+def hostile_record(target: str, status: Status, kernel: str) -> Record:
+    return Record(target, "uml", "go-2012", status, "fallback-32bit", "crash", HOSTILE, False, False, 1.0, None,
+                  detail="expected fallback-32bit, got crash: " + HOSTILE, kernel=kernel)
+
+
+def test_guest_text_in_the_markdown_report_is_shown_not_rendered() -> None:
+    # Was: the crash message, detail and kernel went into the job summary as Markdown and HTML.
+    doc = RunDocument("run-1", "s", "f", True, [hostile_record("uml", Status.FAIL, "6.1 <b>k</b> | x")])
+    page = github_html(report.markdown(doc))
+    for made in ("<img", "<a ", "<em>", "<code>", "<del>", "<b>"):
+        assert made not in page, made
+    assert page.count("<strong>") == 1  # the note's own "**uml / go-2012**", nothing of the guest's
+    assert page.count("<td>") == 3  # target, kernel, one policy: the guest's "|" made no cell
+    assert "<td>%s</td>" % shown("6.1 <b>k</b> | x") in page
+    assert "<td>❌ crash: %s</td>" % shown(HOSTILE) in page
+    assert "(fail): expected fallback-32bit, got crash: %s</li>" % shown(HOSTILE) in page
+
+
+def test_guest_text_in_the_markdown_diff_is_shown_not_rendered() -> None:
+    from harness import diff
+
+    old = Record("uml", "uml", "go-2012", Status.PASS, "fallback-32bit", "fallback-32bit", None, False, True, 1.0,
+                 None, kernel="6.1")
+    new = hostile_record("uml", Status.FAIL, "<script>k</script>")
+    d = diff.compare(RunDocument("old<i>", "s", "f", True, [old]), RunDocument("new", "s", "f", True, [new]))
+    page = github_html(diff.markdown(d, ["NEW: skipped: " + HOSTILE]))
+    for made in ("<img", "<a ", "<em>", "<del>", "<script>", "<i>"):
+        assert made not in page, made
+    assert page.count("<code>") == 2  # the key, in the table and in the facts list
+    assert page.count("<td>") == 4  # one row of four cells
+    assert "<td>fail (crash: %s)</td>" % shown(HOSTILE) in page
+    assert "<td>expected fallback-32bit, got crash: %s</td>" % shown(HOSTILE) in page
+    assert "<strong>Gate failed:</strong> NEW: skipped: %s</p>" % shown(HOSTILE) in page
+    assert "kernel 6.1 -&gt; &lt;script&gt;k&lt;/script&gt;</li>" in page
+    assert "old&lt;i&gt; → new" in page
+
+
+def test_a_name_that_is_not_plain_is_escaped_text_not_code() -> None:
+    assert report.markdown_name("uml/go-2012") == "`uml/go-2012`"
+    assert report.markdown_name("a`b|c/go-2012") == "a\\`b\\|c/go-2012"
