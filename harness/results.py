@@ -144,10 +144,13 @@ def _is(value: Any, hint: Any) -> bool:
 
 
 def _json_kind(value: Any) -> str:
+    """What a JSON value is, for an error message (never its content: a results file may be anything)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):  # Python's JSON reads NaN and Infinity
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     return {dict: "a mapping", list: "a list", str: "a string", int: "a number", float: "a number"}.get(
         type(value), type(value).__name__)
 

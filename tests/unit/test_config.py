@@ -383,3 +383,17 @@ def test_a_debian_name_that_is_an_option_is_refused(backend: str, key: str) -> N
         config.parse(text, "t.yaml")
     assert str(e.value).startswith("t.yaml:4 [a] %s: expected a Debian " % key), str(e.value)
     assert "setup-hook" in str(e.value)  # quoted, so the user sees what was refused
+
+
+@pytest.mark.xfail(strict=True, reason="harness/config.py (_describe) is the lead's file in this change: it must "
+                   "describe a YAML date as a date, as the reviewfix branch's report says; then drop this mark")
+@pytest.mark.parametrize("text,expected", [
+    ("  - name: 2024-01-01\n    backend: local\n",
+     "targets.yaml:2 name: expected a name of 1 to 64 letters, digits, '.', '_' or '-', beginning with a letter or "
+     "digit, got a date (2024-01-01)"),
+    ("  - name: t\n    backend: local\n    timeout: 2024-01-01\n",
+     'targets.yaml:4 [t] timeout: expected a duration like "60s" or "2m", got a date (2024-01-01)'),
+])
+def test_a_yaml_date_is_described_as_a_date(text: str, expected: str) -> None:
+    # YAML reads 2024-01-01 unquoted as a date: was "got datetime.date(2024, 1, 1)".
+    assert error_of("targets:\n" + text) == expected

@@ -161,6 +161,11 @@ BAD: List[tuple] = [
     (lambda d: d["results"][2].update(status=None),
      "[qemu-x] results[2].status: unknown status null; known: pass, fail, error, timeout, panic, skip"),
     (lambda d: d["results"][0].update(duration_s="3s"), '[l1] results[0].duration_s: expected a number, got a string'),
+    # Python's JSON reads NaN and Infinity: was "expected a number, got a number".
+    (lambda d: d["results"][0].update(duration_s=float("nan")),
+     "[l1] results[0].duration_s: expected a number, got NaN"),
+    (lambda d: d["results"][0].update(duration_s=float("-inf")),
+     "[l1] results[0].duration_s: expected a number, got -Infinity"),
     (lambda d: d["results"][0].update(high_ok="yes"), "[l1] results[0].high_ok: expected true, false or null, "
                                                      "got a string"),
     (lambda d: d["results"][0].update(markers=[1]), "[l1] results[0].markers: expected a list of strings, got a list"),
