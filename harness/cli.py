@@ -137,8 +137,11 @@ def make_output_dirs(*paths: Optional[Path]) -> None:
     """Create the parent directories of the files a command will write, before it does any work.
 
     A path that cannot be written is one line and exit 2 up front, not a
-    traceback after a long run whose results would then be lost.
+    traceback after a long run whose results would then be lost. Directories made are 0755 whatever the
+    umask, as the files written into them are 0644.
     """
+    from harness.files import make_directories
+
     for path in paths:
         if path is None:
             continue
@@ -148,7 +151,7 @@ def make_output_dirs(*paths: Optional[Path]) -> None:
         if nearest is not None and not nearest.is_dir():
             raise UsageError("cannot write %s: %s is not a directory" % (path, nearest))
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_directories(path.parent)
         except OSError as e:
             raise UsageError("cannot write %s: cannot create directory %s: %s"
                              % (path, path.parent, e.strerror or e)) from None

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import images
-from harness import backends, cleanup, payload, proc, registry
+from harness import backends, cleanup, files, payload, proc, registry
 from harness.backends.base import RunContext
 from harness.errors import HarnessError
 from harness.model import Deadline, Record, Status, Target
@@ -80,6 +80,9 @@ def _boot_and_judge(target: Target, policies: List[str], run_id: str, tmp: Path,
     workdir = Path(tempfile.mkdtemp(prefix="%s." % target.name, dir=str(tmp)))
     # The boot's one deadline starts here (image builds above have their own) and flows down to every wait.
     ctx = RunContext(run_id, target, policies, workdir, pyz, log_path, Deadline(target.timeout))
+    # 0644 whatever the umask, and every backend appends to it (the process module and those that write
+    # it themselves): a CI upload step running as another user must read it.
+    files.create_file(log_path)
     began[0] = time.monotonic()
     try:
         guest = backend.run(ctx)
@@ -115,7 +118,7 @@ def run(
     run registry (:mod:`harness.registry`) while it exists."""
     run_id = run_id or new_run_id()
     logs = Path(artifacts) / run_id
-    logs.mkdir(parents=True, exist_ok=True)
+    files.make_directories(logs)  # 0755 whatever the umask, as the logs in it are 0644
     doc = RunDocument(run_id, now_iso(), None, False, [], argv=list(argv or []), targets_file=targets_file,
                       artifacts=str(logs))
     plan = [(t, policies_for(t, policies)) for t in targets]

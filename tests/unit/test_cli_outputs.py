@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Iterator, List
+from typing import Iterator, List, Optional
 
 import pytest
 
@@ -33,9 +33,10 @@ def fake_targets(fake_backend: type, tmp_path: Path) -> Path:
     return f
 
 
-def run(fake_targets: Path, tmp_path: Path, out: Path) -> List[Path]:
+def run(fake_targets: Path, tmp_path: Path, out: Path, artifacts: Optional[Path] = None) -> List[Path]:
     files = [out / "a" / "r.json", out / "b" / "r.xml", out / "c" / "r.md", out / "d" / "r.html"]
-    argv = ["run", "--targets", str(fake_targets), "--policy", "go-2012", "-q", "--artifacts", str(tmp_path / "logs"),
+    argv = ["run", "--targets", str(fake_targets), "--policy", "go-2012", "-q",
+            "--artifacts", str(artifacts or tmp_path / "logs"),
             "--json", str(files[0]), "--junit", str(files[1]), "--markdown", str(files[2]), "--html", str(files[3])]
     assert cli.main(argv) == 0
     return files
@@ -48,6 +49,20 @@ def test_run_creates_missing_directories_and_writes_0644(fake_targets: Path, tmp
         assert f.is_file() and f.stat().st_size > 0
         assert mode(f) == 0o644, f
     assert RunDocument.load(files[0]).records[0].outcome == "fallback-32bit"
+
+
+def test_artefacts_and_results_are_readable_by_others_under_umask_077(fake_targets: Path, tmp_path: Path,
+                                                                       tight_umask: None) -> None:
+    # Was: the artefacts directories and the console log 0700/0600 (and the results' new directories 0700)
+    # while the results and reports were 0644: a CI upload step running as another user could read none.
+    art = tmp_path / "art" / "deep"
+    files = run(fake_targets, tmp_path, tmp_path / "results" / "deep", artifacts=art)
+    (run_dir,) = list(art.iterdir())
+    for d in (tmp_path / "art", art, run_dir, tmp_path / "results", tmp_path / "results" / "deep",
+              files[0].parent):
+        assert mode(d) == 0o755, d
+    (log,) = list(run_dir.iterdir())
+    assert log.name == "f.log" and log.read_text().startswith("$ ") and mode(log) == 0o644
 
 
 def test_report_diff_and_merge_create_missing_directories(fake_targets: Path, tmp_path: Path,
