@@ -1,8 +1,8 @@
 """Comparing two runs: regressions, fixes, changed outcomes and addresses, targets added or gone.
 
-A regression is a (target, policy) whose status got worse (passing before,
-failing, erroring, timing out or panicking now) or whose outcome turned into a
-crash. With a tracking file (KernelCI-style), each open regression remembers
+A regression is a (target, policy) whose status got worse (passing, observed
+or skipped before, failing, erroring, timing out or panicking now) or whose
+outcome turned into a crash. With a tracking file (KernelCI-style), each open regression remembers
 the run where it first failed, and a fix reports the span it was open for.
 """
 
@@ -15,12 +15,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from harness.errors import ConfigError
 from harness.inputs import MAX_RESULTS_BYTES, read_text
-from harness.model import Record, Status, outcome_text, quote
+from harness.model import GOOD, Record, outcome_text, quote
 from harness.report import markdown_name, markdown_text
 from harness.results import RunDocument
 
 Key = Tuple[str, str]
-GOOD = (Status.PASS, Status.SKIP)
 
 
 @dataclass

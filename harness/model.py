@@ -186,6 +186,7 @@ class GuestRun:
 
 class Status(str, enum.Enum):
     PASS = "pass"
+    OBSERVED = "observed"  # the target expects nothing of this policy: what happened is recorded, not judged
     FAIL = "fail"
     ERROR = "error"
     TIMEOUT = "timeout"
@@ -197,11 +198,13 @@ class Status(str, enum.Enum):
 
 
 # The one precedence rule: the worst status wins.
-PRECEDENCE = (Status.PANIC, Status.TIMEOUT, Status.ERROR, Status.FAIL, Status.PASS, Status.SKIP)
+PRECEDENCE = (Status.PANIC, Status.TIMEOUT, Status.ERROR, Status.FAIL, Status.PASS, Status.OBSERVED, Status.SKIP)
+GOOD = (Status.PASS, Status.OBSERVED, Status.SKIP)
+"""The statuses that are no failure (whether a skip passes a gate is the gate's to say: harness.verdict)."""
 
 
 def worst(statuses: Iterable[Status]) -> Status:
-    """The status that wins: panic > timeout > error > fail > pass > skip (skip if there are none)."""
+    """The status that wins: panic > timeout > error > fail > pass > observed > skip (skip if there are none)."""
     found = set(statuses)
     for s in PRECEDENCE:
         if s in found:

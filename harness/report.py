@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from harness.files import write_atomically
-from harness.model import PRECEDENCE, Record, Status, outcome_text
+from harness.model import Record, Status, outcome_text
 from harness.results import RunDocument
 
 _BOOL = {True: "yes", False: "no", None: "-"}
@@ -63,7 +63,8 @@ def table(doc: RunDocument, color: bool = False) -> str:
             "%.1fs" % r.duration_s,
         ])
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    colors = {"pass": "32", "fail": "31", "error": "31", "timeout": "33", "panic": "35", "skip": "2"}
+    colors = {"pass": "32", "observed": "36", "fail": "31", "error": "31", "timeout": "33", "panic": "35",
+              "skip": "2"}
 
     def fmt(row: List[str], is_header: bool = False) -> str:
         cells = []
@@ -92,11 +93,17 @@ def counts(doc: RunDocument) -> Dict[str, int]:
     return c
 
 
+# The summary's order: it always begins "N passed, N failed" (CI log parsers read that); the rest only when
+# there are any.
+_SUMMARY = ((Status.PASS, "passed"), (Status.FAIL, "failed"), (Status.OBSERVED, "observed"), (Status.ERROR, "errors"),
+            (Status.TIMEOUT, "timed out"), (Status.PANIC, "panicked"), (Status.SKIP, "skipped"))
+
+
 def summary_line(doc: RunDocument) -> str:
+    """``N passed, N failed``, then the other statuses there are (observed results counted apart from
+    passed ones: nothing was expected of them), and whether the run was incomplete."""
     c = counts(doc)
-    words = {Status.PASS: "passed", Status.FAIL: "failed", Status.ERROR: "errors", Status.TIMEOUT: "timed out",
-             Status.PANIC: "panicked", Status.SKIP: "skipped"}
-    parts = ["%d %s" % (c[s.value], words[s]) for s in PRECEDENCE[::-1][1:] + (Status.SKIP,)
+    parts = ["%d %s" % (c[s.value], word) for s, word in _SUMMARY
              if c[s.value] or s in (Status.PASS, Status.FAIL)]
     text = ", ".join(parts)
     if not doc.complete:
@@ -155,7 +162,8 @@ def grid(doc: RunDocument) -> Tuple[List[str], Dict[str, Dict[str, Record]]]:
 def markdown(doc: RunDocument) -> str:
     """A targets x policies grid and the notes, for a CI job summary."""
     policies, cells = grid(doc)
-    icon = {"pass": "✅", "fail": "❌", "error": "⚠️", "timeout": "⏱️", "panic": "💥", "skip": "⏭️"}
+    icon = {"pass": "✅", "observed": "🔍", "fail": "❌", "error": "⚠️", "timeout": "⏱️", "panic": "💥",
+            "skip": "⏭️"}
     md = markdown_text  # every cell holds text from the results file, much of it from guests
     lines = ["# arena-harness run %s" % md(doc.run_id), "", md(summary_line(doc)), ""]
     lines.append("| target | kernel | " + " | ".join(md(p) for p in policies) + " |")
@@ -183,7 +191,7 @@ def write(text: str, path: Optional[Path]) -> None:
 
 # -- HTML ------------------------------------------------------------------------------------
 
-_STATUS_COLOR = {"pass": "#2e7d32", "fail": "#c62828", "error": "#ef6c00", "timeout": "#f9a825",
+_STATUS_COLOR = {"pass": "#2e7d32", "observed": "#1565c0", "fail": "#c62828", "error": "#ef6c00", "timeout": "#f9a825",
                  "panic": "#6a1b9a", "skip": "#9e9e9e"}
 _OUTCOME_COLOR = {"high-arena": "#c8e6c9", "fallback-32bit": "#fff9c4", "native-32bit": "#bbdefb",
                   "os-chosen": "#ffe0b2", "crash": "#ffcdd2"}

@@ -19,7 +19,7 @@ from harness.document import check_document
 from harness.errors import ConfigError, UsageError
 from harness.files import write_atomically
 from harness.inputs import MAX_RESULTS_BYTES, read_text
-from harness.model import GuestRun, Record, Status, Target, outcome_text, quote, worst
+from harness.model import GOOD, GuestRun, Record, Status, Target, outcome_text, quote, worst
 
 SCHEMA = 1
 
@@ -76,7 +76,9 @@ def errored(target: Target, policy: str, reason: str, log: Optional[Path], durat
 
 
 def classify(target: Target, policy: str, run: GuestRun) -> Record:
-    """One record per (target, policy): what the guest said, judged against the expectation."""
+    """One record per (target, policy): what the guest said, judged against the expectation. With no
+    expectation for the policy nothing is judged: a usable result is ``observed`` (whatever the outcome,
+    a crash too), never ``pass``; a timeout, a panic or no result still wins over it."""
     doc = run.documents.get(policy)
     exp = target.expectation(policy)
     statuses: List[Status] = []
@@ -91,7 +93,9 @@ def classify(target: Target, policy: str, run: GuestRun) -> Record:
         fallback = (doc.get("fallback") or {}).get("engaged")
         facts = doc.get("facts") or {}
         kernel, machine = facts.get("kernel"), facts.get("machine")
-        if exp is None or exp.matches(outcome, crash):
+        if exp is None:
+            statuses.append(Status.OBSERVED)
+        elif exp.matches(outcome, crash):
             statuses.append(Status.PASS)
         else:
             statuses.append(Status.FAIL)
@@ -177,7 +181,7 @@ class RunDocument:
         return worst(r.status for r in self.records)
 
     def failed(self) -> bool:
-        return any(r.status not in (Status.PASS, Status.SKIP) for r in self.records) or not self.complete
+        return any(r.status not in GOOD for r in self.records) or not self.complete
 
     def to_json(self) -> Dict[str, Any]:
         return {

@@ -168,7 +168,7 @@ def _run_plan(plan: List[Tuple[Target, List[str]]], run_id: str, doc: RunDocumen
             recs = run_target(target, ps, run_id, tmp, pyz, logs, cache, log)
             if proc.stopping():
                 for r in recs:
-                    if r.status is not Status.PASS:
+                    if r.status not in (Status.PASS, Status.OBSERVED):  # collected before the stop: kept
                         r.status = Status.ERROR
                         r.detail = INTERRUPTED
             with lock:

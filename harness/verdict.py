@@ -17,7 +17,8 @@ counts as passing. Nothing passes silently that did not run:
   was on purpose.
 
 Failed results (``fail``, ``error``, ``timeout``, ``panic``) are the run's
-own exit status; for ``diff`` only a regression fails, a known failure that
+own exit status; an ``observed`` result (its target expects nothing of the
+policy) never fails a gate; for ``diff`` only a regression fails, a known failure that
 stays is not news.
 """
 

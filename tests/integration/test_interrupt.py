@@ -23,6 +23,7 @@ targets:
   - name: first
     backend: local
     policies: [go-2012]
+    expect: {go-2012: high-arena}
   - name: slow-uml-%s
     backend: uml
     policies: [go-2012]

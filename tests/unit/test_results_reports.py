@@ -52,8 +52,10 @@ def guest(**docs: Dict[str, Any]) -> GuestRun:
 
 
 def test_precedence_is_one_rule() -> None:
-    assert [s.value for s in PRECEDENCE] == ["panic", "timeout", "error", "fail", "pass", "skip"]
+    assert [s.value for s in PRECEDENCE] == ["panic", "timeout", "error", "fail", "pass", "observed", "skip"]
     assert worst([Status.PASS, Status.FAIL, Status.SKIP]) is Status.FAIL
+    assert worst([Status.OBSERVED, Status.PASS]) is Status.PASS
+    assert worst([Status.SKIP, Status.OBSERVED]) is Status.OBSERVED
     assert worst([Status.ERROR, Status.TIMEOUT]) is Status.TIMEOUT
     assert worst([Status.TIMEOUT, Status.PANIC, Status.PASS]) is Status.PANIC
     assert worst([Status.SKIP, Status.PASS]) is Status.PASS
@@ -70,9 +72,25 @@ def test_pass_and_fail_against_the_expectation() -> None:
     assert bad.detail == "expected crash: runtime: out of memory, got crash: runtime: oops"
 
 
-def test_no_expectation_passes_and_says_so() -> None:
-    r = classify(UML, "go-modern", guest(go_modern=doc("go-modern", "os-chosen")))
-    assert r.status is Status.PASS and r.expected is None
+def test_no_expectation_is_observed_not_passed() -> None:
+    # Was: "pass", for every outcome, a crash included (issue 16).
+    for outcome, crash in (("os-chosen", None), ("crash", "runtime: oops")):
+        r = classify(UML, "go-modern", guest(go_modern=doc("go-modern", outcome, crash)))
+        assert r.status is Status.OBSERVED and r.expected is None and r.detail is None
+    g = guest(go_modern=doc("go-modern", "os-chosen"))
+    g.timed_out = True  # what went wrong still wins over "nothing was expected"
+    assert classify(UML, "go-modern", g).status is Status.TIMEOUT
+    assert classify(UML, "go-modern", guest()).status is Status.ERROR
+
+
+def test_observed_results_never_fail_and_are_counted_apart() -> None:
+    g = guest(go_2012=doc("go-2012", "fallback-32bit"), go_modern=doc("go-modern", "crash", "runtime: oops"))
+    run = RunDocument("r", "s", "f", True, [classify(UML, "go-2012", g), classify(UML, "go-modern", g)])
+    assert not run.failed() and run.status is Status.PASS
+    assert report.summary_line(run) == "1 passed, 0 failed, 1 observed"  # "N passed, N failed" first, for CI parsers
+    assert "🔍 crash: runtime: oops" in report.markdown(run)
+    assert "observed" in report.table(run).splitlines()[2]
+    assert "<testcase" in report.junit(run) and "<failure" not in report.junit(run)
 
 
 def test_missing_document_is_an_error_with_the_reason() -> None:

@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, List
 
 import pytest
 
-from harness import cli, verdict
+from harness import cli, diff, verdict
 from harness.model import Record, Status
 from harness.results import RunDocument
 
@@ -157,9 +157,9 @@ BAD: List[tuple] = [
     (lambda d: d["results"][1].pop("status"), "[l1] results[1].status: missing"),
     (lambda d: d["results"][0].pop("target"), "results[0].target: missing"),
     (lambda d: d["results"][2].update(status="passed"),
-     '[qemu-x] results[2].status: unknown status "passed"; known: pass, fail, error, timeout, panic, skip'),
+     '[qemu-x] results[2].status: unknown status "passed"; known: pass, observed, fail, error, timeout, panic, skip'),
     (lambda d: d["results"][2].update(status=None),
-     "[qemu-x] results[2].status: unknown status null; known: pass, fail, error, timeout, panic, skip"),
+     "[qemu-x] results[2].status: unknown status null; known: pass, observed, fail, error, timeout, panic, skip"),
     (lambda d: d["results"][0].update(duration_s="3s"), '[l1] results[0].duration_s: expected a number, got a string'),
     # Python's JSON reads NaN and Infinity: was "expected a number, got a number".
     (lambda d: d["results"][0].update(duration_s=float("nan")),
@@ -312,3 +312,20 @@ def test_harness_require_reads_any_spelling_of_a_backend(tmp_path: Path, capsys:
     monkeypatch.setenv("HARNESS_REQUIRE", "uml")
     assert cli.main(["report", path, "--allow-skip"]) == 0
     assert not verdict.required("qemu_user") and verdict.required("UML")
+
+
+def test_observed_counts_as_good_in_the_gate_in_diff_and_in_the_plugin(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from harness.plugin import check
+
+    observed = record("l1", "go-2012", Status.OBSERVED)
+    observed.outcome = "high-arena"
+    path = write(tmp_path, "r.json", run_doc(observed, OLD[1]))
+    assert cli.main(["report", path]) == 0
+    assert "1 passed, 0 failed, 1 observed" in capsys.readouterr().out
+    code, err, out = diff_of(tmp_path, capsys, run_doc(observed, OLD[1], OLD[2]))
+    assert (code, err) == (0, []) and "l1/go-2012: pass (high-arena) -> observed (high-arena)" in out
+    old, new = run_doc(observed, OLD[1], OLD[2]), run_doc(record("l1", "go-2012", Status.FAIL), OLD[1], OLD[2])
+    d = diff.compare(old, new)
+    assert [c.kind for c in d.changes] == ["regression"] and [c.kind for c in diff.compare(new, old).changes] == ["fix"]
+    check(observed)  # a pytest item for it passes
