@@ -103,3 +103,26 @@ def test_the_readme_points_at_nothing_outside_the_repository() -> None:
 def test_quick_start_is_said_once() -> None:
     assert README.count("## Quick start") == 1
     assert "Each command installs what it needs first" not in README
+
+
+def test_timings_are_in_one_place() -> None:
+    # Was: the Quick start's "41 s warm" and per-target boot times for 66 results beside the Speed
+    # section's 55.1 s for 63 results, neither dated.
+    quick = section("Quick start (a fresh Debian 12 machine)")
+    assert "Timings: see Speed." in quick
+    assert re.findall(r"\b\d+(?:\.\d+)? ?s\b", quick) == []
+    assert "boot+probe" not in quick
+
+
+def test_the_ci_section_says_where_uml_keeps_its_memory() -> None:
+    import yaml
+
+    ci = section("CI workflows")
+    assert "UML maps its memory there" not in ci and "exec-able 1 GiB" not in ci
+    assert "UML keeps its memory in the jail's private `/tmp`" in ci
+    # ... which is why no workflow gives its container a bigger or executable /dev/shm.
+    for wf in sorted((ROOT / ".github" / "workflows").glob("*.yml")):
+        for name, job in yaml.safe_load(wf.read_text())["jobs"].items():
+            container = job.get("container")
+            options = str(container.get("options", "")) if isinstance(container, dict) else ""
+            assert "shm" not in options, (wf.name, name, options)
