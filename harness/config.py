@@ -16,6 +16,7 @@ backend, checked against that backend's ``Options`` dataclass::
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 import os
 import re
@@ -162,6 +163,8 @@ def _describe(value: Any) -> str:
         return "a %s" % ("mapping" if isinstance(value, dict) else "list")
     if isinstance(value, int) and value.bit_length() > 128:  # repr() refuses ints of over 4300 digits
         return "a number of %d bits" % value.bit_length()
+    if isinstance(value, datetime.date):  # YAML reads 2024-01-01 as a date
+        return "a date (%s)" % value.isoformat()
     return quote(repr(value))
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Type
 if TYPE_CHECKING:
     from harness.backends.base import Backend
 
-_NOT_BACKENDS = {"base"}
+_NOT_BACKENDS = {"base", "console", "jail", "nsexec"}  # the backends' helpers
 _cache: Dict[str, "Type[Backend[Any]]"] = {}
 _extra: Dict[str, "Type[Backend[Any]]"] = {}
 

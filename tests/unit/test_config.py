@@ -385,8 +385,6 @@ def test_a_debian_name_that_is_an_option_is_refused(backend: str, key: str) -> N
     assert "setup-hook" in str(e.value)  # quoted, so the user sees what was refused
 
 
-@pytest.mark.xfail(strict=True, reason="harness/config.py (_describe) is the lead's file in this change: it must "
-                   "describe a YAML date as a date, as the reviewfix branch's report says; then drop this mark")
 @pytest.mark.parametrize("text,expected", [
     ("  - name: 2024-01-01\n    backend: local\n",
      "targets.yaml:2 name: expected a name of 1 to 64 letters, digits, '.', '_' or '-', beginning with a letter or "
