@@ -16,13 +16,14 @@ ssh backend uses) with the image's host key pinned: how users test cloud images.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Dict, List, Optional, Tuple
+from typing import Callable, ClassVar, Dict, List, Optional, Tuple
 
 import images
 from harness import arches, proc
@@ -56,7 +57,7 @@ class QemuOptions:
             return "rootfs", "expected host, debian or auto, got %r" % self.rootfs
         if self.rootfs == "host" and arches.BY_NAME[self.arch].uname != os.uname().machine:
             return "rootfs", "the host's / cannot be a %s guest's root; use debian" % self.arch
-        if self.boot not in ("9p", "ssh"):
+        if self.boot not in ("9p", "ssh"):  # the modes of BOOTS, below
             return "boot", "expected 9p or ssh, got %r" % self.boot
         if self.accel not in ("tcg", "auto"):
             return "accel", "expected tcg or auto, got %r" % self.accel
@@ -87,14 +88,13 @@ KVM_TRIAL_S = 15.0
 class QemuBackend(Backend[QemuOptions]):
     name: ClassVar[str] = "qemu"
     Options: ClassVar[type] = QemuOptions
-    description: ClassVar[str] = "QEMU system VMs (x86_64, i386, arm64, riscv64) with a 9p root"
+    description: ClassVar[str] = "QEMU system VMs (x86_64, i386, arm64, riscv64): a 9p root, or a disk reached over SSH"
 
     def __init__(self, target: Target) -> None:
         super().__init__(target)
         self._kit: Optional[Path] = None
         self._initramfs: Optional[Path] = None
-        self._root: Optional[Path] = None
-        self._disk: Optional[Path] = None
+        self.boot: Boot = BOOTS[self.options.boot](self)
 
     # -- availability and images ------------------------------------------------------------
     def required_tools(self) -> Tuple[Tool, ...]:
@@ -114,64 +114,28 @@ class QemuBackend(Backend[QemuOptions]):
     def kit(self) -> images.KernelKit:
         o = self.options
         spec = o.spec
-        # ext4 needs crc32c through the crypto API: a soft dependency that depends= does not list.
-        modules = spec.modules + (("virtio_blk", "crc32c_generic", "ext4", "virtio_net") if o.boot == "ssh" else ())
         return images.KernelKit(spec.debian, o.suite or spec.suite, o.kernel_package or spec.kernel_package,
-                                spec.kernel_image, modules)
+                                spec.kernel_image, spec.modules + self.boot.modules)
 
     def initramfs(self) -> images.Initramfs:
-        init = "init-ssh.sh" if self.options.boot == "ssh" else "init.sh"
-        return images.Initramfs(self.kit(), images.recipe_text("qemu", init))
+        return images.Initramfs(self.kit(), images.recipe_text("qemu", self.boot.init))
 
     def rootfs(self) -> Optional[images.Rootfs]:
-        o = self.options
-        if o.boot == "ssh":
-            return images.Rootfs(o.spec.debian, o.rootfs_suite or o.spec.suite, ("python3", "openssh-server"))
-        if o.host_root:
-            return None
-        return images.Rootfs(o.spec.debian, o.rootfs_suite or o.spec.suite)
-
-    def disk(self) -> images.SshDisk:
-        root = self.rootfs()
-        assert root is not None
-        return images.SshDisk(root)
+        return self.boot.rootfs()
 
     def recipes(self) -> List[images.Recipe]:
-        out: List[images.Recipe] = [self.kit(), self.initramfs()]
-        if self.options.boot == "ssh":
-            out.append(self.disk())
-            return out
-        root = self.rootfs()
-        if root is not None:
-            out.append(root)
-        return out
+        return [self.kit(), self.initramfs(), *self.boot.recipes()]
 
     def provision(self, cache: images.Cache, log: images.Log) -> None:
         self._kit = cache.get(self.kit(), log)
         self._initramfs = cache.get(self.initramfs(), log) / "initramfs.cpio.gz"
-        if self.options.boot == "ssh":
-            self._disk = cache.get(self.disk(), log)
-            return
-        root = self.rootfs()
-        self._root = Path("/") if root is None else cache.get(root, log) / "root"
+        self.boot.provision(cache, log)
 
     # -- the boot ------------------------------------------------------------------------------
     def prepare(self, ctx: RunContext) -> None:
         if self._kit is None:
             self.provision(images.Cache(), lambda msg: None)
-        assert self._initramfs is not None
-        if self.options.boot == "ssh":
-            return  # the image is the guest; the allocator goes over SSH
-        per_boot = images.Cpio()
-        per_boot.file("payload/allocator.pyz", ctx.payload.read_bytes())
-        per_boot.file("payload/args", (" ".join(self.probe_args(ctx)) + "\n").encode())
-        # Concatenated cpio archives: the kernel unpacks the cached one, then this
-        # one, which must start 4-byte aligned (zero padding in between is skipped).
-        with open(ctx.workdir / "initrd", "wb") as f:
-            with open(self._initramfs, "rb") as base:
-                shutil.copyfileobj(base, f)
-            f.write(b"\0" * (-f.tell() % 4))
-            f.write(per_boot.bytes())
+        self.boot.prepare(ctx)
 
     def accel(self) -> List[str]:
         if self.options.accel == "auto" and self._kvm_works():
@@ -254,62 +218,188 @@ class QemuBackend(Backend[QemuOptions]):
         """What the jailed QEMU sees: the host's /usr and /etc (itself, its firmware), the kernel, this
         boot's initrd, the guest's root filesystem (when it is not the view itself) and the results share."""
         assert self._kit is not None
-        ro = [(self._kit, jail.guest_path("kit")), (ctx.workdir / "initrd", jail.guest_path("initrd"))]
-        rw = []
-        if self.options.boot == "ssh":
-            assert self._disk is not None
-            ro.append((self._disk / "disk.img", jail.guest_path("disk.img")))
-        else:
-            if not self.options.host_root:
-                assert self._root is not None
-                ro.append((self._root, jail.guest_path("root")))
-            rw.append((self.results_dir(ctx), jail.guest_path("out")))
-        devices = jail.View.devices + (("kvm",) if self.accel() == ["-accel", "kvm"] else ())
-        # snapshot=on keeps the disk's writes in a file under TMPDIR: the view's private /tmp (lazily filled).
-        tmp = 1 << 30 if self.options.boot == "ssh" else 64 << 20
-        # proc: QEMU's 9p server sets modes through /proc/self/fd (its own PID namespace's proc will do).
-        # The host's network only for boot: ssh, whose user-mode networking forwards a port on its loopback.
-        return jail.View(ro=tuple(ro), rw=tuple(rw), devices=devices, tmp_size=tmp, proc=True,
-                         host_net=self.options.boot == "ssh")
+        base = jail.View(ro=((self._kit, jail.guest_path("kit")), (ctx.workdir / "initrd", jail.guest_path("initrd"))),
+                         devices=jail.View.devices + (("kvm",) if self.accel() == ["-accel", "kvm"] else ()),
+                         proc=True)  # QEMU's 9p server sets modes through /proc/self/fd (its own proc will do)
+        return self.boot.view(ctx, base)
 
     def argv(self, ctx: RunContext) -> List[str]:
-        """9p boot: the per-boot initrd, the guest root read-only and the results share writable.
+        """The jailed QEMU's whole command line for this boot (the 9p boot's; see :class:`Boot`)."""
+        return self.jailed(ctx, self.view(ctx), self.boot.argv(ctx))
 
-        Paths are the jailed QEMU's: for an x86_64 guest on an x86_64 host the guest root is the view
-        itself (the host's /usr and /etc), never the host's /."""
-        root = "/" if self.options.host_root else jail.guest_path("root")
+    def execute(self, ctx: RunContext) -> proc.Completed:
+        return self.boot.execute(ctx)
+
+    def result_file(self, ctx: RunContext) -> Optional[Path]:
+        return self.boot.result_file(ctx)
+
+
+ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "TMPDIR": "/tmp", "HOME": "/tmp"}
+
+
+class Boot:
+    """What a QEMU machine's two boot modes do differently (labgrid's strategies): which guest it
+    boots and how the work gets in and the results out. The machine (:class:`QemuBackend`) owns what
+    they share: the architecture, the kernel, the initramfs, the accelerator, the jail."""
+
+    name: ClassVar[str] = ""
+    init: ClassVar[str] = ""  # the initramfs's /init, from images/qemu/
+    modules: ClassVar[Tuple[str, ...]] = ()  # beyond the architecture's 9p modules
+
+    def __init__(self, machine: QemuBackend) -> None:
+        self.m = machine
+        self.o = machine.options
+
+    def rootfs(self) -> Optional[images.Rootfs]:
+        raise NotImplementedError
+
+    def recipes(self) -> List[images.Recipe]:
+        raise NotImplementedError
+
+    def provision(self, cache: images.Cache, log: images.Log) -> None:
+        raise NotImplementedError
+
+    def prepare(self, ctx: RunContext) -> None:
+        raise NotImplementedError
+
+    def view(self, ctx: RunContext, base: jail.View) -> jail.View:
+        raise NotImplementedError
+
+    def argv(self, ctx: RunContext) -> List[str]:
+        raise NotImplementedError
+
+    def execute(self, ctx: RunContext) -> proc.Completed:
+        raise NotImplementedError
+
+    def result_file(self, ctx: RunContext) -> Optional[Path]:
+        return None
+
+
+class NinePBoot(Boot):
+    """``boot: 9p``: the initramfs runs the probe in a guest root shared read-only over 9p (the jail's
+    view for a guest of the host's arch, else a cached root filesystem); results come back through a
+    second, writable 9p share, or framed on the console."""
+
+    name = "9p"
+    init = "init.sh"
+
+    def __init__(self, machine: QemuBackend) -> None:
+        super().__init__(machine)
+        self._root: Optional[Path] = None
+
+    def rootfs(self) -> Optional[images.Rootfs]:
+        if self.o.host_root:
+            return None
+        return images.Rootfs(self.o.spec.debian, self.o.rootfs_suite or self.o.spec.suite)
+
+    def recipes(self) -> List[images.Recipe]:
+        root = self.rootfs()
+        return [root] if root is not None else []
+
+    def provision(self, cache: images.Cache, log: images.Log) -> None:
+        root = self.rootfs()
+        self._root = Path("/") if root is None else cache.get(root, log) / "root"
+
+    def prepare(self, ctx: RunContext) -> None:
+        """The per-boot initrd: the cached initramfs, then a small cpio with the allocator and its arguments
+        (concatenated cpio archives: the second must start 4-byte aligned; the padding is skipped)."""
+        assert self.m._initramfs is not None
+        per_boot = images.Cpio()
+        per_boot.file("payload/allocator.pyz", ctx.payload.read_bytes())
+        per_boot.file("payload/args", (" ".join(self.m.probe_args(ctx)) + "\n").encode())
+        with open(ctx.workdir / "initrd", "wb") as f:
+            with open(self.m._initramfs, "rb") as base:
+                shutil.copyfileobj(base, f)
+            f.write(b"\0" * (-f.tell() % 4))
+            f.write(per_boot.bytes())
+
+    def view(self, ctx: RunContext, base: jail.View) -> jail.View:
+        ro = base.ro
+        if not self.o.host_root:
+            assert self._root is not None
+            ro += ((self._root, jail.guest_path("root")),)
+        return dataclasses.replace(base, ro=ro, rw=((self.m.results_dir(ctx), jail.guest_path("out")),))
+
+    def argv(self, ctx: RunContext) -> List[str]:
+        """The per-boot initrd, the guest root read-only and the results share writable. Paths are the
+        jailed QEMU's: for a guest of the host's arch the root is the view itself, never the host's /."""
+        root = "/" if self.o.host_root else jail.guest_path("root")
         root_share = "local,path=%s,mount_tag=hostroot,security_model=none,readonly=on" % root
         root_share += ",multidevs=remap"  # the view spans several filesystems
         out_share = "local,path=%s,mount_tag=out,security_model=none" % jail.guest_path("out")
         # -nic none: no default network card (QEMU gives a PC one with user-mode networking otherwise).
-        argv = self.vm_argv(Path(jail.guest_path("initrd"))) + ["-nic", "none", "-virtfs", root_share,
-                                                                "-virtfs", out_share]
-        return self.jailed(ctx, self.view(ctx), argv)
+        return self.m.vm_argv(Path(jail.guest_path("initrd"))) + ["-nic", "none", "-virtfs", root_share,
+                                                                  "-virtfs", out_share]
 
-    def ssh_argv(self, ctx: RunContext, port: int) -> List[str]:
-        """SSH boot: the disk image (writes discarded) and user-mode networking forwarding ``port`` to :22.
+    def execute(self, ctx: RunContext) -> proc.Completed:
+        if not (ctx.workdir / "initrd").exists():
+            raise HarnessError("qemu: prepare() did not run")
+        return self.m.spawn(ctx, self.m.argv(ctx), watch=self.m.done_watcher, after_stop_request=5.0, env=ENV)
 
-        ``restrict=on``: the guest reaches neither the host nor any network; only the forward comes in."""
-        assert self._initramfs is not None and self._disk is not None
-        shutil.copyfile(self._initramfs, ctx.workdir / "initrd")
-        argv = self.vm_argv(Path(jail.guest_path("initrd"))) + [
+    def result_file(self, ctx: RunContext) -> Optional[Path]:
+        return ctx.workdir / "out" / "result.json"
+
+
+class DiskBoot(Boot):
+    """``boot: ssh``: a Debian disk image with sshd (``images.SshDisk``, run with ``snapshot=on``), reached
+    over a user-mode network forward and probed through the SSH channel (:class:`SshChannel`, the ssh
+    backend's own) with the image's host key pinned: how users test cloud images."""
+
+    name = "ssh"
+    init = "init-ssh.sh"
+    # ext4 needs crc32c through the crypto API: a soft dependency that depends= does not list.
+    modules = ("virtio_blk", "crc32c_generic", "ext4", "virtio_net")
+
+    def __init__(self, machine: QemuBackend) -> None:
+        super().__init__(machine)
+        self._disk: Optional[Path] = None
+
+    def rootfs(self) -> Optional[images.Rootfs]:
+        return images.Rootfs(self.o.spec.debian, self.o.rootfs_suite or self.o.spec.suite,
+                             ("python3", "openssh-server"))
+
+    def disk(self) -> images.SshDisk:
+        root = self.rootfs()
+        assert root is not None
+        return images.SshDisk(root)
+
+    def recipes(self) -> List[images.Recipe]:
+        return [self.disk()]
+
+    def provision(self, cache: images.Cache, log: images.Log) -> None:
+        self._disk = cache.get(self.disk(), log)
+
+    def prepare(self, ctx: RunContext) -> None:
+        """Nothing per boot: the image is the guest, and the allocator goes over SSH."""
+
+    def view(self, ctx: RunContext, base: jail.View) -> jail.View:
+        assert self._disk is not None
+        # snapshot=on keeps the disk's writes in a file under TMPDIR: the view's private /tmp (lazily filled).
+        # The host's network: user-mode networking forwards a port on the host's loopback.
+        return dataclasses.replace(base, ro=base.ro + ((self._disk / "disk.img", jail.guest_path("disk.img")),),
+                                   tmp_size=1 << 30, host_net=True)
+
+    def argv(self, ctx: RunContext, port: int = 0) -> List[str]:
+        """The disk image (writes discarded) and user-mode networking forwarding ``port`` to :22;
+        ``restrict=on``: the guest reaches neither the host nor any network, only the forward comes in."""
+        return self.m.vm_argv(Path(jail.guest_path("initrd"))) + [
             "-drive", "file=%s,if=virtio,format=raw,snapshot=on" % jail.guest_path("disk.img"),
             "-netdev", "user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:%d-:22" % port,
             "-device", "virtio-net-pci,netdev=n0",
         ]
-        return self.jailed(ctx, self.view(ctx), argv)
 
-    def execute_over_ssh(self, ctx: RunContext) -> proc.Completed:
-        """Boot the disk image, wait for its sshd, run the probe through the ssh backend, end the VM."""
+    def execute(self, ctx: RunContext) -> proc.Completed:
+        """Boot the disk image, wait for its sshd, run the probe through the SSH channel, end the VM."""
         from harness.backends.ssh import SshChannel, SshOptions
 
-        assert self._disk is not None
+        assert self._disk is not None and self.m._initramfs is not None
         begin = time.monotonic()
+        shutil.copyfile(self.m._initramfs, ctx.workdir / "initrd")
         with socket.socket() as s:  # a free loopback port for hostfwd
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        vm = proc.start(self.ssh_argv(ctx, port), log_path=ctx.log_path, cwd=ctx.workdir,
-                        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "TMPDIR": "/tmp", "HOME": "/tmp"})
+        argv = self.m.jailed(ctx, self.m.view(ctx), self.argv(ctx, port))
+        vm = proc.start(argv, log_path=ctx.log_path, cwd=ctx.workdir, env=ENV)
         if isinstance(vm, proc.Completed):
             return vm
         try:
@@ -328,7 +418,7 @@ class QemuBackend(Backend[QemuOptions]):
                 host="127.0.0.1", port=port, user="root", key_file=str(self._disk / "id_ed25519"), use_agent=False,
                 known_hosts=str(known), connect_timeout=Seconds(min(30.0, ctx.deadline.left(at_least=1.0)))))
             try:
-                done = channel.run(["python3", "{allocator.pyz}"] + self.probe_args(ctx), ctx.deadline,
+                done = channel.run(["python3", "{allocator.pyz}"] + self.m.probe_args(ctx), ctx.deadline,
                                    ctx.log_path, {"allocator.pyz": ctx.payload})
             finally:
                 channel.close()
@@ -338,13 +428,5 @@ class QemuBackend(Backend[QemuOptions]):
         finally:
             vm.finish(grace=1.0)
 
-    def execute(self, ctx: RunContext) -> proc.Completed:
-        if self.options.boot == "ssh":
-            return self.execute_over_ssh(ctx)
-        if not (ctx.workdir / "initrd").exists():
-            raise HarnessError("qemu: prepare() did not run")
-        return self.spawn(ctx, self.argv(ctx), watch=self.done_watcher, after_stop_request=5.0,
-                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "TMPDIR": "/tmp", "HOME": "/tmp"})
 
-    def result_file(self, ctx: RunContext) -> Optional[Path]:
-        return None if self.options.boot == "ssh" else ctx.workdir / "out" / "result.json"
+BOOTS: Dict[str, Callable[[QemuBackend], Boot]] = {b.name: b for b in (NinePBoot, DiskBoot)}
