@@ -182,10 +182,16 @@ class SshChannel:
         while True:
             while chan.recv_ready():
                 data = chan.recv(65536)
-                sink(data) if sink else out.append(data)
+                if sink:
+                    sink(data)
+                else:
+                    out.append(data)
             while chan.recv_stderr_ready():
                 data = chan.recv_stderr(65536)
-                sink(data) if sink else err.append(data)
+                if sink:
+                    sink(data)
+                else:
+                    err.append(data)
             if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
                 break
             if time.monotonic() >= deadline:
