@@ -142,8 +142,10 @@ def make_output_dirs(*paths: Optional[Path]) -> None:
     """
     from harness.files import make_directories
 
+    if sum(1 for p in paths if p is not None and str(p) == "-") > 1:
+        raise UsageError("only one output can be - (standard output)")
     for path in paths:
-        if path is None:
+        if path is None or str(path) == "-":  # standard output
             continue
         if path.is_dir():
             raise UsageError("cannot write %s: it is a directory; name a file" % path)
@@ -233,11 +235,16 @@ def select_targets(targets_set: TargetSet, only: Optional[List[str]], group: Opt
 
     targets = targets_set.select(only)
     if group:
+        import fnmatch
+
         groups = {g.name: g for g in config.load_groups(targets_set)}
-        unknown = [g for g in group if g not in groups]
-        if unknown:
-            raise UsageError("unknown group %r; groups: %s" % (unknown[0], ", ".join(groups)))
-        wanted = {n for g in group for n in groups[g].targets}
+        chosen = []
+        for pattern in group:  # a name or a shell-style glob (qemu-*)
+            hits = [name for name in groups if fnmatch.fnmatchcase(name, pattern)]
+            if not hits:
+                raise UsageError("unknown group %r; groups: %s" % (pattern, ", ".join(groups)))
+            chosen.extend(hits)
+        wanted = {n for g in chosen for n in groups[g].targets}
         targets = [t for t in targets if t.name in wanted]
     if shard:
         try:
@@ -297,8 +304,10 @@ def cmd_run(args: argparse.Namespace, argv: List[str], whole_process: bool = Fal
         report.write(report.junit(doc), args.junit)
         report.write(report.markdown(doc), args.markdown)
         report.write(report.html(doc), args.html)
-        print(report.table(doc, color=sys.stdout.isatty()))
-        print("console logs: %s" % doc.artifacts)
+        # A report on standard output (-) keeps it clean: the table goes to standard error then.
+        table = sys.stderr if "-" in map(str, (args.json, args.junit, args.markdown, args.html)) else sys.stdout
+        print(report.table(doc, color=table.isatty()), file=table)
+        print("console logs: %s" % doc.artifacts, file=table)
     if doc.interrupted:
         return EXIT_INTERRUPTED
     return _gate(doc, args.allow_skip)
@@ -338,7 +347,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     report.write(report.junit(doc), args.junit)
     report.write(report.markdown(doc), args.markdown)
     report.write(report.html(doc), args.html)
-    print(report.table(doc, color=sys.stdout.isatty()))
+    table = sys.stderr if "-" in map(str, (args.junit, args.markdown, args.html)) else sys.stdout
+    print(report.table(doc, color=table.isatty()), file=table)
     return _gate(doc, args.allow_skip)
 
 

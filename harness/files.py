@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Union
@@ -40,11 +41,25 @@ def create_file(path: Path, mode: int = REPORT_MODE) -> None:
         os.close(fd)
 
 
+STDOUT = "-"  # as an output path: standard output, as every Unix tool reads it
+
+
+def is_stdout(path: object) -> bool:
+    return path is not None and str(path) == STDOUT
+
+
 def write_atomically(path: Path, data: Union[str, bytes], mode: int = REPORT_MODE) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory and one rename, so a
     reader (or a kill -9 meanwhile) never leaves half a file. Missing parent directories are created
     (0755, see :func:`make_directories`); the file gets ``mode`` whatever the umask (mkstemp alone makes
-    0600)."""
+    0600). ``-`` is standard output."""
+    if is_stdout(path):
+        if isinstance(data, str):
+            sys.stdout.write(data)
+        else:
+            sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return
     path = Path(path)
     make_directories(path.parent)
     fd, tmp = tempfile.mkstemp(dir=str(path.parent), prefix=".%s." % path.name, suffix=".tmp")

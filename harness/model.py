@@ -12,7 +12,9 @@ else). The data flows one way::
 
 from __future__ import annotations
 
+import difflib
 import enum
+import fnmatch
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -116,17 +118,27 @@ class TargetSet:
         return [t.name for t in self.targets]
 
     def select(self, only: Optional[List[str]] = None) -> List[Target]:
+        """The targets named by ``only``: names or shell-style globs (``qemu-*``), in the order given; a
+        target named twice runs once (a results file holds each result once)."""
         if not only:
             return list(self.targets)
         known = {t.name: t for t in self.targets}
-        out = []
-        for name in dict.fromkeys(only):  # a name given twice runs once: a results file holds each result once
-            if name not in known:
-                raise ConfigError(
-                    "unknown target %r; targets in this file: %s" % (name, ", ".join(known)), path=self.source
-                )
-            out.append(known[name])
-        return out
+        out: Dict[str, Target] = {}
+        for name in only:
+            if any(c in name for c in "*?["):
+                hits = [t for t in self.targets if fnmatch.fnmatchcase(t.name, name)]
+                if not hits:
+                    raise ConfigError("no target matches %r; targets in this file: %s" % (name, ", ".join(known)),
+                                      path=self.source)
+                out.update((t.name, t) for t in hits)
+            elif name in known:
+                out.setdefault(name, known[name])
+            else:
+                close = difflib.get_close_matches(name, list(known), n=1)
+                hint = "did you mean %s? " % close[0] if close else ""
+                raise ConfigError("unknown target %r; %stargets in this file: %s" % (name, hint, ", ".join(known)),
+                                  path=self.source)
+        return list(out.values())
 
 
 @dataclass(frozen=True)

@@ -125,3 +125,40 @@ def test_a_target_named_twice_runs_once_and_its_results_load(fake_targets: Path,
     assert cli.main(["run", "--targets", str(fake_targets), "--only", "f", "--only", "f", "--policy", "go-2012", "-q",
                      "--artifacts", str(tmp_path / "logs"), "--json", str(out)]) == 0
     assert [(r.target, r.policy) for r in RunDocument.load(out).records] == [("f", "go-2012")]
+
+
+def test_dash_means_standard_output_and_the_table_goes_to_stderr(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Was: --markdown - wrote a file named "-"."""
+    from harness import cli
+    from harness.model import Record, Status
+    from harness.results import RunDocument
+
+    doc = RunDocument("r1", "2026-11-26T00:00:00+00:00", None, True,
+                      [Record("t", "local", "go-2012", Status.PASS, "high-arena", "high-arena", None, True, False,
+                              0.1, None)])
+    doc.write(tmp_path / "r.json")
+    monkey_cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        assert cli.main(["report", "r.json", "--markdown", "-"]) == 0
+    finally:
+        os.chdir(monkey_cwd)
+    out, err = capsys.readouterr()
+    assert out.startswith("# arena-harness run r1") and "| t |" in out
+    assert "TARGET" in err and not (tmp_path / "-").exists()
+    assert cli.main(["report", str(tmp_path / "r.json"), "--markdown", "-", "--junit", "-"]) == 2
+
+
+def test_only_takes_globs_and_suggests_a_name() -> None:
+    from harness import config
+    from harness.errors import ConfigError
+
+    ts = config.load()
+    assert [t.name for t in ts.select(["qemu-riscv64-*"])] == [
+        "qemu-riscv64-sv57", "qemu-riscv64-sv48", "qemu-riscv64-sv39"]
+    assert [t.name for t in ts.select(["local", "loc*"])][0] == "local"
+    with pytest.raises(ConfigError, match=r"did you mean uml-6\.1\?"):
+        ts.select(["uml-6.13"])
+    with pytest.raises(ConfigError, match=r"no target matches 'nothing-\*'"):
+        ts.select(["nothing-*"])
