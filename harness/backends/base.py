@@ -15,6 +15,7 @@ Steps 1-4 are driven by :meth:`Backend.run`.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, List, Optional, Tuple, TypeVar
@@ -206,6 +207,15 @@ class Backend(Generic[OptionsT]):
         mountpoint = ctx.workdir / "view"
         mountpoint.mkdir(exist_ok=True)
         return jail.launcher(view, mountpoint, self.slot()) + ["--"] + argv
+
+    def boot_dir(self, ctx: RunContext) -> Path:
+        """The boot's read-only files, bound into the jail at ``/mnt/arena/boot``: the allocator as
+        ``allocator.pyz`` (and whatever the backend adds, such as UML's init)."""
+        boot = ctx.workdir / "boot"
+        if not boot.is_dir():
+            boot.mkdir(mode=0o755)
+            shutil.copyfile(ctx.payload, boot / "allocator.pyz")
+        return boot
 
     def results_dir(self, ctx: RunContext) -> Path:
         """The boot's results directory: the one host path its guest may write (0700, the guest's uid)."""

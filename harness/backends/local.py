@@ -73,10 +73,7 @@ class LocalBackend(Backend[LocalOptions]):
         return shutil.which(python, path=VIEW_PATH)
 
     def view(self, ctx: RunContext) -> jail.View:
-        boot = ctx.workdir / "boot"
-        boot.mkdir(exist_ok=True)
-        shutil.copyfile(ctx.payload, boot / "allocator.pyz")
-        ro: List[Tuple[Path, str]] = [(boot, jail.guest_path("boot"))]
+        ro: List[Tuple[Path, str]] = [(self.boot_dir(ctx), jail.guest_path("boot"))]
         if self._root is not None:
             return jail.View(root=self._root, ro=tuple(ro), proc=True)
         python = os.path.realpath(self.interpreter() or self.options.python)

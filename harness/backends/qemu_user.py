@@ -14,7 +14,6 @@ its own. So the command is really ``/mnt/arena/qemu -L / ... /usr/bin/python3``.
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, List, Optional, Tuple
@@ -79,11 +78,8 @@ class QemuUserBackend(Backend[QemuUserOptions]):
         emulator = proc.which(self.emulator)
         if emulator is None:
             raise HarnessError("%s is not installed (sudo apt-get install -y qemu-user-static)" % self.emulator)
-        boot = ctx.workdir / "boot"
-        boot.mkdir(exist_ok=True)
-        shutil.copyfile(ctx.payload, boot / "allocator.pyz")
         view = jail.View(root=self._root, ro=((Path(emulator), jail.guest_path("qemu")),
-                                             (boot, jail.guest_path("boot"))), proc=True)
+                                             (self.boot_dir(ctx), jail.guest_path("boot"))), proc=True)
         argv = [jail.guest_path("qemu"), "-L", "/"]
         if self.options.reserved_va is not None:
             argv += ["-R", str(int(self.options.reserved_va))]

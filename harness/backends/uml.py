@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, List, Optional, Tuple
@@ -131,10 +130,8 @@ class UmlBackend(Backend[UmlOptions]):
         return re.sub(r"[^A-Za-z0-9_.-]", "_", raw)[:60]
 
     def prepare(self, ctx: RunContext) -> None:
-        boot, _ = self._paths(ctx)
-        for d in (boot, boot / "share"):
-            d.mkdir(mode=0o755)
-        shutil.copyfile(ctx.payload, boot / "allocator.pyz")
+        boot = self.boot_dir(ctx)
+        (boot / "share").mkdir(mode=0o755)  # where the guest mounts its results directory
         self.results_dir(ctx)
         command = shlex.join([self.options.python, jail.guest_path("boot/allocator.pyz")] + self.probe_args(ctx))
         init = boot / "init.sh"
