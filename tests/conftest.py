@@ -85,3 +85,16 @@ def require_tool(name: str, tool: str, hint: str) -> str:
         skip_or_fail(name, "%s not found: %s" % (tool, hint))
     assert path is not None
     return path
+
+
+def require_docker(name: str = "docker") -> Any:
+    """A Docker SDK client of a running daemon, or a skip (a failure when HARNESS_REQUIRE names ``name``)."""
+    from harness.backends.docker import client
+    from harness.errors import ToolMissing
+    from harness.plugin import skip_or_fail
+
+    try:
+        return client()
+    except ToolMissing as e:
+        skip_or_fail(name, str(e))
+        raise AssertionError("unreachable") from None

@@ -22,7 +22,7 @@ from typing import List
 import pytest
 
 import images
-from tests.conftest import ROOT, require_tool
+from tests.conftest import ROOT, require_docker, require_tool
 from tests.integration import leftovers
 
 pytestmark = [pytest.mark.integration]
@@ -91,14 +91,8 @@ def test_kill_9_mid_boot_then_nothing_is_left(tmp_path: Path, then: str, request
     require_tool("uml", "linux.uml", "sudo apt-get install -y user-mode-linux")
     require_tool("qemu", "qemu-system-x86_64", "sudo apt-get install -y qemu-system-x86")
     from harness import backends, config
-    from harness.backends.docker import client
-    from harness.errors import ToolMissing
-    from harness.plugin import skip_or_fail
 
-    try:
-        docker = client()
-    except ToolMissing as e:
-        skip_or_fail("docker", str(e))
+    docker = require_docker()
     # The jailed guest runs as a uid of its own: its "interpreter" must be where that uid may read it.
     prefix = Path(tempfile.mkdtemp(prefix="arena-ctest-"))
     request.addfinalizer(lambda: shutil.rmtree(prefix))

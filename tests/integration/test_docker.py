@@ -14,20 +14,16 @@ import pytest
 import images
 from harness import config, payload
 from harness.backends.base import RunContext
-from harness.backends.docker import LABEL, DockerBackend, client, labels_of, sweep
-from harness.errors import ToolMissing
+from harness.backends.docker import LABEL, DockerBackend, labels_of, sweep
 from harness.model import GuestRun
-from harness.plugin import skip_or_fail
+from tests.conftest import require_docker
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
 
 @pytest.fixture(scope="module")
 def docker_client() -> Any:
-    try:
-        return client()
-    except ToolMissing as e:
-        skip_or_fail("docker", str(e))
+    return require_docker()
 
 
 @pytest.fixture

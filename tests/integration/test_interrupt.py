@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, require_tool
+from tests.conftest import ROOT, require_docker, require_tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.uml]
 
@@ -108,17 +108,11 @@ def test_any_number_of_signals_while_guests_stop(tmp_path: Path, storm: str) -> 
     still written within seconds, the run says it is incomplete, and nothing of the run is left."""
     import images
     from harness import backends, config
-    from harness.backends.docker import client
-    from harness.errors import ToolMissing
-    from harness.plugin import skip_or_fail
     from tests.integration import leftovers
 
     require_tool("uml", "linux.uml", "sudo apt-get install -y user-mode-linux")
     require_tool("qemu", "qemu-system-x86_64", "sudo apt-get install -y qemu-system-x86")
-    try:
-        docker = client()
-    except ToolMissing as e:
-        skip_or_fail("docker", str(e))
+    docker = require_docker()
     f = tmp_path / "t.yaml"
     f.write_text(STORM_TARGETS)
     for t in config.load(str(f)).targets:  # images are built before, not during, the interrupted run

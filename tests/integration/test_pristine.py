@@ -30,9 +30,9 @@ from typing import Any, Dict
 import pytest
 
 import images
-from harness.backends.docker import LABEL, client
-from harness.errors import ToolMissing
+from harness.backends.docker import LABEL
 from harness.plugin import skip_or_fail
+from tests.conftest import require_docker
 
 pytestmark = [pytest.mark.integration, pytest.mark.pristine]
 
@@ -110,10 +110,7 @@ def test_a_pristine_debian_sets_up_and_passes_every_kind_of_target(tmp_path: Pat
     if os.geteuid() != 0:
         skip_or_fail("pristine", "the pristine test builds a root filesystem and runs a privileged container: "
                      "run as root")
-    try:
-        c = client()
-    except ToolMissing as e:
-        skip_or_fail("pristine", str(e))
+    c = require_docker("pristine")
     image = pristine_image(c)
     only = " ".join("--only %s" % t for t in TARGETS)
     env: Dict[str, str] = {k: os.environ[k] for k in PROXY_VARS if k in os.environ}
