@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, NoReturn, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, NoReturn, Optional, Sequence
 
 from harness import __version__
 from harness.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, HarnessError, UsageError
@@ -39,6 +40,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from allocator.probe import POLICIES
+    from harness.model import BUILTIN_PROBES
     from harness.results import PREFER
 
     p = _Parser(prog="arena-harness", description="Does the high arena reservation work here, or does the "
@@ -57,8 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run targets x policies and report")
     targets_arg(r)
     r.add_argument("--only", metavar="NAME", action="append", help="run only this target (repeatable)")
-    r.add_argument("--policy", metavar="P", action="append", help="only this policy (repeatable): %s, all"
-                   % ", ".join(POLICIES))
+    r.add_argument("--probe", metavar="P", action="append",
+                   help="run this probe (repeatable, or comma-separated): the target's own of that name, else the "
+                        "built-in one: %s; a program probe where a target defines it" % ", ".join(BUILTIN_PROBES))
+    r.add_argument("--policy", metavar="P", action="append", help="the model's policies to run (an alias of --probe "
+                   "for them): %s, all" % ", ".join(POLICIES))
     r.add_argument("--jobs", "-j", type=int, default=1, metavar="N", help="boot N targets at once (default 1)")
     r.add_argument("--json", metavar="F", type=Path, help="write the results as JSON")
     r.add_argument("--junit", metavar="F", type=Path, help="write JUnit XML")
@@ -266,24 +271,47 @@ def _print_clean(rep: cleanup.Report, quiet: bool) -> None:
             print(line)
 
 
-def cmd_run(args: argparse.Namespace, argv: List[str], whole_process: bool = False) -> int:
+def requested_probes(probes: Optional[List[str]], policies: Optional[List[str]],
+                     targets: Sequence[Any]) -> Optional[List[str]]:
+    """The names ``--probe`` and ``--policy`` ask for (None: each target's own), each checked: a built-in
+    probe, or a program probe one of the selected targets defines."""
     from allocator.probe import expand_policies
+    from harness.model import BUILTIN_PROBES
+
+    if not probes and not policies:
+        return None
+    out: List[str] = []
+    if policies:
+        try:
+            out.extend(expand_policies(policies))
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    defined = {p.name for t in targets for p in t.probes}
+    known = list(BUILTIN_PROBES) + sorted(defined - set(BUILTIN_PROBES))
+    for item in probes or []:
+        for name in (n.strip() for n in item.split(",")):
+            if not name or name in out:
+                continue
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                raise UsageError("unknown probe %r; %sknown here: %s" % (
+                    name, "did you mean %s? " % close[0] if close else "", ", ".join(known)))
+            out.append(name)
+    return out
+
+
+def cmd_run(args: argparse.Namespace, argv: List[str], whole_process: bool = False) -> int:
     from harness import cleanup, config, report, runner, verdict
 
     verdict.require_list()  # a bad HARNESS_REQUIRE is a usage error now, not after the run
     if args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
     targets = select_targets(config.load(args.targets), args.only, args.group, args.shard)
-    policies = None
-    if args.policy:
-        try:
-            policies = expand_policies(args.policy)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
+    policies = requested_probes(args.probe, args.policy, targets)
     if not any(runner.policies_for(t, policies) for t in targets):
         # An empty selection would "pass" with nothing run.
-        raise UsageError("nothing to run: the selection (--only, --group, --shard, --policy) leaves no target and "
-                         "policy")
+        raise UsageError("nothing to run: the selection (--only, --group, --shard, --probe) leaves no target and "
+                         "probe")
     make_output_dirs(args.json, args.junit, args.markdown, args.html)
     with signals_stop_the_run(restore=not whole_process):
         run_id = runner.new_run_id()

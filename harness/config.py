@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import difflib
 import math
 import os
 import re
@@ -35,8 +36,10 @@ from harness import backends
 from harness.errors import ConfigError
 from harness.inputs import MAX_TARGETS_BYTES, read_text
 from harness.model import (
+    BUILTIN_PROBES,
     DEBIAN,
     DEBIAN_NAME_RE,
+    MODEL_PROBES,
     DEFAULT_TIMEOUT,
     DIRECTORY,
     FILE,
@@ -44,6 +47,7 @@ from harness.model import (
     QUOTE_MAX,
     Expectation,
     Group,
+    Probe,
     Seconds,
     Size,
     Target,
@@ -122,7 +126,8 @@ COMMON_KEYS = {
     "expect": "policy -> expected outcome",
     "markers": "extra pytest markers",
     "timeout": "deadline for the whole boot and probe, like 60s",
-    "policies": "which policies to run (default: all)",
+    "probes": "what runs in it: model policies, go, jvm, or {name, program, args} (default: the model's policies)",
+    "policies": "the model's policies to run (the older spelling of probes:)",
     "grow": "the allocator's growth plan, like 64M*8,sysalloc:64M",
     "touch_every": "touch one page per SIZE mapped",
     "rlimit_as": "RLIMIT_AS for the allocator, like 1G",
@@ -322,6 +327,7 @@ def _target(raw: Any, line: int, defaults: Mapping[str, Any], ctx: _Ctx, seen: D
     def kl(k: str) -> int:
         return key_lines.get(k, line)
 
+    probes = _probes(merged, kl, ctx)
     expect: List[Tuple[str, Expectation]] = []
     raw_expect = merged.get("expect", {}) or {}
     if not isinstance(raw_expect, dict):
@@ -329,10 +335,13 @@ def _target(raw: Any, line: int, defaults: Mapping[str, Any], ctx: _Ctx, seen: D
     exp_lines = getattr(raw_expect, "key_lines", {})
     for policy, text in raw_expect.items():
         pline = exp_lines.get(policy, kl("expect"))
-        if policy not in POLICIES:
+        known = list(dict.fromkeys([p.name for p in probes] + list(BUILTIN_PROBES)))
+        if policy not in known:
             shown = key_name(policy)
-            raise ctx.error(pline, "expect", "unknown policy %s; known: %s"
-                            % ("'%s'" % shown if shown == policy else shown, ", ".join(POLICIES)))
+            close = difflib.get_close_matches(policy, known, n=1) if shown == policy else []
+            raise ctx.error(pline, "expect", "unknown probe %s; %sknown: %s"
+                            % ("'%s'" % shown if shown == policy else shown,
+                               "did you mean %s? " % close[0] if close else "", ", ".join(known)))
         if not isinstance(text, str):
             raise ctx.error(pline, "expect.%s" % policy, "expected an outcome (%s, or \"crash: <message>\"), got %s"
                             % (", ".join(OUTCOMES), _describe(text)))
@@ -347,19 +356,6 @@ def _target(raw: Any, line: int, defaults: Mapping[str, Any], ctx: _Ctx, seen: D
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", m):
             raise ctx.error(kl("markers"), "markers", "expected identifiers usable as pytest markers, got %s"
                             % _describe(m))
-    policies = tuple(POLICIES)
-    if "policies" in merged:
-        policies = convert(merged["policies"], Tuple[str, ...], ctx, kl("policies"), "policies")
-        if not policies:
-            # An empty list would drop the target from every run without a word.
-            raise ctx.error(kl("policies"), "policies", "expected at least one of %s (or leave the key out for all)"
-                            % ", ".join(POLICIES))
-        for p in policies:
-            if p not in POLICIES:
-                raise ctx.error(kl("policies"), "policies", "unknown policy '%s'; known: %s"
-                                % (quote(p), ", ".join(POLICIES)))
-        if len(set(policies)) != len(policies):
-            raise ctx.error(kl("policies"), "policies", "a policy is listed twice")
     grow = merged.get("grow")
     if grow is not None:
         grow = convert(grow, str, ctx, kl("grow"), "grow")
@@ -379,7 +375,7 @@ def _target(raw: Any, line: int, defaults: Mapping[str, Any], ctx: _Ctx, seen: D
         expect=tuple(expect),
         markers=markers,
         timeout=float(timeout),
-        policies=policies,
+        probes=probes,
         grow=grow,
         touch_every=None if touch is None else int(touch),
         rlimit_as=None if rlimit is None else int(rlimit),
@@ -388,6 +384,77 @@ def _target(raw: Any, line: int, defaults: Mapping[str, Any], ctx: _Ctx, seen: D
         source=ctx.path,
         line=seen[name],
     )
+
+
+def _probes(merged: Mapping[str, Any], kl: Any, ctx: _Ctx) -> Tuple[Probe, ...]:
+    """``probes:`` (or its older spelling ``policies:``, the model's policies only), checked."""
+    if "probes" in merged and "policies" in merged:
+        raise ctx.error(kl("policies"), "policies", "give probes: alone (policies: is its older spelling, for the "
+                        "model's policies only)")
+    key = "probes" if "probes" in merged else "policies"
+    if key not in merged:
+        return MODEL_PROBES
+    raw = merged[key]
+    if not isinstance(raw, list) or not raw:
+        # An empty list would drop the target from every run without a word.
+        raise ctx.error(kl(key), key, "expected a list of at least one of %s, or {name: ..., program: ...} "
+                        "(or leave the key out for the model's policies)" % ", ".join(BUILTIN_PROBES))
+    lines = getattr(raw, "item_lines", [])
+    out: List[Probe] = []
+    for i, item in enumerate(raw):
+        line = lines[i] if i < len(lines) else kl(key)
+        where = "%s[%d]" % (key, i)
+        if isinstance(item, str):
+            probe = Probe.builtin(item)
+            if probe is None or (key == "policies" and probe.kind != "model"):
+                names = list(POLICIES) if key == "policies" else list(BUILTIN_PROBES)
+                close = difflib.get_close_matches(item, names, n=1)
+                raise ctx.error(line, where, "unknown %s '%s'; %sknown: %s%s" % (
+                    "policy" if key == "policies" else "probe", quote(item),
+                    "did you mean %s? " % close[0] if close else "", ", ".join(names),
+                    "" if key == "policies" else ", or {name: ..., program: ...} for a program of yours"))
+        elif isinstance(item, dict) and key == "probes":
+            probe = _program_probe(item, line, where, ctx)
+        else:
+            raise ctx.error(line, where, "expected a probe's name or {name: ..., program: ...}, got %s"
+                            % _describe(item))
+        if any(p.name == probe.name for p in out):
+            raise ctx.error(line, where, "probe '%s' is listed twice" % probe.name)
+        out.append(probe)
+    return tuple(out)
+
+
+def _program_probe(item: Mapping[str, Any], line: int, where: str, ctx: _Ctx) -> Probe:
+    """``{name: NAME, program: PATH-OR-COMMAND, args: [...]}``: a user's program as a probe. A program
+    with a ``/`` is a file on this host (relative to the targets file), delivered into the target."""
+    lines = getattr(item, "key_lines", {})
+    for k in item:
+        if k not in ("name", "program", "args"):
+            raise ctx.error(lines.get(k, line), "%s.%s" % (where, key_name(str(k))),
+                            "unknown key; a program probe has name, program and args")
+    name = item.get("name")
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise ctx.error(lines.get("name", line), where + ".name", "expected a name of letters, digits, '.', '_' "
+                        "or '-', got %s" % _describe(name))
+    if name in BUILTIN_PROBES or name == "model":
+        raise ctx.error(lines.get("name", line), where + ".name", "'%s' is a built-in probe's name; give yours "
+                        "another" % name)
+    program = item.get("program")
+    if not isinstance(program, str) or not program.strip():
+        raise ctx.error(lines.get("program", line), where + ".program",
+                        "expected a file on this host (./probe.sh) or a command in the guest, got %s"
+                        % _describe(program))
+    args = convert(item.get("args", []) or [], Tuple[str, ...], ctx, lines.get("args", line), where + ".args")
+    if "/" not in program:
+        return Probe(name, "program", program, args)
+    path = Path(program).expanduser()
+    if not path.is_absolute():
+        path = Path(ctx.path).resolve().parent / path if ctx.path and not ctx.path.startswith("<") else path
+    if not path.is_file():
+        raise ctx.error(lines.get("program", line), where + ".program",
+                        "no such file: %s (a program with a / is a file on this host, relative to the targets "
+                        "file; a command in the guest is a bare name)" % quote(str(path), 120))
+    return Probe(name, "program", str(path.resolve()), args, host_file=True)
 
 
 def _yaml_problem(e: yaml.YAMLError) -> str:

@@ -80,6 +80,34 @@ class Expectation:
         return "crash: %s" % self.crash if self.crash else self.outcome
 
 
+PROBE_KINDS = ("model", "go", "jvm", "program")
+BUILTIN_PROBES = tuple(POLICIES) + ("go", "jvm")  # names that need no definition in a targets file
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What runs in a target and gives results (see :mod:`harness.probes`): a model policy, a real
+    runtime (``go``, ``jvm``) or a user's ``program``. ``name`` is its results' name (a record's
+    ``policy``)."""
+
+    name: str
+    kind: str
+    program: Optional[str] = None  # program: a host file (delivered read-only) or a command in the guest
+    args: Tuple[str, ...] = ()
+    host_file: bool = False  # program names a file on the host
+
+    @classmethod
+    def builtin(cls, name: str) -> Optional["Probe"]:
+        if name in POLICIES:
+            return cls(name, "model")
+        if name in ("go", "jvm"):
+            return cls(name, name)
+        return None
+
+
+MODEL_PROBES = tuple(Probe(p, "model") for p in POLICIES)
+
+
 @dataclass(frozen=True)
 class Target:
     name: str
@@ -88,7 +116,7 @@ class Target:
     expect: Tuple[Tuple[str, Expectation], ...] = ()
     markers: Tuple[str, ...] = ()
     timeout: float = DEFAULT_TIMEOUT
-    policies: Tuple[str, ...] = tuple(POLICIES)
+    probes: Tuple[Probe, ...] = MODEL_PROBES
     grow: Optional[str] = None
     touch_every: Optional[int] = None
     rlimit_as: Optional[int] = None
@@ -99,6 +127,15 @@ class Target:
 
     def expectation(self, policy: str) -> Optional[Expectation]:
         return dict(self.expect).get(policy)
+
+    @property
+    def policies(self) -> Tuple[str, ...]:
+        """The names of its probes' results, in order (a record's ``policy``)."""
+        return tuple(p.name for p in self.probes)
+
+    def probe(self, name: str) -> Optional[Probe]:
+        """Its probe of that name, else the built-in one (``--probe go`` on a target that lists no go)."""
+        return next((p for p in self.probes if p.name == name), None) or Probe.builtin(name)
 
     @property
     def all_markers(self) -> Tuple[str, ...]:
@@ -194,6 +231,7 @@ class GuestRun:
     silent: bool = False  # stopped by the watchdog (no output), a kind of timeout
     error: Optional[str] = None
     channel: Optional[str] = None
+    steps: List[Dict[str, Any]] = field(default_factory=list)  # the agent's step results (exit status, output)
 
 
 class Status(str, enum.Enum):

@@ -304,9 +304,15 @@ class LineCapture:
     then ``close`` for the kept lines. Lines are cut at ``LINE_MAX`` and capped like a child's output
     (:class:`Capture`), so memory stays bounded whatever a guest prints."""
 
-    def __init__(self, log: Optional[IO[str]]) -> None:
+    def __init__(self, log: Optional[IO[str]], on_line: Optional[Callable[[str], Any]] = None) -> None:
         self._cap = Capture(log)
         self._pending = b""
+        self._on_line = on_line  # sees every line as it comes (``exec`` streams through it)
+
+    def _take(self, line: str) -> None:
+        if self._on_line is not None:
+            self._on_line(line)
+        self._cap.take(line)
 
     def feed(self, chunk: bytes) -> None:
         data = self._pending + chunk
@@ -315,16 +321,16 @@ class LineCapture:
             nl = data.find(b"\n", start)
             if nl < 0:
                 break
-            self._cap.take(_decode_line(data[start:nl]))
+            self._take(_decode_line(data[start:nl]))
             start = nl + 1
         self._pending = data[start:]
         if len(self._pending) > LINE_MAX:  # one endless line: keep its start
-            self._cap.take(_decode_line(self._pending[:LINE_MAX]) + " [harness: line cut]")
+            self._take(_decode_line(self._pending[:LINE_MAX]) + " [harness: line cut]")
             self._pending = b""
 
     def close(self) -> List[str]:
         if self._pending:
-            self._cap.take(_decode_line(self._pending))
+            self._take(_decode_line(self._pending))
             self._pending = b""
         self._cap.close()
         return self._cap.kept()

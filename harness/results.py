@@ -102,7 +102,7 @@ def classify(target: Target, policy: str, run: GuestRun) -> Record:
             detail = "expected %s, got %s" % (exp, outcome_text(outcome, crash))
     elif doc is not None:
         statuses.append(Status.ERROR)
-        detail = "allocator: %s" % doc["error"]
+        detail = str(doc["error"])
     else:
         statuses.append(Status.ERROR)
         detail = run.error or "no result for this policy"

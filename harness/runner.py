@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import images
 from harness import backends, cleanup, files, payload, proc, registry
+from harness import probes as probing
 from harness.backends.base import RunContext
 from harness.errors import HarnessError
 from harness.model import Deadline, Record, Status, Target
@@ -43,9 +44,12 @@ def now_iso() -> str:
 
 
 def policies_for(target: Target, requested: Optional[Sequence[str]]) -> List[str]:
+    """The names of the probes to run on ``target``: its own, or those ``requested`` (``--probe``): a
+    name the target lists, else a built-in probe of that name; a program probe of another target's is
+    not run here."""
     if not requested:
         return list(target.policies)
-    return [p for p in target.policies if p in requested]
+    return [name for name in requested if target.probe(name) is not None]
 
 
 def run_target(
@@ -79,7 +83,10 @@ def _boot_and_judge(target: Target, policies: List[str], run_id: str, tmp: Path,
     backend.provision(cache or images.Cache(), log or (lambda msg: None))
     workdir = Path(tempfile.mkdtemp(prefix="%s." % target.name, dir=str(tmp)))
     # The boot's one deadline starts here (image builds above have their own) and flows down to every wait.
-    ctx = RunContext(run_id, target, policies, workdir, pyz, log_path, Deadline(target.timeout))
+    probes = [p for p in (target.probe(n) for n in policies) if p is not None]
+    job = probing.job(target, probes, pyz, probing.provision(probes, backend, cache or images.Cache(), log))
+    job.write(workdir)
+    ctx = RunContext(run_id, target, policies, workdir, pyz, log_path, Deadline(target.timeout), job=job)
     # 0644 whatever the umask, and every backend appends to it (the process module and those that write
     # it themselves): a CI upload step running as another user must read it.
     files.create_file(log_path)

@@ -53,13 +53,13 @@ class FakeBackend(Backend):
         if o.behaviour == "crash-backend":
             raise RuntimeError("backend exploded")
         docs: List[Dict[str, Any]] = [run_policy(p, simulate=o.simulate, grow="64M") for p in ctx.policies]
-        text = json.dumps(docs, separators=(",", ":"))
+        text = agent_frame(docs)
         script = {
             "ok": "print(%r); print(%r); print(%r)" % (FRAME_BEGIN, text, FRAME_END),
             "garbage": "print('random noise'); print('{not json')",
             "truncated": "print(%r); print(%r)" % (FRAME_BEGIN, text[: len(text) // 2]),
             "misshapen": "print(%r); print(%r); print(%r)" % (
-                FRAME_BEGIN, json.dumps([dict(d, reservation=5) for d in docs]), FRAME_END),
+                FRAME_BEGIN, agent_frame([dict(d, reservation=5) for d in docs]), FRAME_END),
             "nothing": "pass",
             "panic": "print('Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000100')",
             "hang": "import time; print('booting', flush=True); time.sleep(600)",
@@ -67,6 +67,13 @@ class FakeBackend(Backend):
         if o.delay:
             script = "import time; time.sleep(%r); " % o.delay + script
         return self.spawn(ctx, [sys.executable, "-c", script], watch=self.done_watcher)
+
+
+def agent_frame(docs: List[Dict[str, Any]]) -> str:
+    """What the guest agent frames after the model's step, whose stdout is the allocator's documents."""
+    step = {"name": "model", "argv": [], "returncode": 0, "signal": None, "error": None, "truncated": False,
+            "stdout": json.dumps(docs), "stderr": ""}
+    return json.dumps({"agent": 1, "step": step}, separators=(",", ":"))
 
 
 @pytest.fixture

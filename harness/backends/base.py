@@ -4,29 +4,35 @@ Lifecycle, in this order:
 
 0. ``provision(cache, log)``  build or fetch the images the target needs (cached;
    called by the runner before the boot's deadline starts);
-1. ``prepare(ctx)``  ship the allocator (read-only) and write what the guest needs;
-2. ``execute(ctx)``  boot or reach the target and run the probe, under the deadline;
-3. ``collect(ctx, completed)``  read the results (a share file, else console frames);
+1. ``prepare(ctx)``  deliver the job's files (read-only) and write what the guest needs;
+2. ``execute(ctx)``  boot or reach the target and run the guest agent there
+   (``python3 DIR/allocator.pyz agent --plan DIR/plan.json``, :mod:`guest.agent`), under the deadline;
+3. ``collect(ctx, completed)``  read the agent's step results (a share file, else console frames) and
+   turn them into documents (:mod:`harness.probes`);
 4. ``shutdown()``  always, also after errors; safe to call twice.
 
-Steps 1-4 are driven by :meth:`Backend.run`.
+Steps 1-4 are driven by :meth:`Backend.run`. Every backend is a machine (how the target starts and
+stops) plus a channel (how the files get in, the agent runs and its output comes back); the job, the
+agent and the interpretation are the same for all of them, so a probe or ``arena-harness exec`` is one
+feature, not one per backend.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Generic, List, Optional, Tuple, TypeVar
+from typing import Any, Callable, ClassVar, Dict, Generic, List, Optional, Tuple, TypeVar
 
 import images
 from harness import proc
 from harness.backends import jail
-from harness.backends.console import DONE, extract_frames, find_panic, parse_documents
-from harness.errors import ConfigError, ToolMissing
+from harness import probes as probing
+from harness.backends.console import DONE, extract_frames, find_panic
+from harness.errors import ConfigError, HarnessError, ToolMissing
 from harness.inputs import MiB, read_text
-from harness.model import Deadline, GuestRun, Target
+from harness.model import Deadline, GuestRun, Probe, Target
 from images import Tool
 
 __all__ = ["Backend", "GuestRun", "Need", "NoOptions", "RunContext", "Tool"]
@@ -61,15 +67,38 @@ class NoOptions:
 class RunContext:
     run_id: str
     target: Target
-    policies: List[str]
+    policies: List[str]  # the names of the probes to run (their results' names)
     workdir: Path  # private to this target's boot; removed after
-    payload: Path  # allocator.pyz, read-only
+    payload: Path  # allocator.pyz (with the guest agent), read-only
     log_path: Path  # the console log, kept as an artefact
     deadline: Deadline  # the boot's one deadline (the runner's); a number of seconds starts one now
+    job: Optional[probing.Job] = None  # what the agent runs; by default the named probes (no go binary)
+    on_line: Optional[Callable[[str], None]] = None  # sees each line of the guest's output as it comes
 
     def __post_init__(self) -> None:
         if not isinstance(self.deadline, Deadline):
             self.deadline = Deadline(float(self.deadline))
+        if self.job is None:
+            self.job = probing.job(self.target, self.probes, self.payload)
+        if probing.PLAN not in self.job.files:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            self.job.write(self.workdir)
+
+    @property
+    def probes(self) -> List[Probe]:
+        out = []
+        for name in self.policies:
+            p = self.target.probe(name)
+            if p is None:
+                raise HarnessError("%s: no probe named %r" % (self.target.name, name))
+            out.append(p)
+        return out
+
+    @property
+    def files(self) -> Dict[str, Path]:
+        """The files every channel delivers into the guest's one directory (name -> host file)."""
+        assert self.job is not None
+        return self.job.files
 
     @property
     def timeout(self) -> float:
@@ -116,6 +145,11 @@ class Backend(Generic[OptionsT]):
                 return ToolMissing(self.name, need.what, need.hint)
         return None
 
+    def guest_arch(self) -> str:
+        """The guest's Debian architecture (the go probe is built for it): the host's, unless the
+        backend emulates or names another."""
+        return images.host_arch()
+
     # -- the lifecycle ---------------------------------------------------------------------------
     def recipes(self) -> List[images.Recipe]:
         """The cached images this target boots from (none by default)."""
@@ -141,7 +175,8 @@ class Backend(Generic[OptionsT]):
         raise NotImplementedError
 
     def collect(self, ctx: RunContext, completed: proc.Completed) -> GuestRun:
-        """Documents from the share file if the guest wrote one, else from console frames."""
+        """The agent's step results from the share file if the guest wrote one, else from console frames
+        (one per step, so a deadline after a step keeps it), turned into documents by the probes."""
         panic = next((p for p in (find_panic(ln) for ln in completed.lines) if p), None)
         silent = completed.stopped == "silent"
         run = GuestRun({}, ctx.log_path, completed.duration_s, panic=panic,
@@ -149,6 +184,8 @@ class Backend(Generic[OptionsT]):
         if not completed.started:
             run.error = completed.error
             return run
+        steps: List[Any] = []
+        problem: Optional[str] = None
         share = self.result_file(ctx)
         if share is not None and os.path.lexists(share):
             # The guest wrote this file: only a regular file of a sane size is read, never through a link
@@ -158,17 +195,20 @@ class Backend(Generic[OptionsT]):
             except ConfigError as e:
                 _note(ctx.log_path, "result file ignored: %s" % e)
                 text = ""
-            docs, problem = parse_documents(text) if text else ({}, "empty")
+            steps, problem = probing.agent_steps(text) if text else ([], "empty")
             if not problem:
-                run.documents, run.channel = docs, "share"
-                return run
-        frames, problem = extract_frames(completed.lines)
-        for text in frames:
-            docs, bad = parse_documents(text)
-            run.documents.update(docs)
-            problem = problem or bad
-        if run.documents:
-            run.channel = "console"
+                run.channel = "share"
+        if not run.channel:
+            steps, problem = [], None
+            frames, problem = extract_frames(completed.lines)
+            for text in frames:
+                found, bad = probing.agent_steps(text)
+                steps.extend(found)
+                problem = problem or bad
+            if steps:
+                run.channel = "console"
+        run.steps = steps
+        run.documents = probing.interpret(steps, ctx.probes)
         if problem:
             run.error = problem
         elif not run.documents:
@@ -209,13 +249,9 @@ class Backend(Generic[OptionsT]):
         return jail.launcher(view, mountpoint, self.slot()) + ["--"] + argv
 
     def boot_dir(self, ctx: RunContext) -> Path:
-        """The boot's read-only files, bound into the jail at ``/mnt/arena/boot``: the allocator as
-        ``allocator.pyz`` (and whatever the backend adds, such as UML's init)."""
-        boot = ctx.workdir / "boot"
-        if not boot.is_dir():
-            boot.mkdir(mode=0o755)
-            shutil.copyfile(ctx.payload, boot / "allocator.pyz")
-        return boot
+        """The boot's read-only files, bound into the jail at ``/mnt/arena/boot``: the job's files (the
+        allocator zipapp, the plan, the programs it runs) and whatever the backend adds (UML's init)."""
+        return probing.stage(ctx.files, ctx.workdir / "boot")
 
     def results_dir(self, ctx: RunContext) -> Path:
         """The boot's results directory: the one host path its guest may write (0700, the guest's uid)."""
@@ -229,16 +265,24 @@ class Backend(Generic[OptionsT]):
         kw.setdefault("cwd", ctx.workdir)
         return proc.run(argv, timeout=ctx.deadline.left(), log_path=ctx.log_path, silence=self.target.watchdog, **kw)
 
-    def probe_args(self, ctx: RunContext) -> List[str]:
-        t = self.target
-        args = ["probe", "--policy", ",".join(ctx.policies), "--frame"]
-        if t.grow:
-            args += ["--grow", t.grow]
-        if t.touch_every is not None:
-            args += ["--touch-every", str(t.touch_every)]
-        if t.rlimit_as is not None:
-            args += ["--rlimit-as", str(t.rlimit_as)]
-        return args
+    @staticmethod
+    def agent_args(directory: str, via: Optional[List[str]] = None) -> List[str]:
+        """The guest's command after its ``python3``: the agent, with the job's files in ``directory``
+        (``via``: the emulator every step's program runs through, see :mod:`guest.agent`)."""
+        args = [directory + "/" + probing.PAYLOAD, "agent", "--plan", directory + "/" + probing.PLAN]
+        return args + (["--via", shlex.join(via)] if via else [])
+
+    def watcher(self, ctx: RunContext) -> Callable[[str], Optional[str]]:
+        """:meth:`done_watcher`, also handing each line to ``ctx.on_line`` (``exec`` streams through it)."""
+        if ctx.on_line is None:
+            return self.done_watcher
+        on_line = ctx.on_line
+
+        def watch(line: str) -> Optional[str]:
+            on_line(line)
+            return self.done_watcher(line)
+
+        return watch
 
     @staticmethod
     def done_watcher(line: str) -> Optional[str]:

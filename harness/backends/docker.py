@@ -19,6 +19,7 @@ import io
 import os
 import socket
 import tarfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 import images
 from harness import arches, proc
+from harness import probes as probing
 from harness.backends.base import Backend, Need, RunContext
 from harness.errors import HarnessError, ToolMissing
 from harness.model import DEBIAN, Size, Target
@@ -106,6 +108,9 @@ class DockerBackend(Backend[DockerOptions]):
         self._run_image: Optional[str] = None  # that plus the allocator (:meth:`payload_image`)
         self._container: Any = None
 
+    def guest_arch(self) -> str:
+        return self.options.arch
+
     # -- images ------------------------------------------------------------------------------
     def rootfs(self) -> images.Rootfs:
         return images.Rootfs(self.options.arch, self.options.suite or arches.BY_DEBIAN[self.options.arch].suite)
@@ -144,18 +149,24 @@ class DockerBackend(Backend[DockerOptions]):
         """The allocator goes into the image, not through a mount: see :meth:`payload_image`."""
         if self._image is None:
             self.provision(images.Cache(), lambda msg: None)
-        self._run_image = self.payload_image(ctx.payload)
+        self._run_image = self.payload_image(ctx.files)
 
-    def payload_image(self, payload: Path) -> str:
-        """The base image plus ``/probe/<payload>`` (read-only), committed once per payload and reused.
+    def payload_image(self, files: Dict[str, Path]) -> str:
+        """The base image plus the job's files in ``/probe`` (read-only), committed once per set of files
+        and reused.
 
         Delivered through the API (``put_archive`` into a created, never started, container, then
         ``commit``), so it works with any daemon ``DOCKER_HOST`` names, also one that does not share this
         machine's filesystem, and the probe's container has no mount from the host at all."""
         c = self._client
-        data = payload.read_bytes()
         assert self._image is not None
-        tag = "%s:%s-%s" % (PAYLOAD_REPO, self._image.partition(":")[2], hashlib.sha256(data).hexdigest()[:16])
+        digest = hashlib.sha256()
+        contents = {}
+        for name in sorted(files):
+            contents[name] = files[name].read_bytes()
+            digest.update(b"%d:%s\0%d:" % (len(name), name.encode(), len(contents[name])))
+            digest.update(contents[name])
+        tag = "%s:%s-%s" % (PAYLOAD_REPO, self._image.partition(":")[2], digest.hexdigest()[:16])
         try:
             c.images.get(tag)
             return tag
@@ -166,9 +177,10 @@ class DockerBackend(Backend[DockerOptions]):
             d = tarfile.TarInfo("probe")
             d.type, d.mode = tarfile.DIRTYPE, 0o555
             tar.addfile(d)
-            f = tarfile.TarInfo("probe/" + payload.name)
-            f.size, f.mode = len(data), 0o444
-            tar.addfile(f, io.BytesIO(data))
+            for name, data in contents.items():
+                f = tarfile.TarInfo("probe/" + name)
+                f.size, f.mode = len(data), probing.file_mode(name, files[name])
+                tar.addfile(f, io.BytesIO(data))
         helper = c.containers.create(self._image, ["true"], network_disabled=True, labels=self.labels("payload"))
         try:
             helper.put_archive("/", buf.getvalue())
@@ -186,7 +198,7 @@ class DockerBackend(Backend[DockerOptions]):
                 "arena-harness.owner": owner_label()}
 
     def command(self, ctx: RunContext) -> List[str]:
-        return ["python3", "/probe/" + ctx.payload.name] + self.probe_args(ctx)
+        return ["python3"] + self.agent_args("/probe")
 
     def execute(self, ctx: RunContext) -> proc.Completed:
         if self._run_image is None:
@@ -218,6 +230,16 @@ class DockerBackend(Backend[DockerOptions]):
                 )
             except Exception as e:  # noqa: BLE001 - docker.errors.APIError and friends
                 raise HarnessError("docker: cannot start a container from %s: %s" % (self._image, e)) from None
+            # Followed as it comes (``exec`` streams it) and capped: a container that printed 400 MB must not
+            # become 400 MB in the harness.
+            capture = proc.LineCapture(log, ctx.on_line)
+            container = self._container
+            def follow() -> None:
+                for chunk in container.logs(stdout=True, stderr=True, stream=True, follow=True):
+                    capture.feed(chunk)
+
+            follower = threading.Thread(target=follow, name="docker-logs", daemon=True)
+            follower.start()
             try:
                 with proc.stopper(self._container.kill):  # an interrupt kills it now, not at the deadline
                     result = self._container.wait(timeout=ctx.deadline.left(at_least=1.0))
@@ -228,10 +250,7 @@ class DockerBackend(Backend[DockerOptions]):
                     self._container.kill()
                 except Exception:  # noqa: BLE001 - it may have ended meanwhile
                     pass
-            # Streamed and capped: a container that printed 400 MB must not become 400 MB in the harness.
-            capture = proc.LineCapture(log)
-            for chunk in self._container.logs(stdout=True, stderr=True, stream=True, follow=False):
-                capture.feed(chunk)
+            follower.join(timeout=10)  # the stream ends with the container
             lines = capture.close()
             if timed_out:
                 log.write("[harness] deadline of %.1fs reached: container killed\n" % ctx.timeout)

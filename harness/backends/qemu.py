@@ -27,6 +27,7 @@ from typing import Callable, ClassVar, Dict, List, Optional, Tuple
 
 import images
 from harness import arches, proc
+from harness import probes as probing
 from harness.backends import jail
 from harness.backends.base import Backend, Need, RunContext, Tool
 from harness.backends.console import find_panic
@@ -95,6 +96,9 @@ class QemuBackend(Backend[QemuOptions]):
         self._kit: Optional[Path] = None
         self._initramfs: Optional[Path] = None
         self.boot: Boot = BOOTS[self.options.boot](self)
+
+    def guest_arch(self) -> str:
+        return self.options.spec.debian
 
     # -- availability and images ------------------------------------------------------------
     def required_tools(self) -> Tuple[Tool, ...]:
@@ -301,12 +305,17 @@ class NinePBoot(Boot):
         self._root = Path("/") if root is None else cache.get(root, log) / "root"
 
     def prepare(self, ctx: RunContext) -> None:
-        """The per-boot initrd: the cached initramfs, then a small cpio with the allocator and its arguments
+        """The per-boot initrd: the cached initramfs, then a small cpio with the job's files (the agent's
+        zipapp, its plan, the programs it runs) and the size of the guest's /tmp that holds them
         (concatenated cpio archives: the second must start 4-byte aligned; the padding is skipped)."""
         assert self.m._initramfs is not None
         per_boot = images.Cpio()
-        per_boot.file("payload/allocator.pyz", ctx.payload.read_bytes())
-        per_boot.file("payload/args", (" ".join(self.m.probe_args(ctx)) + "\n").encode())
+        total = 0
+        for name, path in ctx.files.items():
+            data = path.read_bytes()
+            total += len(data)
+            per_boot.file("payload/files/" + name, data, mode=probing.file_mode(name, path))
+        per_boot.file("payload/tmp_mib", b"%d\n" % (16 + total // MiB))
         with open(ctx.workdir / "initrd", "wb") as f:
             with open(self.m._initramfs, "rb") as base:
                 shutil.copyfileobj(base, f)
@@ -334,7 +343,7 @@ class NinePBoot(Boot):
     def execute(self, ctx: RunContext) -> proc.Completed:
         if not (ctx.workdir / "initrd").exists():
             raise HarnessError("qemu: prepare() did not run")
-        return self.m.spawn(ctx, self.m.argv(ctx), watch=self.m.done_watcher, after_stop_request=5.0, env=ENV)
+        return self.m.spawn(ctx, self.m.argv(ctx), watch=self.m.watcher(ctx), after_stop_request=5.0, env=ENV)
 
     def result_file(self, ctx: RunContext) -> Optional[Path]:
         return ctx.workdir / "out" / "result.json"
@@ -418,8 +427,8 @@ class DiskBoot(Boot):
                 host="127.0.0.1", port=port, user="root", key_file=str(self._disk / "id_ed25519"), use_agent=False,
                 known_hosts=str(known), connect_timeout=Seconds(min(30.0, ctx.deadline.left(at_least=1.0)))))
             try:
-                done = channel.run(["python3", "{allocator.pyz}"] + self.m.probe_args(ctx), ctx.deadline,
-                                   ctx.log_path, {"allocator.pyz": ctx.payload})
+                done = channel.run(["python3"] + self.m.agent_args("{dir}"), ctx.deadline, ctx.log_path, ctx.files,
+                                   on_line=ctx.on_line)
             finally:
                 channel.close()
             lines = list(vm.lines) + done.lines

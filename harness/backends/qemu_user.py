@@ -49,6 +49,9 @@ class QemuUserBackend(Backend[QemuUserOptions]):
         super().__init__(target)
         self._root: Optional[Path] = None
 
+    def guest_arch(self) -> str:
+        return self.options.arch
+
     @property
     def emulator(self) -> str:
         return "qemu-%s-static" % arches.BY_DEBIAN[self.options.arch].qemu_user
@@ -80,10 +83,10 @@ class QemuUserBackend(Backend[QemuUserOptions]):
             raise HarnessError("%s is not installed (sudo apt-get install -y qemu-user-static)" % self.emulator)
         view = jail.View(root=self._root, ro=((Path(emulator), jail.guest_path("qemu")),
                                              (self.boot_dir(ctx), jail.guest_path("boot"))), proc=True)
-        argv = [jail.guest_path("qemu"), "-L", "/"]
+        emulate = [jail.guest_path("qemu"), "-L", "/"]
         if self.options.reserved_va is not None:
-            argv += ["-R", str(int(self.options.reserved_va))]
-        argv += ["/usr/bin/python3", jail.guest_path("boot/allocator.pyz")] + self.probe_args(ctx)
+            emulate += ["-R", str(int(self.options.reserved_va))]
+        argv = emulate + ["/usr/bin/python3"] + self.agent_args(jail.guest_path("boot"), via=emulate)
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONDONTWRITEBYTECODE": "1", "LC_ALL": "C",
                "HOME": "/tmp"}
-        return self.spawn(ctx, self.jailed(ctx, view, argv), env=env)
+        return self.spawn(ctx, self.jailed(ctx, view, argv), env=env, watch=self.watcher(ctx))

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple
 
-from harness import known_hosts, proc
+from harness import arches, known_hosts, proc
+from harness import probes as probing
 from harness.backends.base import Backend, RunContext
 from harness.errors import HarnessError, ToolMissing
 from harness.model import FILE, Deadline, Seconds, Target
@@ -50,8 +51,12 @@ class SshOptions:
     accept_new_host_key: bool = False
     connect_timeout: Seconds = Seconds(10.0)
     python: str = "python3"
+    # the remote machine's Debian architecture, for programs built for it (the go probe); default: this host's
+    arch: Optional[str] = None
 
     def validate(self) -> Optional[Tuple[str, str]]:
+        if self.arch is not None and self.arch not in arches.BY_DEBIAN:
+            return "arch", "%r is not a known arch, options are %s" % (self.arch, ", ".join(arches.BY_DEBIAN))
         if not self.host:
             return "host", "expected a host name or address"
         if not 0 < self.port < 65536:
@@ -61,11 +66,9 @@ class SshOptions:
         return None
 
 
-def _place(arg: str, remote: Dict[str, str]) -> str:
-    """``{name}`` in an argument becomes the remote path of the file put there under that name."""
-    for name, path in remote.items():
-        arg = arg.replace("{%s}" % name, path)
-    return arg
+def _place(arg: str, remote_dir: str) -> str:
+    """``{dir}`` at the start of an argument becomes the remote directory the files were put in."""
+    return remote_dir + arg[len("{dir}"):] if arg.startswith("{dir}") else arg
 
 
 class SshChannel:
@@ -204,8 +207,10 @@ class SshChannel:
         return status, b"".join(out).decode(errors="backslashreplace"), \
             b"".join(err).decode(errors="backslashreplace"), False
 
-    def run(self, argv: List[str], deadline: Deadline, log_path: Path, files: Dict[str, Path]) -> proc.Completed:
-        """Run ``argv`` (``{name}`` in an argument becomes the remote path of ``files[name]``)."""
+    def run(self, argv: List[str], deadline: Deadline, log_path: Path, files: Dict[str, Path],
+            on_line: Optional[Callable[[str], Any]] = None) -> proc.Completed:
+        """Put ``files`` (name -> host file) into a fresh remote directory and run ``argv`` there (``{dir}``
+        at the start of an argument is that directory); ``on_line`` sees each line of output as it comes."""
         start = time.monotonic()
         self._client = self.connect()
         py = shlex.quote(self.options.python)
@@ -216,16 +221,16 @@ class SshChannel:
             raise SshError("%s: no %s on the remote: install Python 3 there (apt-get install python3)"
                            % (self.where, self.options.python))
         self._remote_dir = lines[-1]
-        remote = {name: "%s/%s" % (self._remote_dir, name) for name in files}
         sftp = self._client.open_sftp()
         try:
             for name, local in files.items():
-                sftp.put(str(local), remote[name])
-                sftp.chmod(remote[name], 0o444)
+                remote = "%s/%s" % (self._remote_dir, name)
+                sftp.put(str(local), remote)
+                sftp.chmod(remote, probing.file_mode(name, local))
         finally:
             sftp.close()
         remaining = deadline.left(at_least=1.0)
-        args = " ".join(shlex.quote(_place(a, remote)) for a in argv)
+        args = " ".join(shlex.quote(_place(a, self._remote_dir)) for a in argv)
         # The remote side enforces the deadline too, so nothing outlives it there.
         command = "if command -v timeout >/dev/null; then T='timeout -s KILL %d'; else T=; fi; " \
                   "cd %s && PYTHONDONTWRITEBYTECODE=1 exec $T %s" % (
@@ -234,7 +239,7 @@ class SshChannel:
             log.write("[harness] remote dir %s\n" % self._remote_dir)
             log.write("$ ssh %s %s\n" % (self.where, command))
             # Streamed and capped like any guest's output (stdout and stderr interleaved as they come).
-            capture = proc.LineCapture(log)
+            capture = proc.LineCapture(log, on_line)
             status, _, _, timed_out = self._exec(command, remaining, sink=capture.feed)
             lines = capture.close()
             if timed_out:
@@ -274,6 +279,9 @@ class SshBackend(Backend[SshOptions]):
             return ToolMissing(self.name, "the paramiko Python package", "pip install 'arena-harness[ssh]'")
         return None
 
+    def guest_arch(self) -> str:
+        return self.options.arch or super().guest_arch()
+
     # -- the lifecycle --------------------------------------------------------------------------
     @property
     def where(self) -> str:
@@ -282,8 +290,8 @@ class SshBackend(Backend[SshOptions]):
 
     def execute(self, ctx: RunContext) -> proc.Completed:
         self._channel = SshChannel(self.options)
-        return self._channel.run([self.options.python, "{allocator.pyz}"] + self.probe_args(ctx), ctx.deadline,
-                                 ctx.log_path, {"allocator.pyz": ctx.payload})
+        return self._channel.run([self.options.python] + self.agent_args("{dir}"), ctx.deadline, ctx.log_path,
+                                 ctx.files, on_line=ctx.on_line)
 
     def shutdown(self) -> None:
         if self._channel is not None:

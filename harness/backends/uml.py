@@ -133,7 +133,7 @@ class UmlBackend(Backend[UmlOptions]):
         boot = self.boot_dir(ctx)
         (boot / "share").mkdir(mode=0o755)  # where the guest mounts its results directory
         self.results_dir(ctx)
-        command = shlex.join([self.options.python, jail.guest_path("boot/allocator.pyz")] + self.probe_args(ctx))
+        command = shlex.join([self.options.python] + self.agent_args(jail.guest_path("boot")))
         init = boot / "init.sh"
         init.write_text(
             INIT.format(
@@ -188,7 +188,7 @@ class UmlBackend(Backend[UmlOptions]):
         if self.options.suite and self._root is None:
             self.provision(images.Cache(), lambda msg: None)
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/tmp", "TMPDIR": "/tmp"}
-        return self.spawn(ctx, self.argv(ctx), env=env, watch=self.done_watcher)
+        return self.spawn(ctx, self.argv(ctx), env=env, watch=self.watcher(ctx))
 
     def result_file(self, ctx: RunContext) -> Optional[Path]:
         return self._paths(ctx)[1] / "result.json"

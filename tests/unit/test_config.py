@@ -95,7 +95,8 @@ def test_unknown_backend_lists_the_known_ones() -> None:
          'targets.yaml:16 [uml-256m] expect.go-2012: expected one of high-arena, fallback-32bit, native-32bit, '
          'os-chosen, crash (or "crash: <message>"), got "fallback"'),
         ("go-2012: high-arena", "go-2013: high-arena",
-         "targets.yaml:8 [local] expect: unknown policy 'go-2013'; known: go-2012-pre, go-2012, go-modern"),
+         "targets.yaml:8 [local] expect: unknown probe 'go-2013'; did you mean go-2012? known: go-2012-pre, "
+         "go-2012, go-modern, go, jvm"),
         ("markers: [slow]", "markers: slow", 'targets.yaml:13 [uml-256m] markers: expected a list, got "slow"'),
         ("kernel_args: [quiet, loglevel=3]", "kernel_args: [mem=1G]",
          "targets.yaml:12 [uml-256m] kernel_args: 'mem=1G' is set by the harness; use the target's own keys instead"),
@@ -234,10 +235,10 @@ def test_sizes_and_limits_are_positive_and_bounded(key: str, value: str, expecte
 
 def test_an_empty_policy_list_is_an_error_not_a_silently_dropped_target() -> None:
     msg = error_of(GOOD.replace("    markers: [slow]\n", "    markers: [slow]\n    policies: []\n"))
-    assert msg == ("targets.yaml:14 [uml-256m] policies: expected at least one of go-2012-pre, go-2012, go-modern "
-                   "(or leave the key out for all)")
+    assert msg == ("targets.yaml:14 [uml-256m] policies: expected a list of at least one of go-2012-pre, go-2012, "
+                   "go-modern, go, jvm, or {name: ..., program: ...} (or leave the key out for the model's policies)")
     msg = error_of(GOOD.replace("    markers: [slow]\n", "    markers: [slow]\n    policies: [go-2012, go-2012]\n"))
-    assert msg == "targets.yaml:14 [uml-256m] policies: a policy is listed twice"
+    assert msg == "targets.yaml:14 [uml-256m] policies[1]: probe 'go-2012' is listed twice"
 
 
 def test_a_huge_growth_plan_is_refused_without_being_expanded(tmp_path: Path,
@@ -322,7 +323,7 @@ SECRET = "s3cr3t-Hash-Do-Not-Print"
         ("%s: 1\n" % SECRET, "1 %s: unknown top-level key; known: schema, defaults, targets" % SECRET),
         ("targets:\n  - name: a\n    backend: local\n    %s/x: 1\n" % SECRET,
          "4 [a] <a key of 26 characters that is not a name>: unknown key for a local target; known keys: "
-         "backend, description, expect, grow, markers, name, policies, rlimit_as, timeout, touch_every, watchdog, "
+         "backend, description, expect, grow, markers, name, policies, probes, rlimit_as, timeout, touch_every, watchdog, "
          "python, suite"),
         ("targets:\n  - name: a\n    backend: local\n    expect: {go-2012: '%s%s'}\n" % (SECRET, SECRET),
          "4 [a] expect.go-2012: expected one of high-arena, fallback-32bit, native-32bit, os-chosen, crash "

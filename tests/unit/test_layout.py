@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Dict, List, Set
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("harness", "images", "allocator")
+PACKAGES = ("harness", "images", "allocator", "guest")
 
 
 def module_name(path: Path) -> str:

@@ -103,7 +103,7 @@ def test_missing_document_is_an_error_with_the_reason() -> None:
 def test_allocator_error_document() -> None:
     d = {"schema": 1, "policy": "go-2012", "outcome": None, "error": "policy process killed by SIGSEGV"}
     r = classify(UML, "go-2012", guest(go_2012=d))
-    assert r.status is Status.ERROR and r.detail == "allocator: policy process killed by SIGSEGV"
+    assert r.status is Status.ERROR and r.detail == "policy process killed by SIGSEGV"
 
 
 def test_timeout_and_panic_win_over_what_was_collected() -> None:

@@ -133,11 +133,13 @@ def test_a_run_whose_results_are_all_skipped_does_not_pass(tmp_path: Path, capsy
 def test_a_run_that_selects_nothing_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     f = tmp_path / "t.yaml"
     f.write_text(LOCAL)
-    assert cli.main(["run", "--targets", str(f), "--policy", "go-modern", "--artifacts", str(tmp_path)]) == 2
     assert cli.main(["run", "--targets", str(f), "--shard", "2/2", "--artifacts", str(tmp_path)]) == 2
+    assert cli.main(["run", "--targets", str(f), "--probe", "go-modrn", "--artifacts", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["arena-harness: nothing to run: the selection (--only, --group, --shard, --policy) leaves no "
-                   "target and policy"] * 2
+    assert err == ["arena-harness: nothing to run: the selection (--only, --group, --shard, --probe) leaves no "
+                   "target and probe",
+                   "arena-harness: unknown probe 'go-modrn'; did you mean go-modern? known here: go-2012-pre, go-2012, "
+                   "go-modern, go, jvm"]
 
 
 # -- malformed results files: one line, exit 2 -----------------------------------------------------

@@ -1,0 +1,204 @@
+"""The guest agent: runs a plan's programs in the target and hands back what they did.
+
+``python3 allocator.pyz agent --plan DIR/plan.json [--out FILE]``
+
+Every backend delivers the same files into one directory of the guest (the
+zipapp, ``plan.json``, the programs the plan names) and runs this agent there:
+the harness's one way to run anything in any target, whatever the channel (a
+console, a share, ``docker exec``, SSH). The plan is JSON::
+
+    {"agent": 1, "steps": [{"name": "go", "argv": ["{dir}/goprobe", "-grow", "64M*20"],
+                            "rlimit_as": 1073741824, "stream": false}]}
+
+In an ``argv``, ``{dir}`` at the start of an argument is the plan's directory
+and ``{python}`` is this interpreter. ``--via "EMULATOR ARGS"`` runs every step
+through that program (qemu-user runs the agent itself under ``qemu-ARCH -R N``;
+a step's programs must get the same emulator and the same limit, not the host's
+binfmt_misc handler, which knows no ``-R``). Each step runs in turn, with stdin from
+/dev/null and ``rlimit_as`` (if set) as its RLIMIT_AS. After each step the agent
+prints a frame (the result markers around one JSON line) with the step's exit
+status or signal, and its stdout and stderr (each capped at ``CAPTURE_MAX``,
+head kept); with ``--out`` the frames so far are also written to FILE
+(atomically), so a timeout after a step keeps that step's result.
+
+A ``stream`` step (``arena-harness exec``) instead passes its output through
+as it comes, as lines ``@@ARENA-HARNESS-STREAM@@ o|e BASE64``: bytes survive a
+serial console that way, and stdout and stderr stay apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import resource
+import selectors
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Optional
+
+FRAME_BEGIN = "@@ARENA-HARNESS-RESULT-BEGIN@@"  # the allocator's markers (allocator.probe), the same bytes
+FRAME_END = "@@ARENA-HARNESS-RESULT-END@@"
+STREAM = "@@ARENA-HARNESS-STREAM@@"
+AGENT_SCHEMA = 1
+CAPTURE_MAX = 512 * 1024  # per stream and step: a frame is one console line, which the host caps at 1 MiB
+STREAM_CHUNK = 3 * 1024  # bytes per stream line (4 KiB of base64)
+
+
+class PlanError(Exception):
+    pass
+
+
+def load_plan(path: str) -> List[Dict[str, Any]]:
+    """The plan's steps, checked (the harness wrote it, but a wrong one must say so, not trace back)."""
+    with open(path, encoding="utf-8") as f:
+        plan = json.load(f)
+    if not isinstance(plan, dict) or plan.get("agent") != AGENT_SCHEMA or not isinstance(plan.get("steps"), list):
+        raise PlanError("%s: not an agent plan of schema %d" % (path, AGENT_SCHEMA))
+    for i, step in enumerate(plan["steps"]):
+        argv = step.get("argv") if isinstance(step, dict) else None
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            raise PlanError("%s: steps[%d].argv: expected a non-empty list of strings" % (path, i))
+        if not isinstance(step.get("name"), str):
+            raise PlanError("%s: steps[%d].name: expected a string" % (path, i))
+    steps: List[Dict[str, Any]] = plan["steps"]
+    return steps
+
+
+def expand(argv: List[str], directory: str) -> List[str]:
+    out = []
+    for a in argv:
+        if a == "{python}":
+            a = sys.executable or "python3"
+        elif a.startswith("{dir}"):
+            a = directory + a[len("{dir}"):]
+        out.append(a)
+    return out
+
+
+def _limit(rlimit_as: Optional[int]) -> Any:
+    if rlimit_as is None:
+        return None
+
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (rlimit_as, rlimit_as))
+
+    return apply
+
+
+def _emit_stream(kind: str, data: bytes) -> None:
+    for i in range(0, len(data), STREAM_CHUNK):
+        piece = base64.b64encode(data[i:i + STREAM_CHUNK]).decode("ascii")
+        sys.stdout.write("%s %s %s\n" % (STREAM, kind, piece))
+    sys.stdout.flush()
+
+
+def run_step(step: Dict[str, Any], directory: str, via: Optional[List[str]] = None) -> Dict[str, Any]:
+    """Run one step to its end: its result, never an exception (a program that cannot start is a result)."""
+    argv = expand(step["argv"], directory)
+    if via:
+        argv = via + argv
+    stream = bool(step.get("stream"))
+    result: Dict[str, Any] = {"name": step["name"], "argv": argv, "returncode": None, "signal": None,
+                              "stdout": "", "stderr": "", "truncated": False, "error": None}
+    began = time.monotonic()
+    env = dict(os.environ)
+    env.update({k: v for k, v in (step.get("env") or {}).items() if isinstance(k, str) and isinstance(v, str)})
+    try:
+        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 cwd=directory if os.access(directory, os.W_OK) else "/tmp", env=env,
+                                 preexec_fn=_limit(step.get("rlimit_as")))
+    except OSError as e:
+        result["error"] = "cannot start %s: %s" % (argv[0], e.strerror or e)
+        result["returncode"] = 127 if isinstance(e, FileNotFoundError) else 126
+        if stream:
+            _emit_stream("e", ("%s\n" % result["error"]).encode())
+        return result
+    kept: Dict[str, List[bytes]] = {"o": [], "e": []}
+    size = {"o": 0, "e": 0}
+    sel = selectors.DefaultSelector()
+    assert child.stdout is not None and child.stderr is not None
+    sel.register(child.stdout, selectors.EVENT_READ, "o")
+    sel.register(child.stderr, selectors.EVENT_READ, "e")
+    open_streams = 2
+    while open_streams:
+        for key, _ in sel.select():
+            data = os.read(key.fd, 65536)
+            if not data:
+                sel.unregister(key.fileobj)
+                open_streams -= 1
+                continue
+            kind = key.data
+            if stream:
+                _emit_stream(kind, data)
+                continue
+            room = CAPTURE_MAX - size[kind]
+            if room > 0:
+                kept[kind].append(data[:room])
+                size[kind] += min(room, len(data))
+            if len(data) > room:
+                result["truncated"] = True
+    sel.close()
+    rc = child.wait()
+    if rc < 0:
+        try:
+            result["signal"] = signal.Signals(-rc).name
+        except ValueError:
+            result["signal"] = str(-rc)
+    else:
+        result["returncode"] = rc
+    result["stdout"] = b"".join(kept["o"]).decode("utf-8", errors="backslashreplace")
+    result["stderr"] = b"".join(kept["e"]).decode("utf-8", errors="backslashreplace")
+    result["duration_s"] = round(time.monotonic() - began, 3)
+    return result
+
+
+def _write_out(path: str, steps: List[Dict[str, Any]]) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".agent-")
+    with os.fdopen(fd, "w") as f:
+        json.dump({"agent": AGENT_SCHEMA, "steps": steps}, f)
+    os.replace(tmp, path)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python3 allocator.pyz agent", description=__doc__.split("\n")[0])
+    p.add_argument("--plan", required=True, help="the plan (JSON); its directory holds the delivered files")
+    p.add_argument("--out", metavar="FILE", help="also write the results so far to FILE after each step")
+    p.add_argument("--via", metavar="COMMAND", help="run every step's program through this command (an emulator)")
+    args = p.parse_args(argv)
+    try:
+        steps = load_plan(args.plan)
+    except (OSError, ValueError, PlanError) as e:
+        print("agent: %s" % e, file=sys.stderr)
+        return 2
+    directory = os.path.dirname(os.path.abspath(args.plan))
+    done: List[Dict[str, Any]] = []
+    status = 0
+    for step in steps:
+        result = run_step(step, directory, shlex.split(args.via) if args.via else None)
+        done.append(result)
+        sys.stdout.write("%s\n%s\n%s\n" % (FRAME_BEGIN, json.dumps({"agent": AGENT_SCHEMA, "step": result},
+                                                                   separators=(",", ":")), FRAME_END))
+        sys.stdout.flush()
+        if args.out:
+            try:
+                _write_out(args.out, done)
+            except OSError as e:  # the console frame still carries it
+                print("agent: cannot write %s: %s" % (args.out, e), file=sys.stderr)
+                args.out = None
+        if step.get("stream"):
+            status = result["returncode"] if result["returncode"] is not None else 128 + _signum(result["signal"])
+    return status
+
+
+def _signum(name: Optional[str]) -> int:
+    try:
+        return int(signal.Signals[name or ""].value)
+    except KeyError:
+        return 0
