@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Dict, Generic, List, Optional, Tuple, TypeVar
 
 import images
+from harness import probes as probing
 from harness import proc
 from harness.backends import jail
-from harness import probes as probing
 from harness.backends.console import DONE, extract_frames, find_panic
 from harness.errors import ConfigError, HarnessError, ToolMissing
 from harness.inputs import MiB, read_text

@@ -198,7 +198,8 @@ def interpret_program(step: Dict[str, Any], probe: Probe) -> Document:
     doc.setdefault("crash", None)
     doc.setdefault("facts", None)
     if doc["outcome"] not in OUTCOMES:
-        return _error(probe.name, "outcome %s is not one of %s" % (json.dumps(doc["outcome"])[:60], ", ".join(OUTCOMES)))
+        return _error(probe.name, "outcome %s is not one of %s"
+                      % (json.dumps(doc["outcome"])[:60], ", ".join(OUTCOMES)))
     problem = check_document(doc)
     if problem:
         return _error(probe.name, "its JSON line does not have the allocator's shape: %s" % problem)

@@ -323,8 +323,8 @@ SECRET = "s3cr3t-Hash-Do-Not-Print"
         ("%s: 1\n" % SECRET, "1 %s: unknown top-level key; known: schema, defaults, targets" % SECRET),
         ("targets:\n  - name: a\n    backend: local\n    %s/x: 1\n" % SECRET,
          "4 [a] <a key of 26 characters that is not a name>: unknown key for a local target; known keys: "
-         "backend, description, expect, grow, markers, name, policies, probes, rlimit_as, timeout, touch_every, watchdog, "
-         "python, suite"),
+         "backend, description, expect, grow, markers, name, policies, probes, rlimit_as, timeout, touch_every, "
+         "watchdog, python, suite"),
         ("targets:\n  - name: a\n    backend: local\n    expect: {go-2012: '%s%s'}\n" % (SECRET, SECRET),
          "4 [a] expect.go-2012: expected one of high-arena, fallback-32bit, native-32bit, os-chosen, crash "
          "(or \"crash: <message>\"), got \"%s...\"" % (SECRET + SECRET)[:37]),
