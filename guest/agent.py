@@ -81,6 +81,26 @@ def expand(argv: List[str], directory: str) -> List[str]:
     return out
 
 
+def shebang(argv: List[str]) -> List[str]:
+    """``argv`` for an emulator, which takes a path (not a name to look up on PATH) and runs ELF files
+    only: the program found on PATH, and a script's ``#!`` interpreter made explicit."""
+    path = argv[0]
+    if "/" not in path:
+        for d in os.environ.get("PATH", "/usr/bin:/bin").split(":"):
+            if os.access(os.path.join(d, path), os.X_OK):
+                path = os.path.join(d, path)
+                break
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        return [path] + argv[1:]
+    if not head.startswith(b"#!"):
+        return [path] + argv[1:]
+    words = head[2:].split(b"\n", 1)[0].decode("utf-8", "replace").strip().split(None, 1)
+    return shebang(words + [path] + argv[1:]) if words else [path] + argv[1:]
+
+
 def _limit(rlimit_as: Optional[int]) -> Any:
     if rlimit_as is None:
         return None
@@ -101,7 +121,10 @@ def _emit_stream(kind: str, data: bytes) -> None:
 def run_step(step: Dict[str, Any], directory: str, via: Optional[List[str]] = None) -> Dict[str, Any]:
     """Run one step to its end: its result, never an exception (a program that cannot start is a result)."""
     argv = expand(step["argv"], directory)
-    if via:
+    missing = None
+    if via:  # the emulator would fail with a bare exit status 1: say why, as exec(2) would
+        argv = shebang(argv)
+        missing = None if os.path.exists(argv[0]) else argv[0]
         argv = via + argv
     stream = bool(step.get("stream"))
     result: Dict[str, Any] = {"name": step["name"], "argv": argv, "returncode": None, "signal": None,
@@ -110,11 +133,13 @@ def run_step(step: Dict[str, Any], directory: str, via: Optional[List[str]] = No
     env = dict(os.environ)
     env.update({k: v for k, v in (step.get("env") or {}).items() if isinstance(k, str) and isinstance(v, str)})
     try:
+        if missing:
+            raise FileNotFoundError(2, "No such file or directory", missing)
         child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  cwd=directory if os.access(directory, os.W_OK) else "/tmp", env=env,
                                  preexec_fn=_limit(step.get("rlimit_as")))
     except OSError as e:
-        result["error"] = "cannot start %s: %s" % (argv[0], e.strerror or e)
+        result["error"] = "cannot start %s: %s" % (getattr(e, "filename", None) or argv[0], e.strerror or e)
         result["returncode"] = 127 if isinstance(e, FileNotFoundError) else 126
         if stream:
             _emit_stream("e", ("%s\n" % result["error"]).encode())

@@ -76,6 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
     allow_skip_arg(r)
 
+    ex = sub.add_parser("exec", help="run a program in a target, streaming its output; exit with its status",
+                        description="Run PROGRAM in TARGET through the guest agent (python3 in the target), its "
+                        "stdout and stderr streamed apart, and exit with its exit status (128+N for a signal N). "
+                        "PROGRAM is a file on this host (a path with a /: delivered read-only, built for the "
+                        "target's architecture) or a command in the target. The harness's own failures exit "
+                        "125, the deadline 124, as timeout(1) and docker run do.")
+    targets_arg(ex)
+    ex.add_argument("target", metavar="TARGET", help="the target's name")
+    ex.add_argument("--timeout", metavar="D", help="the deadline for the boot and the program (default: the "
+                    "target's timeout), like 60s")
+    ex.add_argument("program", metavar="PROGRAM", nargs="*", help="-- PROGRAM [ARG...] (after --, so that the "
+                    "program's own options are its)")
+
     ls = sub.add_parser("list", help="list the targets")
     targets_arg(ls)
 
@@ -298,6 +311,90 @@ def requested_probes(probes: Optional[List[str]], policies: Optional[List[str]],
                     name, "did you mean %s? " % close[0] if close else "", ", ".join(known)))
             out.append(name)
     return out
+
+
+EXIT_EXEC_HARNESS = 125  # the harness could not run the program (docker run's convention)
+EXIT_EXEC_TIMEOUT = 124  # the deadline (timeout(1)'s)
+
+
+class StreamOut:
+    """Writes the agent's stream lines (``@@ARENA-HARNESS-STREAM@@ o|e BASE64``) to our stdout and stderr as
+    they come; everything else a guest prints stays in its console log."""
+
+    def __init__(self, out: Any = None, err: Any = None) -> None:
+        self.out = out if out is not None else sys.stdout.buffer
+        self.err = err if err is not None else sys.stderr.buffer
+
+    def __call__(self, line: str) -> None:
+        import base64
+        import binascii
+
+        from guest.agent import STREAM
+
+        at = line.find(STREAM)
+        if at < 0:
+            return
+        parts = line[at + len(STREAM):].split()
+        if len(parts) != 2 or parts[0] not in ("o", "e"):
+            return
+        try:
+            data = base64.b64decode(parts[1], validate=True)
+        except (binascii.Error, ValueError):
+            return
+        stream = self.out if parts[0] == "o" else self.err
+        stream.write(data)
+        stream.flush()
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from harness import config, runner
+
+    program = list(args.program)
+    if program[:1] == ["--"]:
+        program = program[1:]
+    if not program:
+        raise UsageError("exec needs a program: arena-harness exec TARGET -- PROGRAM [ARG...]")
+    if any(c in args.target for c in "*?["):
+        raise UsageError("exec runs in one target: give its name, not a pattern")
+    (target,) = config.load(args.targets).select([args.target])
+    timeout = target.timeout if args.timeout is None else float(config.duration(args.timeout, "--timeout"))
+    host_file: Optional[Path] = None
+    if "/" in program[0]:
+        host_file = Path(program[0])
+        if not host_file.is_file():
+            raise UsageError("no such file here: %s (a PROGRAM with a / is a file on this host, delivered into the "
+                             "target; a command of the target's is a bare name)" % program[0])
+    stream = StreamOut()
+    with signals_stop_the_run():
+        try:
+            guest, log_path = runner.exec_in(target, program, host_file, timeout=timeout,
+                                             artifacts=Path(DEFAULT_ARTIFACTS) / "exec", on_line=stream,
+                                             log=lambda msg: print("arena-harness: %s" % msg, file=sys.stderr))
+        except HarnessError as e:
+            print("arena-harness: %s: %s" % (target.name, e), file=sys.stderr)
+            return EXIT_EXEC_HARNESS
+    step = guest.steps[0] if guest.steps else None
+    if guest.timed_out:
+        print("arena-harness: %s: deadline of %.0fs reached (console log: %s)" % (target.name, timeout, log_path),
+              file=sys.stderr)
+        return EXIT_EXEC_TIMEOUT
+    if guest.panic:
+        print("arena-harness: %s: kernel panic: %s (console log: %s)" % (target.name, guest.panic, log_path),
+              file=sys.stderr)
+        return EXIT_EXEC_HARNESS
+    if step is None:
+        print("arena-harness: %s: the program's result never came back: %s (console log: %s)"
+              % (target.name, guest.error or "no result", log_path), file=sys.stderr)
+        return EXIT_EXEC_HARNESS
+    if step.get("signal"):
+        import signal as signals
+
+        try:
+            return 128 + int(signals.Signals[str(step["signal"])].value)
+        except KeyError:
+            return EXIT_EXEC_HARNESS
+    rc = step.get("returncode")
+    return rc if isinstance(rc, int) and 0 <= rc <= 255 else EXIT_EXEC_HARNESS
 
 
 def cmd_run(args: argparse.Namespace, argv: List[str], whole_process: bool = False) -> int:
@@ -579,6 +676,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
+    "exec": cmd_exec,
     "list": cmd_list,
     "doctor": cmd_doctor,
     "images": cmd_images,
@@ -599,7 +697,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         for s in STOP_SIGNALS:
             signal.signal(s, _remember)
     try:
+        program: Optional[List[str]] = None
+        if _command(argv) == "exec" and "--" in argv:  # what follows -- is the program's, never ours
+            at = argv.index("--")
+            argv, program = argv[:at], argv[at + 1:]
         args = build_parser().parse_args(argv)
+        if program is not None:
+            args.program = program
         if args.command == "run":
             return cmd_run(args, argv, whole_process)
         command = COMMANDS.get(args.command)

@@ -33,7 +33,7 @@ from allocator.probe import OUTCOMES, POLICIES
 from allocator.runtime import PlanError, parse_grow
 from allocator.simulated import parse_size
 from harness import backends
-from harness.errors import ConfigError
+from harness.errors import ConfigError, UsageError
 from harness.inputs import MAX_TARGETS_BYTES, read_text
 from harness.model import (
     BUILTIN_PROBES,
@@ -179,6 +179,17 @@ def _as_float(value: "int | float") -> float:
         return float(value)
     except OverflowError:
         return math.inf if value > 0 else -math.inf
+
+
+def duration(text: str, what: str) -> Seconds:
+    """A duration given on the command line (``--timeout 90s``); a UsageError naming ``what`` if it is not one."""
+    try:
+        value: Seconds = convert(text, Seconds, _Ctx(what), None, what)
+    except ConfigError as e:
+        raise UsageError("%s: %s" % (what, e.message)) from None
+    if value <= 0:
+        raise UsageError("%s: expected a positive duration, like 60s" % what)
+    return value
 
 
 def convert(value: Any, typ: Any, ctx: _Ctx, line: Optional[int], key: str) -> Any:

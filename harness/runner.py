@@ -28,7 +28,7 @@ from harness import backends, cleanup, files, payload, proc, registry
 from harness import probes as probing
 from harness.backends.base import RunContext
 from harness.errors import HarnessError
-from harness.model import Deadline, Record, Status, Target
+from harness.model import Deadline, GuestRun, Record, Status, Target
 from harness.results import RunDocument, classify, errored, skipped
 
 Progress = Callable[[str, Target, str, Sequence[Record]], None]
@@ -238,6 +238,51 @@ def _run_plan(plan: List[Tuple[Target, List[str]]], run_id: str, doc: RunDocumen
                                                                                   sweep=False):
             rec.containers_removed()
         doc.finished = now_iso()
+
+
+def exec_in(target: Target, argv: List[str], program: Optional[Path], *, timeout: float, artifacts: Path,
+            on_line: Callable[[str], None], log: Optional[images.Log] = None,
+            cache: Optional[images.Cache] = None) -> Tuple[GuestRun, Path]:
+    """``arena-harness exec``: boot or reach ``target`` and run ``argv`` there through the guest agent,
+    streaming its output (``on_line`` gets every line of the guest's; the agent's stream lines carry the
+    program's). ``program``: a host file delivered read-only and run as ``argv[0]``. Returns what the
+    boot produced (``steps[0]`` holds the exit status) and the console log's path. Everything it creates
+    is recorded in the run registry and removed when it returns, whatever ends it."""
+    run_id = new_run_id()
+    logs = Path(artifacts) / run_id
+    files.make_directories(logs)
+    log_path = logs / ("%s.log" % target.name)
+    files.create_file(log_path)
+    with registry.recording(run_id) as rec:
+        if target.backend == "docker":
+            rec.may_have_containers()
+        tmp = _make_temp_dir(run_id, rec)
+        backend = None
+        try:
+            pyz = payload.build(tmp)
+            backend = backends.get(target.backend)(target)
+            missing = backend.missing()
+            if missing is not None:
+                raise HarnessError(str(missing))
+            backend.provision(cache or images.Cache(), log or (lambda msg: None))
+            job = probing.Job(files={probing.PAYLOAD: pyz})
+            step: Dict[str, Any] = {"name": "exec", "argv": argv, "stream": True, "rlimit_as": target.rlimit_as}
+            if program is not None:
+                job.files["program-exec"] = program
+                step["argv"] = ["{dir}/program-exec"] + argv[1:]
+            job.steps.append(step)
+            workdir = Path(tempfile.mkdtemp(prefix="%s." % target.name, dir=str(tmp)))
+            job.write(workdir)
+            ctx = RunContext(run_id, target, [], workdir, pyz, log_path, Deadline(timeout), job=job, on_line=on_line)
+            return backend.run(ctx), log_path
+        finally:
+            if backend is not None:
+                backend.shutdown()
+            proc.stop_all(STOP_GRACE, reason=None)
+            shutil.rmtree(tmp, ignore_errors=True)
+            rec.drop_temp_dir(tmp)
+            if rec.entry.containers and cleanup.remove_containers(run_id, False, cleanup.Report(), sweep=False):
+                rec.containers_removed()
 
 
 def _stop_everything(finished: threading.Event) -> None:

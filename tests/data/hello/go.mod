@@ -1,0 +1,3 @@
+module arena-harness/hello
+
+go 1.19
