@@ -1,8 +1,9 @@
 """The jvm probe's command line and its reading of what OpenJDK 17 printed.
 
 The fixtures in tests/data/jvm are real: ``harness.probes.jvm.argv`` run on Debian 12's OpenJDK
-17.0.15 (amd64), under ``prlimit --as`` where a case names a limit, stdout and stderr kept apart
-(tests/data/jvm/cases.json has each command and exit status). Only the cases no JVM here can
+17.0.15 (amd64) under ``prlimit --as`` where a case names a limit, and Debian 12's arm64 OpenJDK
+17.0.19 under ``qemu-aarch64-static -R``, stdout and stderr kept apart (tests/data/jvm/cases.json
+has each command, where it ran and its exit status). Only the cases no JVM here can
 produce (an old java, a shell that cannot find java, hostile text) are written by hand, and say so.
 """
 
@@ -166,6 +167,29 @@ def test_a_jvm_killed_before_a_word_is_a_crash_without_a_message() -> None:
     assert d["messages"] == ["java was killed by SIGSEGV"]
     # The same death reported the shell's way (128 + 11).
     assert jvm.document("", "", 139)["facts"]["signal"] == 11
+
+
+# --- real outputs: arm64 OpenJDK under qemu-user, its address space reserved with -R ------------
+
+def test_under_qemu_user_with_room_the_arm64_jvm_starts_where_it_asked() -> None:
+    d = captured("arm64-qemu-user-started-1g-r256g")
+    assert d["outcome"] == "high-arena" and d["heap"]["arenas"] == [["0xc0000000", "0x100000000"]]
+    f = d["facts"]
+    assert f["jvm_arch"] == "aarch64" and f["jvm_version"] == "17.0.19+10-1-deb12u2-Debian"
+    assert f["class_space"] == ["0x101000000", "0x141000000"]  # under -R the emulator hands out low addresses
+
+
+def test_under_qemu_user_4g_the_heap_moves_down_then_the_class_space_finds_no_room() -> None:
+    d = captured("arm64-qemu-user-classspace-1g-r4g")
+    assert d["outcome"] == "crash" and d["crash"] == "Could not allocate compressed class space: 1073741824 bytes"
+    assert d["facts"]["heap_requested"] == ["0xc0000000", "0xaaa00000", "0x95400000"]  # the third try held
+    assert d["heap"]["arenas"] == [["0x95400000", "0xd5400000"]]
+
+
+def test_under_qemu_user_4g_the_default_heap_cannot_be_reserved() -> None:
+    d = captured("arm64-qemu-user-heap-default-r4g")  # a quarter of the host's 24 GiB does not fit in 4 GiB
+    assert d["outcome"] == "crash" and d["crash"] == "Could not reserve enough space for 6172672KB object heap"
+    assert d["heap"] is None and d["facts"]["heap_requested"][-1] is None
 
 
 # --- what no JVM here prints (written by hand) ---------------------------------------------------
