@@ -19,7 +19,16 @@ PANIC_RE = re.compile(
 )
 
 
+AGENT_LINE = '{"agent":'  # a frame's JSON line: the guest agent's, carrying programs' output
+STREAM = "@@ARENA-HARNESS-STREAM@@"  # guest.agent.STREAM: a program's output, base64
+
+
 def find_panic(line: str) -> Optional[str]:
+    """The kernel's words if ``line`` says the kernel died, else None. Lines of the guest agent's (a
+    frame, a stream line) carry programs' output, not the kernel's: a JVM printing
+    "UseCompressedOops: Enabled" is no oops."""
+    if line.startswith(AGENT_LINE) or STREAM in line:
+        return None
     m = PANIC_RE.search(line)
     if not m:
         return None

@@ -24,9 +24,11 @@ and accounts for the interpreter's share; the agent sets it for the others).
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -85,15 +87,13 @@ def job(target: Target, probes: Sequence[Probe], payload: Path, go_binary: Optio
             continue
         step: Dict[str, Any] = {"name": p.name, "rlimit_as": target.rlimit_as}
         if p.kind == "go":
-            from harness.probes import go
-
+            go: Any = importlib.import_module("harness.probes.go")
             if go_binary is None:
                 raise HarnessError("the go probe has no binary for this target's architecture")
             j.files[GO_BINARY] = go_binary
             step["argv"] = go.argv("{dir}/" + GO_BINARY, target.grow or go.DEFAULT_GROW, target.touch_every)
         elif p.kind == "jvm":
-            from harness.probes import jvm
-
+            jvm: Any = importlib.import_module("harness.probes.jvm")
             step["argv"] = jvm.argv("java", jvm.heap_from_grow(target.grow) if target.grow else None)
         else:
             assert p.program is not None
@@ -165,8 +165,10 @@ def interpret_model(step: Dict[str, Any], probes: Sequence[Probe]) -> Dict[str, 
         return {p.name: _error(p.name, why) for p in probes}
     out = {}
     for p in probes:
-        doc = docs.get(p.name) or _error(p.name, "the allocator gave no result for it")
-        if doc.get("error"):  # the allocator's own error document (a policy's child that died): say whose
+        doc = docs.get(p.name)
+        if doc is None:
+            doc = _error(p.name, "the allocator gave no result for it")
+        elif doc.get("error"):  # the allocator's own error document (a policy's child that died): say whose
             doc = dict(doc, error="allocator: %s" % doc["error"])
         out[p.name] = doc
     return out
@@ -213,14 +215,16 @@ Interpreter = Callable[[str, str, Optional[int]], Document]
 
 def interpret_runtime(step: Dict[str, Any], probe: Probe) -> Document:
     """A real runtime's output (go, jvm) through its module's ``document``."""
-    if probe.kind == "go":
-        from harness.probes import go as module
-    else:
-        from harness.probes import jvm as module  # type: ignore[no-redef]
+    module = importlib.import_module("harness.probes." + probe.kind)
     if step.get("error"):
         return _error(probe.name, str(step["error"]))
-    doc: Document = module.document(str(step.get("stdout") or ""), str(step.get("stderr") or ""),
-                                    step.get("returncode"))
+    rc = step.get("returncode")
+    if step.get("signal"):  # the runtimes' readers take a signal as subprocess does: -N
+        try:
+            rc = -int(signal.Signals[str(step["signal"])].value)
+        except KeyError:
+            rc = None
+    doc: Document = module.document(str(step.get("stdout") or ""), str(step.get("stderr") or ""), rc)
     doc["policy"] = probe.name
     problem = check_document(doc)
     return _error(probe.name, "unusable %s result: %s" % (probe.kind, problem)) if problem else doc

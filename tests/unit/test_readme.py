@@ -62,7 +62,7 @@ def synopsis(parser: argparse.ArgumentParser) -> Tuple[Set[str], List[str]]:
         if isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)):
             continue
         if not a.option_strings:
-            positionals.append("..." if a.nargs == "+" else "ONE")
+            positionals.extend({"+": ["..."], "*": ["ONE", "..."]}.get(str(a.nargs), ["ONE"]))
             continue
         long = max(a.option_strings, key=len)
         if a.nargs == 0:
@@ -81,7 +81,7 @@ def test_every_command_is_in_the_readme_as_its_help_shows_it() -> None:
         line = documented[name]
         assert set(re.findall(r"\[--[^\]]*\]", line)) == options, name
         rest = re.sub(r"\[--[^\]]*\]", "", line).split()[1 + len(name.split()):]
-        shown = ["..." if w == "..." else "ONE" for w in rest]
+        shown = ["..." if w == "..." else "ONE" for w in rest if w != "--"]  # exec's -- PROGRAM ...
         if positionals and positionals[-1] == "...":  # nargs="+": one word, then "..."
             positionals = positionals[:-1] + ["ONE", "..."]
         assert shown == positionals, name
