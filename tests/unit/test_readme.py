@@ -62,7 +62,7 @@ def synopsis(parser: argparse.ArgumentParser) -> Tuple[Set[str], List[str]]:
         if isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)):
             continue
         if not a.option_strings:
-            positionals.extend({"+": ["..."], "*": ["ONE", "..."]}.get(str(a.nargs), ["ONE"]))
+            positionals.append("..." if a.nargs in ("+", "*") else "ONE")
             continue
         long = max(a.option_strings, key=len)
         if a.nargs == 0:
