@@ -81,6 +81,7 @@ class Expectation:
 
 
 PROBE_KINDS = ("model", "go", "jvm", "program")
+MODELS = {"go-modern": "go"}  # a model policy -> the real runtime probe it models (compared where both ran)
 BUILTIN_PROBES = tuple(POLICIES) + ("go", "jvm")  # names that need no definition in a targets file
 
 
@@ -238,6 +239,9 @@ class Status(str, enum.Enum):
     PASS = "pass"
     OBSERVED = "observed"  # the target expects nothing of this policy: what happened is recorded, not judged
     FAIL = "fail"
+    # the model and the real runtime it models ran on the same target and said different things: the
+    # model is wrong there (a finding: it fails the run, like a fail)
+    DISAGREE = "disagree"
     ERROR = "error"
     TIMEOUT = "timeout"
     PANIC = "panic"
@@ -248,13 +252,15 @@ class Status(str, enum.Enum):
 
 
 # The one precedence rule: the worst status wins.
-PRECEDENCE = (Status.PANIC, Status.TIMEOUT, Status.ERROR, Status.FAIL, Status.PASS, Status.OBSERVED, Status.SKIP)
+PRECEDENCE = (Status.PANIC, Status.TIMEOUT, Status.ERROR, Status.FAIL, Status.DISAGREE, Status.PASS, Status.OBSERVED,
+              Status.SKIP)
 GOOD = (Status.PASS, Status.OBSERVED, Status.SKIP)
 """The statuses that are no failure (whether a skip passes a gate is the gate's to say: harness.verdict)."""
 
 
 def worst(statuses: Iterable[Status]) -> Status:
-    """The status that wins: panic > timeout > error > fail > pass > observed > skip (skip if there are none)."""
+    """The status that wins: panic > timeout > error > fail > disagree > pass > observed > skip (skip if there
+    are none)."""
     found = set(statuses)
     for s in PRECEDENCE:
         if s in found:
@@ -280,7 +286,11 @@ class Record:
     machine: Optional[str] = None
     markers: List[str] = field(default_factory=list)
     channel: Optional[str] = None
-    probe: Optional[Dict[str, Any]] = None
+    probe: Optional[Dict[str, Any]] = None  # the probe's document (the allocator's shape)
+    kind: Optional[str] = None  # the probe's kind: model, go, jvm, program (schema 2; None in schema 1 files)
+    # where a model policy and the runtime it models both ran on the target: the other side's outcome and
+    # crash, and whether they agree (on both records)
+    agreement: Optional[Dict[str, Any]] = None
 
     def to_json(self) -> Dict[str, Any]:
         d = asdict(self)

@@ -95,8 +95,9 @@ def counts(doc: RunDocument) -> Dict[str, int]:
 
 # The summary's order: it always begins "N passed, N failed" (CI log parsers read that); the rest only when
 # there are any.
-_SUMMARY = ((Status.PASS, "passed"), (Status.FAIL, "failed"), (Status.OBSERVED, "observed"), (Status.ERROR, "errors"),
-            (Status.TIMEOUT, "timed out"), (Status.PANIC, "panicked"), (Status.SKIP, "skipped"))
+_SUMMARY = ((Status.PASS, "passed"), (Status.FAIL, "failed"), (Status.OBSERVED, "observed"),
+            (Status.DISAGREE, "model and runtime disagree"), (Status.ERROR, "errors"), (Status.TIMEOUT, "timed out"),
+            (Status.PANIC, "panicked"), (Status.SKIP, "skipped"))
 
 
 def summary_line(doc: RunDocument) -> str:
@@ -124,7 +125,7 @@ def junit(doc: RunDocument) -> str:
             "testsuite",
             name=target,
             tests=str(len(recs)),
-            failures=str(c[Status.FAIL]),
+            failures=str(c[Status.FAIL] + c[Status.DISAGREE]),
             errors=str(c[Status.ERROR] + c[Status.TIMEOUT] + c[Status.PANIC]),
             skipped=str(c[Status.SKIP]),
             time="%.3f" % max((r.duration_s for r in recs), default=0.0),
@@ -133,8 +134,9 @@ def junit(doc: RunDocument) -> str:
             case = ET.SubElement(suite, "testcase", classname="arena-harness.%s" % target, name=r.policy,
                                  time="%.3f" % r.duration_s)
             msg = r.detail or ""
-            if r.status == Status.FAIL:
-                ET.SubElement(case, "failure", message=msg, type="outcome").text = msg
+            if r.status in (Status.FAIL, Status.DISAGREE):
+                ET.SubElement(case, "failure", message=msg, type="outcome" if r.status == Status.FAIL else
+                              "disagree").text = msg
             elif r.status in (Status.ERROR, Status.TIMEOUT, Status.PANIC):
                 ET.SubElement(case, "error", message=msg, type=r.status.value).text = msg
             elif r.status == Status.SKIP:

@@ -19,9 +19,10 @@ from harness.document import check_document
 from harness.errors import ConfigError, UsageError
 from harness.files import write_atomically
 from harness.inputs import MAX_RESULTS_BYTES, read_text
-from harness.model import GOOD, GuestRun, Record, Status, Target, outcome_text, quote, worst
+from harness.model import GOOD, MODELS, GuestRun, Record, Status, Target, outcome_text, quote, worst
 
-SCHEMA = 1
+SCHEMA = 2  # 2: records name their probe's kind and carry the model-runtime agreement
+READABLE = (1, 2)  # diff, merge and report read both
 
 
 def record_from_json(d: Any, where: str = "result", path: str = "") -> Record:
@@ -64,6 +65,25 @@ def record(target: Target, policy: str, status: Status, detail: Optional[str], *
                   expected=str(exp) if exp else None, outcome=kw.pop("outcome", None), crash=kw.pop("crash", None),
                   high_ok=kw.pop("high_ok", None), fallback_engaged=kw.pop("fallback_engaged", None),
                   detail=detail, markers=list(target.all_markers), **kw)
+
+
+def judge_agreement(records: List[Record]) -> None:
+    """Where a model policy and the runtime it models (``MODELS``) both gave an outcome on one target,
+    record on both what the other said and whether they agree: the same outcome, and for a crash the
+    same message word for word. A disagreement turns the model's record into ``disagree`` (when it was
+    pass or observed): the model is wrong there."""
+    by_name = {r.policy: r for r in records}
+    for model, runtime in MODELS.items():
+        m, r = by_name.get(model), by_name.get(runtime)
+        if m is None or r is None or m.outcome is None or r.outcome is None:
+            continue
+        agree = m.outcome == r.outcome and (m.outcome != "crash" or m.crash == r.crash)
+        m.agreement = {"with": runtime, "outcome": r.outcome, "crash": r.crash, "agree": agree}
+        r.agreement = {"with": model, "outcome": m.outcome, "crash": m.crash, "agree": agree}
+        if not agree and m.status in (Status.PASS, Status.OBSERVED):
+            m.status = Status.DISAGREE
+            m.detail = "the model says %s, real %s says %s" % (outcome_text(m.outcome, m.crash), runtime,
+                                                                outcome_text(r.outcome, r.crash))
 
 
 def skipped(target: Target, policy: str, reason: str) -> Record:
@@ -115,9 +135,10 @@ def classify(target: Target, policy: str, run: GuestRun) -> Record:
     if run.panic:
         statuses.append(Status.PANIC)
         detail = "kernel panic: %s" % run.panic
+    probe = target.probe(policy)
     return record(target, policy, worst(statuses), detail, outcome=outcome, crash=crash, high_ok=high_ok,
                   fallback_engaged=fallback, duration_s=round(run.duration_s, 3), log=str(run.log), kernel=kernel,
-                  machine=machine, channel=run.channel, probe=doc)
+                  machine=machine, channel=run.channel, probe=doc, kind=probe.kind if probe else None)
 
 
 _STATUSES = [s.value for s in Status]
@@ -217,8 +238,9 @@ class RunDocument:
             raise ConfigError("not valid JSON: %s" % e, path=name) from None
         except RecursionError:
             raise ConfigError("not valid JSON: nested too deeply", path=name) from None
-        if not isinstance(d, dict) or d.get("schema") != SCHEMA or "results" not in d:
-            raise ConfigError("not an arena-harness result file of schema %d" % SCHEMA, path=name)
+        if not isinstance(d, dict) or d.get("schema") not in READABLE or "results" not in d:
+            raise ConfigError("not an arena-harness result file of schema %s" % " or ".join(map(str, READABLE)),
+                              path=name)
         run = d.get("run")
         if not isinstance(run, dict):
             raise ConfigError("expected a mapping, got %s" % _json_kind(run), path=name, key="run")

@@ -29,7 +29,7 @@ from harness import probes as probing
 from harness.backends.base import RunContext
 from harness.errors import HarnessError
 from harness.model import Deadline, GuestRun, Record, Status, Target
-from harness.results import RunDocument, classify, errored, skipped
+from harness.results import RunDocument, classify, errored, judge_agreement, skipped
 
 Progress = Callable[[str, Target, str, Sequence[Record]], None]
 """progress(event, target, message, records): event is "build", "start" or "done"."""
@@ -96,7 +96,9 @@ def _boot_and_judge(target: Target, policies: List[str], run_id: str, tmp: Path,
     finally:
         backend.shutdown()
         shutil.rmtree(workdir, ignore_errors=True)
-    return [classify(target, p, guest) for p in policies]
+    records = [classify(target, p, guest) for p in policies]
+    judge_agreement(records)
+    return records
 
 
 STOP_GRACE = 1.0

@@ -14,6 +14,7 @@ from typing import Any, Dict, Optional
 import pytest
 
 from harness import config, report
+from harness.errors import ConfigError
 from harness.model import PRECEDENCE, GuestRun, Record, Status, worst
 from harness.plugin import skip_or_fail
 from harness.results import RunDocument, classify
@@ -52,7 +53,8 @@ def guest(**docs: Dict[str, Any]) -> GuestRun:
 
 
 def test_precedence_is_one_rule() -> None:
-    assert [s.value for s in PRECEDENCE] == ["panic", "timeout", "error", "fail", "pass", "observed", "skip"]
+    assert [s.value for s in PRECEDENCE] == ["panic", "timeout", "error", "fail", "disagree", "pass", "observed",
+                                             "skip"]
     assert worst([Status.PASS, Status.FAIL, Status.SKIP]) is Status.FAIL
     assert worst([Status.OBSERVED, Status.PASS]) is Status.PASS
     assert worst([Status.SKIP, Status.OBSERVED]) is Status.OBSERVED
@@ -157,7 +159,7 @@ def test_run_document_round_trips_and_is_written_atomically(tmp_path: Path) -> N
     path = tmp_path / "sub" / "r.json"
     run.write(path)
     data = json.loads(path.read_text())
-    assert data["schema"] == 1 and data["run"]["complete"] is True
+    assert data["schema"] == 2 and data["run"]["complete"] is True
     assert set(data["results"][0]) >= {"target", "backend", "policy", "status", "expected", "outcome", "high_ok",
                                        "fallback_engaged", "duration_s", "log", "probe"}
     back = RunDocument.load(path)
@@ -246,3 +248,43 @@ def test_guest_text_in_the_markdown_diff_is_shown_not_rendered() -> None:
 def test_a_name_that_is_not_plain_is_escaped_text_not_code() -> None:
     assert report.markdown_name("uml/go-2012") == "`uml/go-2012`"
     assert report.markdown_name("a`b|c/go-2012") == "a\\`b\\|c/go-2012"
+
+
+def test_model_and_runtime_agreement_is_on_both_records_and_a_disagreement_is_its_own_status() -> None:
+    from harness.model import Probe, Target
+    from harness.results import judge_agreement, record
+
+    t = Target("t", "local", None, probes=(Probe("go-modern", "model"), Probe("go", "go")))
+    crash = "out of memory allocating heap arena metadata"
+    m = record(t, "go-modern", Status.OBSERVED, None, outcome="crash", crash=crash)
+    g = record(t, "go", Status.OBSERVED, None, outcome="crash", crash=crash)
+    judge_agreement([m, g])
+    assert m.agreement == {"with": "go", "outcome": "crash", "crash": crash, "agree": True}
+    assert g.agreement == {"with": "go-modern", "outcome": "crash", "crash": crash, "agree": True}
+    assert m.status is Status.OBSERVED
+    g = record(t, "go", Status.OBSERVED, None, outcome="crash", crash="out of memory")  # another message
+    judge_agreement([m, g])
+    assert m.status is Status.DISAGREE and g.agreement["agree"] is False
+    assert m.detail == "the model says crash: %s, real go says crash: out of memory" % crash
+    failed = record(t, "go-modern", Status.FAIL, "expected x", outcome="os-chosen")
+    judge_agreement([failed, record(t, "go", Status.PASS, None, outcome="high-arena")])
+    assert failed.status is Status.FAIL  # a fail stays a fail: it is the worse news
+    lone = record(t, "go-modern", Status.PASS, None, outcome="high-arena")
+    judge_agreement([lone, record(t, "go", Status.ERROR, "no result")])
+    assert lone.agreement is None and lone.status is Status.PASS  # nothing to compare with
+
+
+def test_a_schema_1_results_file_still_reads(tmp_path: Path) -> None:
+    """Files written before records named their probe's kind (schema 1) load, for diff, merge and report."""
+    from harness.results import RunDocument
+
+    doc = RunDocument("r", "2026-01-01T00:00:00+00:00", None, True, [])
+    data = doc.to_json()
+    data["schema"] = 1
+    f = tmp_path / "old.json"
+    f.write_text(json.dumps(data))
+    assert RunDocument.load(f).records == []
+    data["schema"] = 3
+    f.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="not an arena-harness result file of schema 1 or 2"):
+        RunDocument.load(f)

@@ -159,9 +159,9 @@ BAD: List[tuple] = [
     (lambda d: d["results"][1].pop("status"), "[l1] results[1].status: missing"),
     (lambda d: d["results"][0].pop("target"), "results[0].target: missing"),
     (lambda d: d["results"][2].update(status="passed"),
-     '[qemu-x] results[2].status: unknown status "passed"; known: pass, observed, fail, error, timeout, panic, skip'),
+     '[qemu-x] results[2].status: unknown status "passed"; known: pass, observed, fail, disagree, error, timeout, panic, skip'),
     (lambda d: d["results"][2].update(status=None),
-     "[qemu-x] results[2].status: unknown status null; known: pass, observed, fail, error, timeout, panic, skip"),
+     "[qemu-x] results[2].status: unknown status null; known: pass, observed, fail, disagree, error, timeout, panic, skip"),
     (lambda d: d["results"][0].update(duration_s="3s"), '[l1] results[0].duration_s: expected a number, got a string'),
     # Python's JSON reads NaN and Infinity: was "expected a number, got a number".
     (lambda d: d["results"][0].update(duration_s=float("nan")),
