@@ -13,8 +13,9 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 
+import images
 from allocator.runtime import MAX_GROW_STEPS
-from harness import proc
+from harness import arches, proc
 from harness.document import check_document
 from harness.plugin import skip_or_fail
 from harness.probes import go
@@ -77,6 +78,80 @@ def test_an_install_ships_the_source_where_the_probe_finds_it(tmp_path: Path) ->
     r = proc.run([sys.executable, "-c", "from harness.probes import go; print(go.SOURCE)"], timeout=60,
                  cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
     assert r.output.strip() == str(site / "harness" / "probes" / "go_source"), r.output
+
+
+# -- the recipe -------------------------------------------------------------------------------------
+
+
+def test_every_architecture_of_the_table_has_its_go_port() -> None:
+    assert {a.debian: a.goarch for a in arches.ARCHES} == {
+        "amd64": "amd64", "i386": "386", "arm64": "arm64", "riscv64": "riscv64"}
+    assert images.GoProbe("i386").goarch == "386"
+    with pytest.raises(images.BuildError, match=r"no Go port for architecture 'mips'.*amd64, i386, arm64, riscv64"):
+        images.GoProbe("mips")
+
+
+def test_the_recipe_key_changes_with_the_source_the_go_version_and_the_arch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(images.recipes, "go_version", lambda: "go version go1.19.8 linux/amd64")
+    src = tmp_path / "src"
+    shutil.copytree(go.SOURCE, src)
+    base = images.GoProbe("amd64", source=src)
+    assert images.GoProbe("amd64", source=src).key() == base.key()
+    assert images.GoProbe("arm64", source=src).key() != base.key()
+    (src / "README").write_text("not read by go build")
+    assert images.GoProbe("amd64", source=src).key() == base.key()
+    (src / "main.go").write_text((src / "main.go").read_text() + "\n// changed\n")
+    changed = images.GoProbe("amd64", source=src)
+    assert changed.key() != base.key()
+    assert base.key() == images.GoProbe("amd64", source=go.SOURCE).key()  # where the tree lies does not count
+    keys = {base.key(), changed.key()}
+    monkeypatch.setattr(images.recipes, "go_version", lambda: "go version go1.19.13 linux/amd64")
+    assert images.GoProbe("amd64", source=src).key() not in keys
+    monkeypatch.setattr(images.recipes, "go_version", lambda: None)  # no Go: a key still, and no entry matches
+    assert images.GoProbe("amd64", source=src).key() not in keys
+
+
+def test_a_source_changed_after_the_key_was_made_is_not_built_under_that_key(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(images.recipes, "go_version", lambda: "go version go1.19.8 linux/amd64")
+    src = tmp_path / "src"
+    shutil.copytree(go.SOURCE, src)
+    recipe = images.GoProbe("amd64", source=src)
+    (src / "main.go").write_text("package main\n\nfunc main() {}\n")
+    with pytest.raises(images.BuildError, match="changed after this run read it"):
+        recipe.build(tmp_path / "out", images.Cache(tmp_path / "cache"), lambda msg: None)
+
+
+def test_the_build_runs_no_user_go_setting_and_nothing_outside_its_directory(tmp_path: Path) -> None:
+    env = images.recipes.go_env(tmp_path / "work", "riscv64")
+    assert env["GOARCH"] == "riscv64" and env["CGO_ENABLED"] == "0" and env["GOPROXY"] == "off"
+    assert "GOROOT" not in env and env["GOENV"] == "off" and env["GOTOOLCHAIN"] == "local"
+    for key in ("HOME", "GOCACHE", "GOPATH", "GOTMPDIR"):
+        assert Path(env[key]).is_relative_to(tmp_path / "work"), key
+
+
+def test_a_binary_for_another_machine_or_a_dynamic_one_is_refused(tmp_path: Path) -> None:
+    exe = tmp_path / "exe"
+    # An ELF64 header for x86_64 with one program header, PT_INTERP (a dynamically linked binary).
+    header = bytearray(64 + 56)
+    header[:7] = b"\x7fELF\x02\x01\x01"
+    header[18:20] = (62).to_bytes(2, "little")
+    header[32:40] = (64).to_bytes(8, "little")
+    header[54:56] = (56).to_bytes(2, "little")
+    header[56:58] = (1).to_bytes(2, "little")
+    header[64:68] = (3).to_bytes(4, "little")
+    exe.write_bytes(bytes(header))
+    with pytest.raises(images.BuildError, match="ELF machine 62, not arm64"):
+        images.recipes.check_static_elf(exe, "arm64")
+    with pytest.raises(images.BuildError, match="dynamically linked"):
+        images.recipes.check_static_elf(exe, "amd64")
+    header[64:68] = (1).to_bytes(4, "little")  # PT_LOAD: static
+    exe.write_bytes(bytes(header))
+    images.recipes.check_static_elf(exe, "amd64")
+    exe.write_text("#!/bin/sh\n")
+    with pytest.raises(images.BuildError, match="not a little-endian ELF"):
+        images.recipes.check_static_elf(exe, "amd64")
 
 
 # -- document(): what the real program printed --------------------------------------------------------
