@@ -7,8 +7,11 @@ document as the last line. When the runtime dies it prints no document: Go's ``t
 error: MESSAGE`` to stderr (after ``runtime: ...`` lines such as ``runtime: out of memory: cannot allocate
 N-byte block (M in use)``) and exits 2. :func:`document` then builds the crash document the model would
 give: outcome ``crash``, ``crash`` the message word for word, ``messages`` those lines and ``throw: MESSAGE``
-as the model spells them, heap and growth from the block lines seen. Anything else (a signal, a Go panic,
-a bad flag, a timeout, no output) is outcome null with an ``error`` saying what happened.
+as the model spells them, heap and growth from the block lines seen, and the step that died (its kind and
+size read from the traceback's ``main.growStep``/``main.sysallocStep`` frame; none when Go died before
+main). A crash document has no ``facts``: the program prints them only in its final document. Anything
+else (a signal, a Go panic, a bad flag, a timeout, no output) is outcome null with an ``error`` saying what
+happened.
 
 Everything here reads a guest's output, so nothing it prints can make :func:`document` raise, grow without
 bound, or pass a document of the wrong shape to the harness.
