@@ -36,7 +36,7 @@ class Arch:
     kernel_image: str  # glob under the kernel package's root
     suite: str  # default Debian release of its kernel and root filesystem
     qemu_user: str  # qemu-<this>-static
-    goarch: str
+    goarch: Optional[str]  # GOARCH of Go's port to it (the go probe's build); None where Go has none
     modules: Tuple[str, ...] = NINEP_MODULES
     firmware: Tuple[str, ...] = ()  # extra QEMU arguments (-bios ...); the last one is a file that must exist
     firmware_package: Optional[str] = None

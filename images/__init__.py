@@ -2,7 +2,7 @@
 container images) into a content-addressed cache, and the files they are made from.
 
 - ``images/cache.py``: the cache (keys, per-key locks, atomic publication, prune);
-- ``images/recipes.py``: each kind of artefact and how it is built;
+- ``images/recipes.py``: each kind of artefact and how it is built (and the go probe, built with Go);
 - ``images/qemu/``: the QEMU guests' init scripts.
 
 The harness imports this package; nothing here imports the harness's backends.
@@ -22,7 +22,9 @@ from images.cache import (
     recipe_text,
 )
 from images.recipes import (
+    GO,
     Cpio,
+    GoProbe,
     Initramfs,
     KernelKit,
     Rootfs,
@@ -38,5 +40,5 @@ from images.recipes import (
 __all__ = [
     "BUILD_TIMEOUT", "CACHE_ENV", "MMDEBSTRAP", "BuildError", "Cache", "Entry", "Log", "Recipe", "Tool",
     "cache_root", "recipe_text", "Cpio", "Initramfs", "KernelKit", "Rootfs", "RootfsTarball", "SshDisk",
-    "build_step", "ensure_binfmt", "host_arch", "mmdebstrap", "module_closure",
+    "build_step", "ensure_binfmt", "host_arch", "mmdebstrap", "module_closure", "GO", "GoProbe",
 ]

@@ -11,8 +11,9 @@ a builder that was killed: the next build of that key, ``images prune`` and
 
 Recipes: ``KernelKit`` (a Debian kernel, busybox and the modules a 9p root
 needs, fetched with ``mmdebstrap --variant=extract``, no change to the host's
-apt), ``Rootfs`` (``mmdebstrap --variant=essential --include=python3``) and
-``Initramfs`` (busybox, modules and an init script, written as newc cpio).
+apt), ``Rootfs`` (``mmdebstrap --variant=essential --include=python3``),
+``Initramfs`` (busybox, modules and an init script, written as newc cpio) and
+``GoProbe`` (the go probe, ``probes/go``, built for one architecture with the host's Go).
 """
 
 

@@ -5,7 +5,9 @@ fetched with ``mmdebstrap --variant=extract``, no change to the host's apt),
 ``Rootfs`` (``mmdebstrap --variant=essential --include=python3``; ``minbase``
 for the pristine-machine test), ``RootfsTarball`` (for ``docker import``),
 ``Initramfs`` (busybox, modules and an init script from ``images/qemu/``,
-written as newc cpio) and ``SshDisk`` (a root with sshd in an ext4 image).
+written as newc cpio), ``SshDisk`` (a root with sshd in an ext4 image) and
+``GoProbe`` (the go probe, ``probes/go``, built for one architecture with the
+host's Go).
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import shutil
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Sequence, Set, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from harness import arches, proc
+from harness.probes import go as go_probe
 from images.cache import (
     BUILD_TIMEOUT,
     MMDEBSTRAP,
@@ -84,9 +87,10 @@ class Cpio:
 # -- recipes ------------------------------------------------------------------------------------
 
 
-def build_step(argv: Sequence[str], log_path: Path, what: str) -> None:
+def build_step(argv: Sequence[str], log_path: Path, what: str, env: Optional[Mapping[str, str]] = None,
+               cwd: Optional[Path] = None) -> None:
     """One command of a recipe, logged to the entry's build.log; failure is one BuildError with the log's tail."""
-    c = proc.run(list(argv), timeout=BUILD_TIMEOUT, log_path=log_path)
+    c = proc.run(list(argv), timeout=BUILD_TIMEOUT, log_path=log_path, env=env, cwd=cwd)
     if c.returncode != 0 or c.timed_out:
         tail = " | ".join(ln for ln in c.lines[-4:] if ln.strip())
         raise BuildError("%s failed: %s" % (what, tail or c.error or c.returncode), log=log_path)
@@ -404,3 +408,132 @@ class SshDisk(Recipe):
             "%dM" % (size_mb + self.extra_mb)], logf, "mke2fs")
         shutil.rmtree(stage)
 
+
+
+# -- the go probe ----------------------------------------------------------------------------------
+
+GO = Tool("go", "golang-go")
+_GO_FILES = ("*.go", "go.mod", "go.sum")
+_ELF_MACHINE = {"amd64": 62, "386": 3, "arm64": 183, "riscv64": 243}  # e_machine: EM_X86_64, EM_386, ...
+_go_versions: Dict[Tuple[str, int, int], Optional[str]] = {}
+
+
+def go_env(work: Path, goarch: Optional[str] = None) -> Dict[str, str]:
+    """The environment the host's Go runs in for a build: nothing of the user's Go set-up (GOROOT, GOFLAGS,
+    go env files, workspaces), no network (GOPROXY=off: the probe needs the standard library only), and
+    HOME, caches and temporary files under ``work``, so a build writes nothing outside its entry."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(work / "home"), "GOENV": "off",
+           "GOCACHE": str(work / "cache"), "GOPATH": str(work / "path"), "GOTMPDIR": str(work / "tmp"),
+           "GOPROXY": "off", "GOFLAGS": "-mod=mod", "GOWORK": "off", "GO111MODULE": "on",
+           "GOTOOLCHAIN": "local", "CGO_ENABLED": "0", "GOOS": "linux"}
+    if goarch is not None:
+        env["GOARCH"] = goarch
+    return env
+
+
+def go_version() -> Optional[str]:
+    """``go version`` of the host's Go ("go version go1.19.8 linux/amd64"), None without one. Asked once
+    per binary (path, size and modification time), since every cache key of a go probe names it."""
+    path = proc.which(GO.command)
+    if path is None:
+        return None
+    st = os.stat(path)
+    ident = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    if ident not in _go_versions:
+        work = Path("/nonexistent/arena-harness-go")  # go version reads no cache and writes nothing
+        c = proc.run([path, "version"], timeout=60, env=go_env(work))
+        _go_versions[ident] = c.output.strip() if c.returncode == 0 and c.output.startswith("go version ") else None
+    return _go_versions[ident]
+
+
+def go_sources(source: Path) -> Dict[str, bytes]:
+    """The files of the Go program in ``source`` that its build reads (one package: no subdirectories)."""
+    names = sorted({f.name for pattern in _GO_FILES for f in source.glob(pattern) if f.is_file()})
+    return {name: (source / name).read_bytes() for name in names}
+
+
+def _digest(files: Dict[str, bytes]) -> str:
+    h = hashlib.sha256()
+    for name, data in sorted(files.items()):
+        h.update(b"%d:%s\0%d:" % (len(name), name.encode(), len(data)))
+        h.update(data)
+    return h.hexdigest()
+
+
+def check_static_elf(path: Path, goarch: str) -> None:
+    """That ``path`` is an ELF executable for ``goarch`` with no program interpreter (static)."""
+    head = path.read_bytes()[:1 << 16]
+    if head[:4] != b"\x7fELF" or head[5] != 1:  # all four arches are little-endian
+        raise BuildError("go build wrote %s, which is not a little-endian ELF file" % path)
+    machine = int.from_bytes(head[18:20], "little")
+    if machine != _ELF_MACHINE.get(goarch, machine):
+        raise BuildError("go build wrote a binary for ELF machine %d, not %s" % (machine, goarch))
+    wide = head[4] == 2  # ELFCLASS64
+    phoff = int.from_bytes(head[32:40] if wide else head[28:32], "little")
+    phentsize = int.from_bytes(head[54:56] if wide else head[42:44], "little")
+    phnum = int.from_bytes(head[56:58] if wide else head[44:46], "little")
+    for i in range(phnum):
+        off = phoff + i * phentsize
+        if int.from_bytes(head[off:off + 4], "little") == 3:  # PT_INTERP: a dynamic loader is needed
+            raise BuildError("go build wrote a dynamically linked %s (is CGO_ENABLED=0 ignored?)" % path)
+
+
+@dataclass(frozen=True)
+class GoProbe(Recipe):
+    """The go probe (``probes/go``) built for one architecture: the static binary ``goprobe``
+    (:data:`harness.probes.go.BINARY`) in the entry, and the source it was built from in ``src/``.
+
+    Built with the host's Go, Debian's golang-go (1.19 on Debian 12, the version ``go-modern``
+    models): ``go build -trimpath`` with CGO_ENABLED=0 and :func:`go_env`. The key is the source's
+    hash, ``go version`` and GOARCH: a changed program or another Go is a new entry.
+    """
+
+    arch: str  # Debian architecture, as for the other recipes: amd64, i386, arm64, riscv64
+    source: Path = go_probe.SOURCE  # another tree only in tests
+    digest: str = field(init=False, compare=False, repr=False)  # of the source when this recipe was made
+    kind = "go-probe"
+    version = 1
+
+    def __post_init__(self) -> None:
+        rec = arches.BY_DEBIAN.get(self.arch)
+        if rec is None or rec.goarch is None:
+            known = ", ".join(a.debian for a in arches.ARCHES if a.goarch)
+            raise BuildError("no Go port for architecture %r (the go probe builds for %s)" % (self.arch, known))
+        # Read once: the key, the entry's name and what build() compiles all name this one snapshot.
+        object.__setattr__(self, "digest", _digest(go_sources(self.source)))
+
+    @property
+    def goarch(self) -> str:
+        return arches.BY_DEBIAN[self.arch].goarch or ""  # (never empty: __post_init__ checked)
+
+    @property
+    def name(self) -> str:
+        return self.arch
+
+    def inputs(self) -> Dict[str, object]:
+        return {"arch": self.arch, "goarch": self.goarch, "source": self.digest, "go": go_version()}
+
+    def tools(self) -> Tuple[Tool, ...]:
+        return (GO,)
+
+    def build(self, out: Path, cache: Cache, log: Log) -> None:
+        if go_version() is None:
+            raise BuildError("`go version` failed: the go probe needs a working Go: %s" % GO.hint)
+        files = go_sources(self.source)
+        if "main.go" not in files:
+            raise BuildError("no main.go in %s: the go probe's source is missing" % self.source)
+        if _digest(files) != self.digest:
+            raise BuildError("%s changed after this run read it: run again" % self.source)
+        src = out / "src"
+        src.mkdir()
+        for name, data in files.items():  # the snapshot the key names, whatever happens to the tree now
+            (src / name).write_bytes(data)
+        work = out / "work"
+        (work / "tmp").mkdir(parents=True)
+        env = go_env(work, self.goarch)
+        # Through env -i, so that build.log's first line is the whole command, environment included.
+        build_step(["env", "-i", *("%s=%s" % kv for kv in sorted(env.items())), GO.command, "build", "-trimpath",
+                    "-o", str(out / go_probe.BINARY), "."], out / "build.log",
+                   "go build of the go probe for %s" % self.goarch, env=env, cwd=src)
+        check_static_elf(out / go_probe.BINARY, self.goarch)
+        shutil.rmtree(work)  # the build cache: tens of MiB, and a new Go version is a new entry anyway

@@ -35,7 +35,7 @@ fail() {
 #   chromium                      renders the HTML report in a test
 #   procps                        ps, for the leftover checks
 #   ca-certificates               pip over TLS
-#   golang-go                     Go 1.19, to build tests/data/gogrow and check go-modern against real Go
+#   golang-go                     Go 1.19: the go probe (probes/go), real Go beside go-modern
 #   openjdk-17-jre-headless       the jvm probe on local targets and its test (tests/integration/test_jvm_probe.py)
 PACKAGES="python3 python3-venv user-mode-linux qemu-system-x86 qemu-system-arm qemu-system-misc opensbi
           qemu-user-static binfmt-support mmdebstrap arch-test docker.io openssh-server chromium procps

@@ -35,6 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from allocator import SCHEMA
 from allocator.probe import OUTCOMES
+from allocator.runtime import DEFAULT_GROW, DEFAULT_TOUCH_EVERY
 from harness.backends.console import parse_documents
 from harness.document import check_document
 from harness.errors import HarnessError
@@ -91,7 +92,8 @@ def job(target: Target, probes: Sequence[Probe], payload: Path, go_binary: Optio
             if go_binary is None:
                 raise HarnessError("the go probe has no binary for this target's architecture")
             j.files[GO_BINARY] = go_binary
-            step["argv"] = go.argv("{dir}/" + GO_BINARY, target.grow or go.DEFAULT_GROW, target.touch_every)
+            step["argv"] = go.argv("{dir}/" + GO_BINARY, target.grow or DEFAULT_GROW,
+                                   DEFAULT_TOUCH_EVERY if target.touch_every is None else target.touch_every)
         elif p.kind == "jvm":
             jvm: Any = importlib.import_module("harness.probes.jvm")
             step["argv"] = jvm.argv("java", jvm.heap_from_grow(target.grow) if target.grow else None)

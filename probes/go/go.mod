@@ -1,0 +1,3 @@
+module arena-harness/goprobe
+
+go 1.19

@@ -1,3 +1,0 @@
-module gogrow
-
-go 1.19
