@@ -253,6 +253,8 @@ def convert(value: Any, typ: Any, ctx: _Ctx, line: Optional[int], key: str) -> A
 
 def _host_path_problem(f: "dataclasses.Field[Any]", value: Any) -> Optional[str]:
     """Why an explicitly set program, file or directory (see PROGRAM) cannot be used here, or None."""
+    if isinstance(value, tuple):  # a list of Debian names (packages:): each one checked
+        return next((p for p in (_host_path_problem(f, v) for v in value) if p), None)
     if not isinstance(value, str):
         return None
     shown = quote(value, 200)

@@ -44,6 +44,8 @@ class QemuOptions:
     kernel_package: Optional[str] = field(default=None, metadata={DEBIAN: "a Debian package name"})
     rootfs: str = "auto"  # host | debian | auto (host where the arch matches)
     rootfs_suite: Optional[str] = field(default=None, metadata={DEBIAN: "a Debian release"})
+    # more Debian packages in the guest's root filesystem (openjdk-17-jre-headless for the jvm probe)
+    packages: Tuple[str, ...] = field(default=(), metadata={DEBIAN: "a Debian package name"})
     cpu: Optional[str] = None
     memory: Size = Size(512 * MiB)
     smp: int = 1
@@ -294,7 +296,7 @@ class NinePBoot(Boot):
     def rootfs(self) -> Optional[images.Rootfs]:
         if self.o.host_root:
             return None
-        return images.Rootfs(self.o.spec.debian, self.o.rootfs_suite or self.o.spec.suite)
+        return images.Rootfs(self.o.spec.debian, self.o.rootfs_suite or self.o.spec.suite, ("python3",) + self.o.packages)
 
     def recipes(self) -> List[images.Recipe]:
         root = self.rootfs()

@@ -31,6 +31,8 @@ class QemuUserOptions:
     arch: str = "arm64"
     suite: Optional[str] = field(default=None, metadata={DEBIAN: "a Debian release"})
     reserved_va: Optional[Size] = None
+    # more Debian packages in its root filesystem (openjdk-17-jre-headless for the jvm probe)
+    packages: Tuple[str, ...] = field(default=(), metadata={DEBIAN: "a Debian package name"})
 
     def validate(self) -> Optional[Tuple[str, str]]:
         if self.arch not in arches.BY_DEBIAN:
@@ -69,7 +71,7 @@ class QemuUserBackend(Backend[QemuUserOptions]):
 
     def recipes(self) -> List[images.Recipe]:
         o = self.options
-        return [images.Rootfs(o.arch, o.suite or arches.BY_DEBIAN[o.arch].suite)]
+        return [images.Rootfs(o.arch, o.suite or arches.BY_DEBIAN[o.arch].suite, ("python3",) + o.packages)]
 
     def provision(self, cache: images.Cache, log: images.Log) -> None:
         self._root = cache.get(self.recipes()[0], log) / "root"

@@ -67,7 +67,7 @@ def test_an_install_ships_the_source_where_the_probe_finds_it(tmp_path: Path) ->
     tree.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, tree / name)
-    for name in ("allocator", "harness", "images", "probes"):
+    for name in ("allocator", "guest", "harness", "images", "probes"):
         shutil.copytree(ROOT / name, tree / name, ignore=shutil.ignore_patterns("__pycache__"))
     r = proc.run([sys.executable, "-c", "import setuptools; setuptools.setup()", "-q", "build_py", "--build-lib",
                   str(site)], timeout=300, cwd=tree)
