@@ -5,13 +5,14 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from harness.files import write_atomically
 from harness.model import Record, Status, outcome_text
 from harness.results import RunDocument
 
 _BOOL = {True: "yes", False: "no", None: "-"}
+_JSON_BOOL = {True: "true", False: "false"}
 
 
 def _outcome(r: Record) -> str:
@@ -111,9 +112,105 @@ def summary_line(doc: RunDocument) -> str:
     return text
 
 
+# Characters XML 1.0 cannot carry at all, even escaped: guests print them (a console log holds terminal
+# escapes, a crash message may hold anything), and one of them makes the whole file unreadable.
+_XML_BAD = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _xml(value: object) -> str:
+    """``value`` as text XML 1.0 can hold: characters it cannot are shown as ``\\x1b`` escapes."""
+    return _XML_BAD.sub(lambda m: m.group(0).encode("unicode_escape", "backslashreplace").decode("ascii"),
+                        "" if value is None else str(value))
+
+
+def console_tail(path: Optional[str], lines: int = 40, max_bytes: int = 64 << 10) -> str:
+    """The last ``lines`` lines of a console log (of at most its last ``max_bytes``), each cut at 300
+    characters; a log that is not there says so (a report may be rendered where the run's logs are not)."""
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except OSError:
+        return "(console log not found: %s)" % path
+    text = data.decode("utf-8", errors="backslashreplace").splitlines()
+    if size > max_bytes:
+        text = text[1:]  # the first line read is cut short
+    return "\n".join(ln if len(ln) <= 300 else ln[:300] + " …(%d chars)" % len(ln) for ln in text[-lines:])
+
+
+def probe_lines(r: Record, detail: bool = True) -> List[str]:
+    """What the allocator said for one record, as short lines: the outcome against the expectation, the
+    top of user space, the reservation and the fallback (those the document has), the detail (unless
+    ``detail`` is False: a JUnit failure says it already) and Go's own messages. Read with care (``.get``):
+    a results file may come from anywhere and only its shape is checked."""
+    probe = r.probe or {}
+    lines = ["outcome: %s" % _outcome(r), "expected: %s" % (r.expected or "nothing (observed)")]
+    facts = probe.get("facts") or {}
+    if facts.get("user_top"):
+        lines.append("user top: %s" % facts["user_top"])
+    res = probe.get("reservation")
+    if res:
+        lines.append("hint: %s  probe: %s  high ok: %s" % (res.get("hint"), res.get("probe") or "-",
+                                                            _BOOL.get(res.get("high_ok"), "?")))
+    fb = probe.get("fallback")
+    if fb:
+        lines.append("fallback: %s  want: %s  arena: %s" % (_BOOL.get(fb.get("engaged"), "?"), fb.get("want") or "-",
+                                                             "-".join(fb.get("arena") or []) or "-"))
+    if detail and r.detail:
+        lines.append("detail: %s" % r.detail)
+    lines.extend("go: %s" % m for m in probe.get("messages") or [])
+    return lines
+
+
+def boot_shares(records: Sequence[Record]) -> Dict[int, float]:
+    """Each record's share of the boot that produced it, by ``id(record)``.
+
+    A target boots once and runs all its policies in that boot, and a record's ``duration_s`` is that
+    whole boot's (the allocator does not time each policy, and most of a boot is the guest's start
+    anyway). Counting it once per policy would add a 30 s boot up to 90 s; so the records of one boot
+    (the same target, console log and duration) share it evenly, and their shares add up to the boot's
+    time. Records of other boots (a merged file's re-run) are apart."""
+    boots: Dict[Tuple[str, Optional[str], float], List[Record]] = {}
+    for r in records:
+        boots.setdefault((r.target, r.log, r.duration_s), []).append(r)
+    return {id(r): r.duration_s / len(group) for group in boots.values() for r in group}
+
+
+def _seconds(started: str, finished: Optional[str]) -> Optional[float]:
+    """The wall time between two ISO timestamps of a run document, or None when either is unreadable."""
+    import datetime
+
+    try:
+        span = (datetime.datetime.fromisoformat(finished or "") - datetime.datetime.fromisoformat(started))
+    except (TypeError, ValueError):
+        return None
+    seconds = span.total_seconds()
+    return seconds if seconds >= 0 else None
+
+
 def junit(doc: RunDocument) -> str:
-    """JUnit XML: a testsuite per target, a testcase per policy."""
-    root = ET.Element("testsuites", name="arena-harness", tests=str(len(doc.records)))
+    """JUnit XML that validates against junit-10.xsd (Jenkins xUnit's schema, which pytest tests its own
+    output with): a testsuite per target, a testcase per policy.
+
+    Times: a testcase's ``time`` is its share of its target's boot (:func:`boot_shares`), a testsuite's
+    the sum of its testcases' (its boots' whole time), and the root's the run's wall time, so a consumer
+    adding up testcases gets the machine time spent, never a boot counted once per policy. The schema
+    allows ``properties`` only on a testsuite: the target's facts (backend, kernel, machine, channel,
+    console log, boot time) and each policy's (``<policy>.outcome``, ``.expected``, ``.high_ok``,
+    ``.fallback_engaged``) are there. A failure or an error carries the detail as its message and, in its
+    body, the detail, the outcome against the expectation, the console log's path and its last lines; each
+    testcase's ``system-out`` says what the allocator found. Guest text that XML cannot hold is escaped."""
+    shares = boot_shares(doc.records)
+    c_all = counts(doc)
+    root = ET.Element("testsuites", name="arena-harness", tests=str(len(doc.records)),
+                      failures=str(c_all["fail"]), errors=str(c_all["error"] + c_all["timeout"] + c_all["panic"]))
+    wall = _seconds(doc.started, doc.finished)
+    if wall is not None:
+        root.set("time", "%.3f" % wall)
     by_target: Dict[str, List[Record]] = {}
     for r in doc.records:
         by_target.setdefault(r.target, []).append(r)
@@ -122,28 +219,44 @@ def junit(doc: RunDocument) -> str:
         suite = ET.SubElement(
             root,
             "testsuite",
-            name=target,
+            name=_xml(target),
             tests=str(len(recs)),
             failures=str(c[Status.FAIL]),
             errors=str(c[Status.ERROR] + c[Status.TIMEOUT] + c[Status.PANIC]),
             skipped=str(c[Status.SKIP]),
-            time="%.3f" % max((r.duration_s for r in recs), default=0.0),
+            time="%.3f" % sum(shares[id(r)] for r in recs),
         )
+        props = ET.SubElement(suite, "properties")
+
+        def prop(name: str, value: object, props: ET.Element = props) -> None:
+            ET.SubElement(props, "property", name=_xml(name), value=_xml("-" if value is None else value))
+
+        prop("backend", recs[0].backend)
+        for name, key in (("kernel", "kernel"), ("machine", "machine"), ("channel", "channel"), ("console_log", "log")):
+            prop(name, next((getattr(r, key) for r in recs if getattr(r, key)), None))
+        prop("boot_s", "%.3f" % sum({(r.log, r.duration_s): r.duration_s for r in recs}.values()))
         for r in recs:
-            case = ET.SubElement(suite, "testcase", classname="arena-harness.%s" % target, name=r.policy,
-                                 time="%.3f" % r.duration_s)
-            msg = r.detail or ""
-            if r.status == Status.FAIL:
-                ET.SubElement(case, "failure", message=msg, type="outcome").text = msg
-            elif r.status in (Status.ERROR, Status.TIMEOUT, Status.PANIC):
-                ET.SubElement(case, "error", message=msg, type=r.status.value).text = msg
+            for key in ("status", "outcome", "expected", "high_ok", "fallback_engaged"):
+                value = getattr(r, key)
+                prop("%s.%s" % (r.policy, key), _outcome(r) if key == "outcome" else _JSON_BOOL.get(value, value))
+        for r in recs:
+            case = ET.SubElement(suite, "testcase", classname="arena-harness.%s" % _xml(target), name=_xml(r.policy),
+                                 time="%.3f" % shares[id(r)])
+            msg = _xml(r.detail or r.status.value)
+            if r.status in (Status.FAIL, Status.ERROR, Status.TIMEOUT, Status.PANIC):
+                body = [r.detail or r.status.value]
+                if r.status != Status.FAIL:  # a failure's detail says both already
+                    body.append("outcome: %s, expected: %s" % (_outcome(r), r.expected or "-"))
+                if r.log:
+                    body += ["console log: %s" % r.log, "", "last lines of the console log:", console_tail(r.log)]
+                kind = "failure" if r.status == Status.FAIL else "error"
+                ET.SubElement(case, kind, message=msg, type="outcome" if kind == "failure" else r.status.value
+                              ).text = _xml("\n".join(body))
             elif r.status == Status.SKIP:
                 ET.SubElement(case, "skipped", message=msg)
-            props = ET.SubElement(case, "properties")
-            for key in ("outcome", "expected", "high_ok", "fallback_engaged", "kernel", "machine"):
-                ET.SubElement(props, "property", name=key, value=str(getattr(r, key)))
-            if r.log:
-                ET.SubElement(case, "system-out").text = "console log: %s" % r.log
+            if r.status != Status.SKIP:
+                out = probe_lines(r, detail=False) + (["console log: %s" % r.log] if r.log else [])
+                ET.SubElement(case, "system-out").text = _xml("\n".join(out))
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
@@ -213,17 +326,6 @@ def _esc(x: object) -> str:
     import html as _html
 
     return _html.escape("" if x is None else str(x))
-
-
-def _log_excerpt(path: Optional[str], lines: int = 40) -> str:
-    if not path:
-        return ""
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="backslashreplace").splitlines()
-    except OSError:
-        return "(console log not found: %s)" % path
-    keep = [ln if len(ln) <= 300 else ln[:300] + " …(%d chars)" % len(ln) for ln in text[-lines:]]
-    return "\n".join(keep)
 
 
 def _addr(v: object) -> Optional[int]:
@@ -321,17 +423,7 @@ def html(doc: RunDocument) -> str:
                 continue
             bg = _OUTCOME_COLOR.get(cell.outcome or "", "#fff")
             probe = cell.probe or {}
-            res = probe.get("reservation") or {}
-            fb = probe.get("fallback") or {}
-            detail = ["outcome: %s" % _outcome(cell), "expected: %s" % (cell.expected or "-"),
-                      "user top: %s" % ((probe.get("facts") or {}).get("user_top") or "-"),
-                      "hint: %s  probe: %s  high ok: %s" % (res.get("hint"), res.get("probe"), res.get("high_ok")),
-                      "fallback: %s  want: %s  arena: %s" % (fb.get("engaged"), fb.get("want"),
-                                                              "-".join(fb.get("arena") or []) or "-")]
-            if cell.detail:
-                detail.append("detail: %s" % cell.detail)
-            for m in probe.get("messages") or []:
-                detail.append("go: %s" % m)
+            detail = probe_lines(cell)
             trace = probe.get("trace") or []
             trace_txt = "\n".join("%-16s %-8s %s len=%s %s %s -> %s%s" % (
                 e.get("fn"), e.get("call"), e.get("addr"), e.get("len"), e.get("prot", ""), e.get("flags", ""),
@@ -351,6 +443,6 @@ def html(doc: RunDocument) -> str:
         out.append(svg or '<p class="small">no result to draw</p>')
         log = next((r.log for r in recs if r.log), None)
         out.append("<details><summary>console log excerpt (%s)</summary><pre>%s</pre></details>"
-                   % (_esc(log), _esc(_log_excerpt(log))))
+                   % (_esc(log), _esc(console_tail(log))))
     out.append("</body></html>")
     return "\n".join(out) + "\n"
