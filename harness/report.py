@@ -304,21 +304,34 @@ def write(text: str, path: Optional[Path]) -> None:
 
 # -- HTML ------------------------------------------------------------------------------------
 
+# A cell is coloured by its status, never by its outcome: an expected crash is a pass and looks like one;
+# red is for what failed. The outcome is a small chip in the cell (a crash's chip is not red either).
 _STATUS_COLOR = {"pass": "#2e7d32", "observed": "#1565c0", "fail": "#c62828", "error": "#ef6c00", "timeout": "#f9a825",
                  "panic": "#6a1b9a", "skip": "#9e9e9e"}
-_OUTCOME_COLOR = {"high-arena": "#c8e6c9", "fallback-32bit": "#fff9c4", "native-32bit": "#bbdefb",
-                  "os-chosen": "#ffe0b2", "crash": "#ffcdd2"}
+_STATUS_BG = {"pass": "#e8f5e9", "observed": "#e3f2fd", "fail": "#ffcdd2", "error": "#ffe0b2", "timeout": "#fff3c4",
+              "panic": "#e1bee7", "skip": "#f5f5f5"}
+_OUTCOME_COLOR = {"high-arena": "#a5d6a7", "fallback-32bit": "#fff176", "native-32bit": "#90caf9",
+                  "os-chosen": "#ffcc80", "crash": "#bcaaa4"}
 _POLICY_COLOR = {"go-2012-pre": "#8e24aa", "go-2012": "#1565c0", "go-modern": "#00897b"}
+_FAILED = (Status.FAIL, Status.ERROR, Status.TIMEOUT, Status.PANIC)
 _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#212121}
-h1{font-size:20px}h2{font-size:16px;margin-top:28px}
+h1{font-size:20px}h2{font-size:16px;margin-top:28px}h2.bad{color:#b71c1c}
 table.grid{border-collapse:collapse}table.grid td,table.grid th{border:1px solid #ccc;padding:6px 10px;
 vertical-align:top}table.grid th{background:#f5f5f5;text-align:left}
+table.grid tr.bad th{background:#ffcdd2;border-left:6px solid #c62828}
 .cell{min-width:170px}.st{display:inline-block;color:#fff;border-radius:3px;padding:0 6px;font-size:12px;
-font-weight:600}details{margin-top:4px}summary{cursor:pointer;color:#555;font-size:12px}
+font-weight:600}.cell.failed{outline:3px solid #c62828;outline-offset:-3px;font-weight:600}
+.oc{display:inline-block;width:10px;height:10px;border:1px solid #0003;margin:0 4px 0 2px;vertical-align:baseline}
+details{margin-top:4px}summary{cursor:pointer;color:#555;font-size:12px}
 pre{font-size:11px;background:#fafafa;border:1px solid #eee;padding:6px;max-height:260px;overflow:auto;
-white-space:pre-wrap}.legend span{display:inline-block;margin-right:14px;font-size:12px}
+white-space:pre-wrap}.legend{margin:6px 0}.legend span{display:inline-block;margin-right:14px;font-size:12px;
+white-space:nowrap}
 .small{color:#666;font-size:12px}
+.banner{padding:10px 14px;border-radius:4px;margin:12px 0;max-width:1100px}
+.banner.bad{background:#c62828;color:#fff}.banner.bad a{color:#fff}.banner.ok{background:#e8f5e9;color:#1b5e20;
+border:1px solid #a5d6a7}.banner.warn{background:#fff3e0;color:#e65100;border:1px solid #ffcc80}
+.banner h2{margin:0 0 6px 0;font-size:16px}.banner ul{margin:0;padding-left:20px}.banner li{margin:2px 0}
 """
 
 
@@ -334,49 +347,77 @@ def _addr(v: object) -> Optional[int]:
     return None
 
 
-def address_space_svg(records: List[Record], width: int = 760) -> str:
-    """A target's address space on a log2 axis: user space, the hint, where probes and arenas landed."""
+# The pictures' text is monospace, so its width is known here (0.6 em a character, DejaVu Sans Mono's and
+# Liberation Mono's advance) and no label is placed where it would be clipped or cross a line.
+SVG_FONT = "DejaVu Sans Mono,Liberation Mono,monospace"
+CHAR_EM = 0.6
+
+
+def text_width(text: str, size: float) -> float:
+    """The width of ``text`` in the pictures' monospace font at ``size`` px."""
+    return len(text) * size * CHAR_EM
+
+
+def _label(x: float, y: float, text: str, size: int, width: int, fill: str = "#000", bold: bool = False) -> str:
+    """A label centred on ``x``, moved left or right as little as needed to lie wholly inside the picture
+    (a "user top" at the right edge of a 32-bit space was cut in half)."""
+    w = text_width(text, size)
+    x0 = min(max(x - w / 2, 2.0), width - 2 - w)
+    return ('<text x="%.1f" y="%d" font-size="%d" fill="%s"%s>%s</text>'
+            % (x0, y, size, fill, ' font-weight="bold"' if bold else "", _esc(text)))
+
+
+def address_space_svg(records: List[Record], width: int = 960) -> str:
+    """A target's address space on a log2 axis, one row per policy: user space (the band, ending at the
+    user top's line), Go 2012's hint (the dashed line), where each policy's 64 KiB probe landed (the
+    triangle) and its arenas (the bars, in the policy's colour), and at the right its outcome.
+
+    Layout, top to bottom: the user-top label, the rows, the axis with its ticks, the hint's label. The
+    vertical lines end at the axis, so they never cross the tick labels under it."""
     import math
 
-    probes = [r.probe for r in records if r.probe and not r.probe.get("error")]
-    if not probes:
+    rows = [r for r in records if r.probe and not r.probe.get("error")]
+    if not rows:
         return ""
-    facts = probes[0].get("facts") or {}
+    facts = (rows[0].probe or {}).get("facts") or {}
     bits = 64 if facts.get("pointer_bits", 64) == 64 else 32
     lo_bit, hi_bit = 12, (57 if bits == 64 else 32)
-    left, right = 90, width - 20
+    left, right = 100, width - 240  # policy names left of the axis, outcomes right of it
     row_h = 22
-    top_pad = 34
-    height = top_pad + row_h * len(probes) + 30
+    top_pad = 28
+    axis_y = top_pad + row_h * len(rows) + 4
+    height = axis_y + 36
 
     def x(addr: int) -> float:
         b = math.log2(max(addr, 1 << lo_bit))
         b = min(max(b, lo_bit), hi_bit)
         return left + (right - left) * (b - lo_bit) / (hi_bit - lo_bit)
 
-    parts = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" role="img" '
-             'aria-label="address space">' % (width, height)]
+    parts = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="%s" role="img" '
+             'aria-label="address space">' % (width, height, SVG_FONT)]
     user_top = _addr(facts.get("user_top"))
     if user_top:
+        ux = x(user_top)
         parts.append('<rect x="%.1f" y="%d" width="%.1f" height="%d" fill="#e3f2fd"/>'
-                     % (left, top_pad - 6, x(user_top) - left, row_h * len(probes) + 8))
-        parts.append('<line x1="%.1f" y1="14" x2="%.1f" y2="%d" stroke="#000" stroke-width="2"/>'
-                     % (x(user_top), x(user_top), height - 22))
-        parts.append('<text x="%.1f" y="12" font-size="11" text-anchor="middle">user top %s</text>'
-                     % (x(user_top), _esc(facts.get("user_top"))))
-    hint = 0xF8 << 32
-    if bits == 64:
-        parts.append('<line x1="%.1f" y1="22" x2="%.1f" y2="%d" stroke="#c62828" stroke-dasharray="4 3"/>'
-                     % (x(hint), x(hint), height - 22))
-        parts.append('<text x="%.1f" y="%d" font-size="10" fill="#c62828" text-anchor="middle">hint 0xf8&lt;&lt;32'
-                     '</text>' % (x(hint), height - 10))
+                     % (left, top_pad - 6, ux - left, axis_y - top_pad + 6))
+        parts.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#000" stroke-width="2"/>'
+                     % (ux, top_pad - 10, ux, axis_y))
+        parts.append(_label(ux, 13, "user top %s" % facts.get("user_top"), 11, width))
+    parts.append('<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="#9e9e9e"/>' % (left, axis_y, right, axis_y))
     for b in range(lo_bit, hi_bit + 1, 4 if bits == 64 else 2):
-        parts.append('<text x="%.1f" y="%d" font-size="9" fill="#888" text-anchor="middle">2^%d</text>'
-                     % (x(1 << b), height - 24, b))
-    for i, p in enumerate(probes):
+        tx = x(1 << b)
+        parts.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#9e9e9e"/>' % (tx, axis_y, tx, axis_y + 4))
+        parts.append(_label(tx, axis_y + 14, "2^%d" % b, 9, width, fill="#757575"))
+    if bits == 64:
+        hx = x(0xF8 << 32)
+        parts.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#c62828" stroke-dasharray="4 3"/>'
+                     % (hx, top_pad - 6, hx, axis_y))
+        parts.append(_label(hx, axis_y + 28, "hint 0xf8<<32", 10, width, fill="#c62828"))
+    for i, r in enumerate(rows):
+        p = r.probe or {}
         y = top_pad + i * row_h
-        color = _POLICY_COLOR.get(p.get("policy", ""), "#555")
-        parts.append('<text x="4" y="%d" font-size="11" fill="%s">%s</text>' % (y + 12, color, _esc(p["policy"])))
+        color = _POLICY_COLOR.get(r.policy, "#555")
+        parts.append('<text x="4" y="%d" font-size="11" fill="%s">%s</text>' % (y + 12, color, _esc(r.policy)))
         heap = p.get("heap") or {}
         spans: List[Tuple[int, int]] = []
         if _addr(heap.get("arena_start")) and _addr(heap.get("arena_end")):
@@ -393,35 +434,83 @@ def address_space_svg(records: List[Record], width: int = 760) -> str:
             px = x(probe)
             parts.append('<path d="M%.1f %d l5 -8 h-10 z" fill="#212121"><title>probe landed at %s</title></path>'
                          % (px, y + 16, hex(probe)))
-        if p.get("outcome") == "crash":
-            parts.append('<text x="%d" y="%d" font-size="10" fill="#c62828">✗ %s</text>'
-                         % (right - 230, y + 12, _esc(p.get("crash"))))
+        failed = r.status in _FAILED
+        mark = "✗ " if failed else ("✓ " if r.status == Status.PASS else "")
+        text = mark + (_outcome(r) if not failed or r.status == Status.FAIL else r.status.value)
+        limit = int((width - right - 16) / text_width("x", 11))
+        if len(text) > limit:
+            text = text[: limit - 1] + "…"
+        parts.append('<text x="%d" y="%d" font-size="11" fill="%s"%s>%s<title>%s</title></text>'
+                     % (right + 12, y + 12, "#c62828" if failed else "#424242", ' font-weight="bold"' if failed else "",
+                        _esc(text), _esc("%s: %s" % (r.status.value, r.detail or _outcome(r)))))
     parts.append("</svg>")
     return "".join(parts)
 
 
+def svg_legend() -> str:
+    """What the pictures' marks mean, drawn with the same marks."""
+    items = [
+        '<rect x="0" y="3" width="22" height="12" fill="#e3f2fd"/><line x1="22" y1="0" x2="22" y2="18" '
+        'stroke="#000" stroke-width="2"/>', "user address space, up to its top",
+        '<line x1="11" y1="0" x2="11" y2="18" stroke="#c62828" stroke-dasharray="4 3"/>',
+        "Go 2012's hint 0xf8<<32",
+        '<path d="M11 15 l5 -8 h-10 z" fill="#212121"/>', "where the 64 KiB probe at the hint landed",
+    ]
+    items += ['<rect x="0" y="3" width="22" height="12" fill="%s" opacity="0.75"/>' % c for c in _POLICY_COLOR.values()]
+    labels = items[:6] + [item for pair in zip(items[6:], ("arenas of %s" % p for p in _POLICY_COLOR)) for item in pair]
+    out = []
+    for mark, text in zip(labels[::2], labels[1::2]):
+        out.append('<span><svg width="24" height="18" style="vertical-align:middle">%s</svg> %s</span>'
+                   % (mark, _esc(text)))
+    return '<p class="legend">%s<span>(log2 axis; ✓ / ✗ at the right: the outcome passed / failed)</span></p>' \
+        % "".join(out)
+
+
+def _banner(doc: RunDocument) -> str:
+    """The first thing on the page: what failed (each result a link to its target), or that nothing did."""
+    bad = [r for r in doc.records if r.status in _FAILED]
+    if bad:
+        items = "".join('<li><a href="#t-%s"><b>%s</b> / %s</a>: %s%s</li>'
+                        % (_esc(r.target), _esc(r.target), _esc(r.policy), r.status.value,
+                           " — %s" % _esc(r.detail) if r.detail else "") for r in bad)
+        head = "%d of %d results failed" % (len(bad), len(doc.records))
+        return '<div class="banner bad" id="failures"><h2>%s</h2><ul>%s</ul></div>' % (head, items)
+    if not doc.records:
+        return '<div class="banner warn"><h2>No results</h2></div>'
+    return '<div class="banner ok"><h2>Nothing failed: %s</h2></div>' % _esc(summary_line(doc))
+
+
 def html(doc: RunDocument) -> str:
-    """One self-contained page (no network): the grid, per-cell details, an address-space picture per target."""
+    """One self-contained page (no network): what failed first, then the targets x policies grid (a
+    cell coloured by its status, a chip for its outcome, its details), then per target a picture of its
+    address space with a legend, and its console log's last lines."""
     policies, by_target = grid(doc)
     out = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
            "<title>arena-harness %s</title><style>%s</style></head><body>" % (_esc(doc.run_id), _CSS),
            "<h1>arena-harness run %s</h1>" % _esc(doc.run_id),
-           '<p class="small">%s — %s · %s</p>' % (_esc(doc.started), _esc(doc.finished), _esc(summary_line(doc))),
-           '<p class="legend">' + "".join('<span><b style="background:%s">&nbsp;&nbsp;&nbsp;</b> %s</span>'
-                                          % (c, o) for o, c in _OUTCOME_COLOR.items()) + "</p>",
-           '<table class="grid"><tr><th>target</th><th>kernel</th>'
-           + "".join("<th>%s</th>" % _esc(p) for p in policies) + "</tr>"]
+           '<p class="small">%s — %s · %s</p>' % (_esc(doc.started), _esc(doc.finished), _esc(summary_line(doc)))]
+    if not doc.complete:
+        out.append('<div class="banner warn"><h2>Incomplete run: %s</h2></div>'
+                   % _esc(doc.interrupted or "stopped early"))
+    out.append(_banner(doc))
+    out.append('<p class="legend">status: ' + "".join(
+        '<span><b class="st" style="background:%s">%s</b></span>' % (_STATUS_COLOR[s.value], s.value)
+        for s in Status) + " &nbsp; outcome: " + "".join(
+        '<span><i class="oc" style="background:%s"></i>%s</span>' % (c, o) for o, c in _OUTCOME_COLOR.items())
+        + "</p>")
+    out.append('<table class="grid"><tr><th>target</th><th>kernel</th>'
+               + "".join("<th>%s</th>" % _esc(p) for p in policies) + "</tr>")
     for target, cells in by_target.items():
         any_r = next(iter(cells.values()))
-        row = ['<tr><th><a href="#t-%s">%s</a><div class="small">%s</div></th><td class="small">%s<br>%s</td>'
-               % (_esc(target), _esc(target), _esc(any_r.backend), _esc(any_r.kernel or "-"),
-                  _esc(any_r.machine or ""))]
+        bad = any(r.status in _FAILED for r in cells.values())
+        row = ['<tr%s><th><a href="#t-%s">%s</a><div class="small">%s</div></th><td class="small">%s<br>%s</td>'
+               % (' class="bad"' if bad else "", _esc(target), _esc(target), _esc(any_r.backend),
+                  _esc(any_r.kernel or "-"), _esc(any_r.machine or ""))]
         for p in policies:
             cell = cells.get(p)
             if cell is None:
                 row.append("<td></td>")
                 continue
-            bg = _OUTCOME_COLOR.get(cell.outcome or "", "#fff")
             probe = cell.probe or {}
             detail = probe_lines(cell)
             trace = probe.get("trace") or []
@@ -430,19 +519,26 @@ def html(doc: RunDocument) -> str:
                 e.get("result"), " x%d" % e["count"] if e.get("count") else "") for e in trace[:60])
             if len(trace) > 60:
                 trace_txt += "\n… %d more calls" % (len(trace) - 60)
-            row.append('<td class="cell" style="background:%s"><span class="st" style="background:%s">%s</span> '
-                       '%s<details><summary>details</summary><pre>%s</pre><pre>%s</pre></details></td>'
-                       % (bg, _STATUS_COLOR[cell.status.value], cell.status.value, _esc(_outcome(cell)),
-                          _esc("\n".join(detail)), _esc(trace_txt)))
+            chip = ('<i class="oc" style="background:%s"></i>' % _OUTCOME_COLOR[cell.outcome]
+                    if cell.outcome in _OUTCOME_COLOR else "")
+            row.append('<td class="cell st-%s%s" style="background:%s"><span class="st" style="background:%s">%s</span>'
+                       ' %s%s<details><summary>details</summary><pre>%s</pre><pre>%s</pre></details></td>'
+                       % (cell.status.value, " failed" if cell.status in _FAILED else "",
+                          _STATUS_BG[cell.status.value], _STATUS_COLOR[cell.status.value], cell.status.value, chip,
+                          _esc(_outcome(cell)), _esc("\n".join(detail)), _esc(trace_txt)))
         out.append("".join(row) + "</tr>")
     out.append("</table>")
+    out.append("<h2>Address spaces</h2>")
+    out.append(svg_legend())
     for target, cells in by_target.items():
         recs = [cells[p] for p in policies if p in cells]
-        out.append('<h2 id="t-%s">%s</h2>' % (_esc(target), _esc(target)))
+        bad = any(r.status in _FAILED for r in recs)
+        out.append('<h2 id="t-%s"%s>%s%s</h2>' % (_esc(target), ' class="bad"' if bad else "",
+                                                  "✗ " if bad else "", _esc(target)))
         svg = address_space_svg(recs)
         out.append(svg or '<p class="small">no result to draw</p>')
         log = next((r.log for r in recs if r.log), None)
-        out.append("<details><summary>console log excerpt (%s)</summary><pre>%s</pre></details>"
-                   % (_esc(log), _esc(console_tail(log))))
+        out.append("<details%s><summary>console log excerpt (%s)</summary><pre>%s</pre></details>"
+                   % (" open" if bad else "", _esc(log), _esc(console_tail(log))))
     out.append("</body></html>")
     return "\n".join(out) + "\n"
