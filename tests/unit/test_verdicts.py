@@ -329,3 +329,17 @@ def test_observed_counts_as_good_in_the_gate_in_diff_and_in_the_plugin(tmp_path:
     d = diff.compare(old, new)
     assert [c.kind for c in d.changes] == ["regression"] and [c.kind for c in diff.compare(new, old).changes] == ["fix"]
     check(observed)  # a pytest item for it passes
+
+
+def test_a_target_with_no_expect_is_a_survey_that_records_and_never_fails(
+        fake_backend: type, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # What the README says of a target with no expect: (issue 16 found it undocumented).
+    targets = tmp_path / "t.yaml"
+    targets.write_text("targets:\n  - name: survey\n    backend: fake\n    simulate: uml\n")
+    out = tmp_path / "r.json"
+    assert cli.main(["run", "--targets", str(targets), "--json", str(out), "-q",
+                     "--artifacts", str(tmp_path / "logs")]) == 0
+    assert "0 passed, 0 failed, 3 observed" in capsys.readouterr().out
+    recs = RunDocument.load(out).records
+    assert {r.status for r in recs} == {Status.OBSERVED}
+    assert any(r.outcome == "crash" for r in recs)  # UML refuses go-2012-pre's unchecked hint: a crash, observed
