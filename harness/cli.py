@@ -25,8 +25,8 @@ from harness.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, HarnessError,
 
 if TYPE_CHECKING:
     import images
-    from harness import cleanup, runner
-    from harness.model import Record, Target, TargetSet
+    from harness import cleanup
+    from harness.model import Target, TargetSet
     from harness.results import RunDocument
 
 DEFAULT_ARTIFACTS = "arena-harness-out"
@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--group", metavar="NAME", action="append", help="only the targets of this CI group (repeatable)")
     r.add_argument("--artifacts", metavar="DIR", type=Path, default=Path(DEFAULT_ARTIFACTS),
                    help="where console logs are kept (default ./%s/RUN-ID)" % DEFAULT_ARTIFACTS)
-    r.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
+    r.add_argument("--quiet", "-q", action="store_true", help="no progress display (a live panel on a terminal, "
+                   "else plain lines)")
     allow_skip_arg(r)
 
     ls = sub.add_parser("list", help="list the targets (with --only, --group, --shard: those run would run)")
@@ -167,28 +168,6 @@ def make_output_dirs(*paths: Optional[Path]) -> None:
             raise UsageError("cannot write %s: directory %s is not writable" % (path, path.parent))
 
 
-def _progress(total: int, stream: "object") -> runner.Progress:
-    done = [0]
-
-    def show(event: str, target: Target, message: str, records: Sequence[Record]) -> None:
-        out = sys.stderr
-        if event == "build":
-            print("[ img ] %-22s %s" % (target.name, message), file=out, flush=True)
-            return
-        if event == "start":
-            print("[ ..  ] %-22s starting (%s, boot deadline %.0fs)" % (target.name, target.backend, target.timeout),
-                  file=out, flush=True)
-            return
-        done[0] += 1
-        statuses = ",".join(sorted({r.status.value for r in records})) or "-"
-        secs = max((r.duration_s for r in records), default=0.0)
-        outcomes = " ".join("%s=%s" % (r.policy, r.outcome or r.status.value) for r in records)
-        print("[%2d/%-2d] %-22s %-7s %5.1fs  %s" % (done[0], total, target.name, statuses, secs, outcomes),
-              file=out, flush=True)
-
-    return show
-
-
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _early: List[str] = []  # signals ``run`` received before its run's own handling was in place
 
@@ -274,7 +253,7 @@ def _print_clean(rep: cleanup.Report, quiet: bool) -> None:
 
 def cmd_run(args: argparse.Namespace, argv: List[str], whole_process: bool = False) -> int:
     from allocator.probe import expand_policies
-    from harness import cleanup, config, report, runner, verdict
+    from harness import cleanup, config, progress, report, runner, verdict
 
     verdict.require_list()  # a bad HARNESS_REQUIRE is a usage error now, not after the run
     if args.jobs < 1:
@@ -294,16 +273,18 @@ def cmd_run(args: argparse.Namespace, argv: List[str], whole_process: bool = Fal
     with signals_stop_the_run(restore=not whole_process):
         run_id = runner.new_run_id()
         _print_clean(cleanup.clean(skip=run_id), quiet=True)
-        doc = runner.run(
-            targets,
-            policies=policies,
-            jobs=args.jobs,
-            artifacts=args.artifacts,
-            progress=None if args.quiet else _progress(len(targets), sys.stderr),
-            run_id=run_id,
-            argv=["arena-harness"] + argv,
-            targets_file=args.targets,
-        )
+        plan = [t for t in targets if runner.policies_for(t, policies)]
+        with progress.shown(plan, sys.stderr, quiet=args.quiet) as show:
+            doc = runner.run(
+                targets,
+                policies=policies,
+                jobs=args.jobs,
+                artifacts=args.artifacts,
+                progress=show,
+                run_id=run_id,
+                argv=["arena-harness"] + argv,
+                targets_file=args.targets,
+            )
         # Results are written before anything else can go wrong, also for an interrupted run.
         if args.json:
             doc.write(args.json)
