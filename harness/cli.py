@@ -19,15 +19,15 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, NoReturn, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, NoReturn, Optional, Sequence, Tuple
 
 from harness import __version__
 from harness.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, HarnessError, UsageError
 
 if TYPE_CHECKING:
     import images
-    from harness import cleanup, runner
-    from harness.model import Record, Target, TargetSet
+    from harness import cleanup
+    from harness.model import Target, TargetSet
     from harness.results import RunDocument
 
 DEFAULT_ARTIFACTS = "arena-harness-out"
@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--group", metavar="NAME", action="append", help="only the targets of this CI group (repeatable)")
     r.add_argument("--artifacts", metavar="DIR", type=Path, default=Path(DEFAULT_ARTIFACTS),
                    help="where console logs are kept (default ./%s/RUN-ID)" % DEFAULT_ARTIFACTS)
-    r.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
+    r.add_argument("--quiet", "-q", action="store_true", help="no progress display (a live panel on a terminal, "
+                   "else plain lines)")
     allow_skip_arg(r)
 
     ex = sub.add_parser("exec", help="run a program in a target, streaming its output; exit with its status",
@@ -89,8 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("program", metavar="PROGRAM", nargs="*", help="-- PROGRAM [ARG...] (after --, so that the "
                     "program's own options are its)")
 
-    ls = sub.add_parser("list", help="list the targets")
+    ls = sub.add_parser("list", help="list the targets (with --only, --group, --shard: those run would run)")
     targets_arg(ls)
+    ls.add_argument("--only", metavar="NAME", action="append", help="only this target (repeatable)")
+    ls.add_argument("--group", metavar="NAME", action="append", help="only the targets of this CI group (repeatable)")
+    ls.add_argument("--shard", metavar="K/N", help="only the K-th of N slices of the targets (as run --shard)")
 
     rp = sub.add_parser("report", help="render reports from a results file")
     rp.add_argument("results", type=Path)
@@ -139,11 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "(repeatable)")
     b.add_argument("--shard", metavar="K/N", help="only the images of the K-th of N slices of the targets "
                    "(the slice run --shard K/N runs)")
-    isub.add_parser("list", help="list the cache's entries")
+    il = isub.add_parser("list", help="list the cache's entries: size, age, which targets use each, and what "
+                         "tells entries of one name apart")
+    targets_arg(il)
     pr = isub.add_parser("prune", help="remove entries the targets do not use (and broken leftovers)")
     targets_arg(pr)
     pr.add_argument("--all", action="store_true", help="remove every entry")
     pr.add_argument("--older-than", metavar="DAYS", type=float, help="only entries unused for DAYS days")
+    pr.add_argument("--dry-run", "-n", action="store_true", help="list what would be removed, remove nothing")
 
     cl = sub.add_parser("clean", help="remove what killed runs left: processes, containers, temp dirs, partial "
                         "image builds (runs still going are left alone)")
@@ -177,28 +184,6 @@ def make_output_dirs(*paths: Optional[Path]) -> None:
                              % (path, path.parent, e.strerror or e)) from None
         if not os.access(path.parent, os.W_OK):
             raise UsageError("cannot write %s: directory %s is not writable" % (path, path.parent))
-
-
-def _progress(total: int, stream: "object") -> runner.Progress:
-    done = [0]
-
-    def show(event: str, target: Target, message: str, records: Sequence[Record]) -> None:
-        out = sys.stderr
-        if event == "build":
-            print("[ img ] %-22s %s" % (target.name, message), file=out, flush=True)
-            return
-        if event == "start":
-            print("[ ..  ] %-22s starting (%s, boot deadline %.0fs)" % (target.name, target.backend, target.timeout),
-                  file=out, flush=True)
-            return
-        done[0] += 1
-        statuses = ",".join(sorted({r.status.value for r in records})) or "-"
-        secs = max((r.duration_s for r in records), default=0.0)
-        outcomes = " ".join("%s=%s" % (r.policy, r.outcome or r.status.value) for r in records)
-        print("[%2d/%-2d] %-22s %-7s %5.1fs  %s" % (done[0], total, target.name, statuses, secs, outcomes),
-              file=out, flush=True)
-
-    return show
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -398,7 +383,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace, argv: List[str], whole_process: bool = False) -> int:
-    from harness import cleanup, config, report, runner, verdict
+    from harness import cleanup, config, progress, report, runner, verdict
 
     verdict.require_list()  # a bad HARNESS_REQUIRE is a usage error now, not after the run
     if args.jobs < 1:
@@ -413,16 +398,18 @@ def cmd_run(args: argparse.Namespace, argv: List[str], whole_process: bool = Fal
     with signals_stop_the_run(restore=not whole_process):
         run_id = runner.new_run_id()
         _print_clean(cleanup.clean(skip=run_id), quiet=True)
-        doc = runner.run(
-            targets,
-            policies=policies,
-            jobs=args.jobs,
-            artifacts=args.artifacts,
-            progress=None if args.quiet else _progress(len(targets), sys.stderr),
-            run_id=run_id,
-            argv=["arena-harness"] + argv,
-            targets_file=args.targets,
-        )
+        plan = [t for t in targets if runner.policies_for(t, policies)]
+        with progress.shown(plan, sys.stderr, quiet=args.quiet) as show:
+            doc = runner.run(
+                targets,
+                policies=policies,
+                jobs=args.jobs,
+                artifacts=args.artifacts,
+                progress=show,
+                run_id=run_id,
+                argv=["arena-harness"] + argv,
+                targets_file=args.targets,
+            )
         # Results are written before anything else can go wrong, also for an interrupted run.
         if args.json:
             doc.write(args.json)
@@ -450,11 +437,16 @@ def _gate(doc: RunDocument, allow_skip: bool) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    """The targets, or with ``--only``, ``--group`` and ``--shard`` those ``run`` would run with the same
+    options (the same selection function), in the order it runs them."""
     from harness import config
 
     ts = config.load(args.targets)
-    width = max(len(t.name) for t in ts.targets)
-    for t in ts.targets:
+    selected = select_targets(ts, args.only, args.group, args.shard)
+    if not selected:
+        raise UsageError("the selection (--only, --group, --shard) leaves no target")
+    width = max(len(t.name) for t in selected)
+    for t in selected:
         exp = ", ".join("%s=%s" % (p, e) for p, e in t.expect) or "no expectations"
         print("%s  %-8s %s" % (t.name.ljust(width), t.backend, exp))
         if t.description:
@@ -636,19 +628,12 @@ def cmd_images(args: argparse.Namespace) -> int:
 
     cache = images.Cache()
     action = args.images_command
-    if action == "list":
-        entries = cache.entries()
-        print("cache: %s" % cache.root)
-        for e in entries:
-            used = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.used))
-            print("  %-10s %-36s %8s  built in %5.1fs  used %s  %s" % (e.kind, e.name, _human(e.size), e.build_s,
-                                                                        used, e.key))
-        print("%d entries, %s" % (len(entries), _human(sum(e.size for e in entries))))
-        return EXIT_OK
-    if action not in ("build", "prune"):
+    if action not in ("build", "list", "prune"):
         raise UsageError("an action is required: build, list or prune")
     ts = config.load(args.targets)
     targets = ts.select(None)
+    if action == "list":
+        return _list_images(cache, targets, ts.source)
     if action == "build":
         targets = select_targets(ts, args.only, args.group, args.shard)
         with registry.recording("images-" + runner.new_run_id()):
@@ -658,10 +643,91 @@ def cmd_images(args: argparse.Namespace) -> int:
         for t in targets:
             keep.extend(cache.path(r) for r in backends.get(t.backend)(t).recipes())
     older = args.older_than * 86400 if args.older_than is not None else None
-    removed = cache.prune(keep=keep, older_than=older)
+    removed = cache.prune(keep=keep, older_than=older, dry_run=args.dry_run)
     for path in removed:
-        print("removed %s" % path)
-    print("%d removed" % len(removed))
+        print("%s %s" % ("would remove" if args.dry_run else "removed", path))
+    print("%d %s" % (len(removed), "to remove (dry run: nothing removed)" if args.dry_run else "removed"))
+    return EXIT_OK
+
+
+def _ago(then: float, now: float) -> str:
+    """How long ago, in the largest whole unit: ``40s``, ``12m``, ``5h``, ``3d``."""
+    secs = max(0.0, now - then)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs >= size:
+            return "%d%s" % (secs // size, unit)
+    return "%ds" % secs
+
+
+def _input_text(value: object) -> str:
+    """A recipe input, short: a list comma-separated, a long hash (of a script) cut to 12 digits."""
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "none"
+    text = json.dumps(value, sort_keys=True) if isinstance(value, dict) else str(value)
+    return text[:12] if len(text) > 16 and all(c in "0123456789abcdef" for c in text) else text
+
+
+def _told_apart(entries: Sequence[images.Entry]) -> Dict[Path, str]:
+    """For entries sharing a kind and a name: the recipe inputs whose values differ among them
+    (``packages=python3,openssh-server``), by entry path; an entry alone of its name gets nothing."""
+    groups: Dict[Tuple[str, str], List[images.Entry]] = {}
+    for e in entries:
+        groups.setdefault((e.kind, e.name), []).append(e)
+    out: Dict[Path, str] = {}
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        keys = sorted({k for e in group for k in e.inputs})
+        differ = [k for k in keys if len({_input_text(e.inputs.get(k, "-")) for e in group}) > 1]
+        for e in group:
+            out[e.path] = " ".join("%s=%s" % (k, _input_text(e.inputs.get(k, "-"))) for k in differ) or "same inputs"
+    return out
+
+
+def _users(cache: images.Cache, targets: Sequence[Target]) -> Dict[Path, List[str]]:
+    """Which targets use each cache entry: those that boot from it, by name, and those whose entries are
+    built from it, as ``name (part)`` (``images prune`` keeps only what targets boot from)."""
+    from harness import backends
+
+    direct: Dict[Path, Dict[str, bool]] = {}
+
+    def add(recipe: images.Recipe, name: str, is_part: bool) -> None:
+        users = direct.setdefault(cache.path(recipe).resolve(), {})
+        users[name] = users.get(name, False) or not is_part
+        for part in recipe.parts():
+            add(part, name, True)
+
+    for t in targets:
+        for r in backends.get(t.backend)(t).recipes():
+            add(r, t.name, False)
+    return {path: [n if boots else "%s (part)" % n for n, boots in users.items()] for path, users in direct.items()}
+
+
+def _list_images(cache: images.Cache, targets: Sequence[Target], source: str) -> int:
+    """The cache's entries as an aligned table: kind, name, size, built and last used how long ago,
+    key, the recipe inputs that tell entries of one name apart, and the targets of ``source`` using each."""
+    entries = sorted(cache.entries(), key=lambda e: (e.kind, e.name, e.built))
+    users = _users(cache, targets)
+    apart = _told_apart(entries)
+    now = time.time()
+    head = ["KIND", "NAME", "SIZE", "BUILT", "USED", "KEY", "USED BY"]
+    if apart:
+        head.insert(6, "TOLD APART BY")
+    rows = []
+    for e in entries:
+        row = [e.kind, e.name, _human(e.size), _ago(e.built, now), _ago(e.used, now), e.key,
+               ", ".join(users.get(e.path.resolve(), [])) or "-"]
+        if apart:
+            row.insert(6, apart.get(e.path, ""))
+        rows.append(row)
+    print("cache: %s; used by: the targets of %s" % (cache.root, source))
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(head)]
+    for row in [head] + rows:
+        cells = [c.rjust(widths[i]) if head[i] == "SIZE" else c.ljust(widths[i]) for i, c in enumerate(row)]
+        print("  ".join(cells).rstrip())
+    unused = sum(1 for e in entries if e.path.resolve() not in users)
+    print("%d entries, %s; %d used by no target (images prune --dry-run lists what prune removes)"
+          % (len(entries), _human(sum(e.size for e in entries)), unused))
     return EXIT_OK
 
 

@@ -159,6 +159,15 @@ def key_name(key: str) -> str:
     return "<a key of %d characters that is not a name>" % len(key)
 
 
+def did_you_mean(key: object, known: List[str]) -> str:
+    """``"did you mean memory? "`` for a key one typo away from a known one (difflib's closest, as for
+    unknown target names), else nothing. Only for a key that is a name (see :func:`key_name`)."""
+    if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
+        return ""
+    close = difflib.get_close_matches(key, known, n=1)
+    return "did you mean %s? " % close[0] if close else ""
+
+
 def _describe(value: Any) -> str:
     if isinstance(value, str):
         return '"%s"' % quote(value)
@@ -332,8 +341,8 @@ def _target(raw: Any, line: int, defaults: Mapping[str, Any], ctx: _Ctx, seen: D
             if hint:
                 raise ctx.error(key_lines.get(key, line), key_name(key), hint)
             allowed = sorted(COMMON_KEYS) + sorted(option_names)
-            raise ctx.error(key_lines.get(key, line), key_name(key),
-                            "unknown key for a %s target; known keys: %s" % (backend_name, ", ".join(allowed)))
+            raise ctx.error(key_lines.get(key, line), key_name(key), "unknown key for a %s target; %sknown keys: %s"
+                            % (backend_name, did_you_mean(key, allowed), ", ".join(allowed)))
         opt_raw[key] = merged[key]
     options = _options(backend_cls, opt_raw, key_lines, ctx)
 
@@ -508,8 +517,8 @@ def parse(text: str, path: str = "<string>") -> TargetSet:
     top_lines = getattr(doc, "key_lines", {})
     for key in doc:
         if key not in ("schema", "defaults", "targets"):
-            raise ctx.error(top_lines.get(key), key_name(key), "unknown top-level key; known: schema, defaults, "
-                            "targets")
+            raise ctx.error(top_lines.get(key), key_name(key), "unknown top-level key; %sknown: schema, defaults, "
+                            "targets" % did_you_mean(key, ["schema", "defaults", "targets"]))
     if doc.get("schema", 1) != 1:
         raise ctx.error(top_lines.get("schema"), "schema", "expected 1, got %s" % _describe(doc.get("schema")))
     defaults = doc.get("defaults", {}) or {}

@@ -24,7 +24,7 @@ import pytest
 from allocator.probe import expand_policies
 from harness import backends, config, results, runner
 from harness.errors import HarnessError
-from harness.model import Record, Status, Target, TargetSet
+from harness.model import Record, Status, Target, TargetSet, outcome_text
 from harness.verdict import REQUIRE_ENV, require_list, required  # one meaning of HARNESS_REQUIRE, as in the CLI
 
 
@@ -129,10 +129,13 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError("arena-harness: %s" % e) from None
     state = HarnessState(config)
     config.stash[STATE] = state
+    declared = {"harness_target"}
     for name in backends.names():
+        declared.add(name.replace("-", "_"))
         config.addinivalue_line("markers", "%s: a target run by the %s backend" % (name.replace("-", "_"), name))
     config.addinivalue_line("markers", "harness_target(name): the arena-harness target this item runs")
-    # Markers named in the targets file are declared too, so --strict-markers accepts them.
+    # Markers named in the targets file are declared too, so --strict-markers accepts them; once each
+    # (a target marked ``ssh`` named the ssh backend's marker a second time in ``pytest --markers``).
     # An explicit targets file is checked now: a mistake in it is a usage error, not a collection error.
     try:
         extra = {m for t in state.targets.targets for m in t.markers}
@@ -140,7 +143,7 @@ def pytest_configure(config: pytest.Config) -> None:
         if state.targets_file is not None:
             raise
         return
-    for m in sorted(extra):
+    for m in sorted(extra - declared):
         config.addinivalue_line("markers", "%s: arena-harness target marker" % m)
 
 
@@ -182,7 +185,9 @@ def check(record: Record) -> None:
     lines = ["%s/%s: %s" % (record.target, record.policy, record.status.value)]
     if record.detail:
         lines.append("  %s" % record.detail)
-    lines.append("  outcome: %s, expected: %s" % (record.outcome, record.expected))
+    if record.status is not Status.FAIL:  # a failure's detail is "expected X, got Y" already: said once
+        lines.append("  outcome: %s, expected: %s" % (outcome_text(record.outcome, record.crash) or "-",
+                                                      record.expected or "-"))
     if record.kernel:
         lines.append("  kernel: %s %s" % (record.kernel, record.machine))
     if record.log:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from harness.files import write_atomically
 from harness.model import Record, Status, outcome_text
 from harness.results import RunDocument
 
 _BOOL = {True: "yes", False: "no", None: "-"}
+_JSON_BOOL = {True: "true", False: "false"}
 
 
 def _outcome(r: Record) -> str:
@@ -112,9 +113,105 @@ def summary_line(doc: RunDocument) -> str:
     return text
 
 
+# Characters XML 1.0 cannot carry at all, even escaped: guests print them (a console log holds terminal
+# escapes, a crash message may hold anything), and one of them makes the whole file unreadable.
+_XML_BAD = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _xml(value: object) -> str:
+    """``value`` as text XML 1.0 can hold: characters it cannot are shown as ``\\x1b`` escapes."""
+    return _XML_BAD.sub(lambda m: m.group(0).encode("unicode_escape", "backslashreplace").decode("ascii"),
+                        "" if value is None else str(value))
+
+
+def console_tail(path: Optional[str], lines: int = 40, max_bytes: int = 64 << 10) -> str:
+    """The last ``lines`` lines of a console log (of at most its last ``max_bytes``), each cut at 300
+    characters; a log that is not there says so (a report may be rendered where the run's logs are not)."""
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except OSError:
+        return "(console log not found: %s)" % path
+    text = data.decode("utf-8", errors="backslashreplace").splitlines()
+    if size > max_bytes:
+        text = text[1:]  # the first line read is cut short
+    return "\n".join(ln if len(ln) <= 300 else ln[:300] + " …(%d chars)" % len(ln) for ln in text[-lines:])
+
+
+def probe_lines(r: Record, detail: bool = True) -> List[str]:
+    """What the allocator said for one record, as short lines: the outcome against the expectation, the
+    top of user space, the reservation and the fallback (those the document has), the detail (unless
+    ``detail`` is False: a JUnit failure says it already) and Go's own messages. Read with care (``.get``):
+    a results file may come from anywhere and only its shape is checked."""
+    probe = r.probe or {}
+    lines = ["outcome: %s" % _outcome(r), "expected: %s" % (r.expected or "nothing (observed)")]
+    facts = probe.get("facts") or {}
+    if facts.get("user_top"):
+        lines.append("user top: %s" % facts["user_top"])
+    res = probe.get("reservation")
+    if res:
+        lines.append("hint: %s  probe: %s  high ok: %s" % (res.get("hint"), res.get("probe") or "-",
+                                                            _BOOL.get(res.get("high_ok"), "?")))
+    fb = probe.get("fallback")
+    if fb:
+        lines.append("fallback: %s  want: %s  arena: %s" % (_BOOL.get(fb.get("engaged"), "?"), fb.get("want") or "-",
+                                                             "-".join(fb.get("arena") or []) or "-"))
+    if detail and r.detail:
+        lines.append("detail: %s" % r.detail)
+    lines.extend("go: %s" % m for m in probe.get("messages") or [])
+    return lines
+
+
+def boot_shares(records: Sequence[Record]) -> Dict[int, float]:
+    """Each record's share of the boot that produced it, by ``id(record)``.
+
+    A target boots once and runs all its policies in that boot, and a record's ``duration_s`` is that
+    whole boot's (the allocator does not time each policy, and most of a boot is the guest's start
+    anyway). Counting it once per policy would add a 30 s boot up to 90 s; so the records of one boot
+    (the same target, console log and duration) share it evenly, and their shares add up to the boot's
+    time. Records of other boots (a merged file's re-run) are apart."""
+    boots: Dict[Tuple[str, Optional[str], float], List[Record]] = {}
+    for r in records:
+        boots.setdefault((r.target, r.log, r.duration_s), []).append(r)
+    return {id(r): r.duration_s / len(group) for group in boots.values() for r in group}
+
+
+def _seconds(started: str, finished: Optional[str]) -> Optional[float]:
+    """The wall time between two ISO timestamps of a run document, or None when either is unreadable."""
+    import datetime
+
+    try:
+        span = (datetime.datetime.fromisoformat(finished or "") - datetime.datetime.fromisoformat(started))
+    except (TypeError, ValueError):
+        return None
+    seconds = span.total_seconds()
+    return seconds if seconds >= 0 else None
+
+
 def junit(doc: RunDocument) -> str:
-    """JUnit XML: a testsuite per target, a testcase per policy."""
-    root = ET.Element("testsuites", name="arena-harness", tests=str(len(doc.records)))
+    """JUnit XML that validates against junit-10.xsd (Jenkins xUnit's schema, which pytest tests its own
+    output with): a testsuite per target, a testcase per policy.
+
+    Times: a testcase's ``time`` is its share of its target's boot (:func:`boot_shares`), a testsuite's
+    the sum of its testcases' (its boots' whole time), and the root's the run's wall time, so a consumer
+    adding up testcases gets the machine time spent, never a boot counted once per policy. The schema
+    allows ``properties`` only on a testsuite: the target's facts (backend, kernel, machine, channel,
+    console log, boot time) and each policy's (``<policy>.outcome``, ``.expected``, ``.high_ok``,
+    ``.fallback_engaged``) are there. A failure or an error carries the detail as its message and, in its
+    body, the detail, the outcome against the expectation, the console log's path and its last lines; each
+    testcase's ``system-out`` says what the allocator found. Guest text that XML cannot hold is escaped."""
+    shares = boot_shares(doc.records)
+    c_all = counts(doc)
+    root = ET.Element("testsuites", name="arena-harness", tests=str(len(doc.records)),
+                      failures=str(c_all["fail"]), errors=str(c_all["error"] + c_all["timeout"] + c_all["panic"]))
+    wall = _seconds(doc.started, doc.finished)
+    if wall is not None:
+        root.set("time", "%.3f" % wall)
     by_target: Dict[str, List[Record]] = {}
     for r in doc.records:
         by_target.setdefault(r.target, []).append(r)
@@ -123,29 +220,44 @@ def junit(doc: RunDocument) -> str:
         suite = ET.SubElement(
             root,
             "testsuite",
-            name=target,
+            name=_xml(target),
             tests=str(len(recs)),
             failures=str(c[Status.FAIL] + c[Status.DISAGREE]),
             errors=str(c[Status.ERROR] + c[Status.TIMEOUT] + c[Status.PANIC]),
             skipped=str(c[Status.SKIP]),
-            time="%.3f" % max((r.duration_s for r in recs), default=0.0),
+            time="%.3f" % sum(shares[id(r)] for r in recs),
         )
+        props = ET.SubElement(suite, "properties")
+
+        def prop(name: str, value: object, props: ET.Element = props) -> None:
+            ET.SubElement(props, "property", name=_xml(name), value=_xml("-" if value is None else value))
+
+        prop("backend", recs[0].backend)
+        for name, key in (("kernel", "kernel"), ("machine", "machine"), ("channel", "channel"), ("console_log", "log")):
+            prop(name, next((getattr(r, key) for r in recs if getattr(r, key)), None))
+        prop("boot_s", "%.3f" % sum({(r.log, r.duration_s): r.duration_s for r in recs}.values()))
         for r in recs:
-            case = ET.SubElement(suite, "testcase", classname="arena-harness.%s" % target, name=r.policy,
-                                 time="%.3f" % r.duration_s)
-            msg = r.detail or ""
-            if r.status in (Status.FAIL, Status.DISAGREE):
-                ET.SubElement(case, "failure", message=msg, type="outcome" if r.status == Status.FAIL else
-                              "disagree").text = msg
-            elif r.status in (Status.ERROR, Status.TIMEOUT, Status.PANIC):
-                ET.SubElement(case, "error", message=msg, type=r.status.value).text = msg
+            for key in ("status", "outcome", "expected", "high_ok", "fallback_engaged"):
+                value = getattr(r, key)
+                prop("%s.%s" % (r.policy, key), _outcome(r) if key == "outcome" else _JSON_BOOL.get(value, value))
+        for r in recs:
+            case = ET.SubElement(suite, "testcase", classname="arena-harness.%s" % _xml(target), name=_xml(r.policy),
+                                 time="%.3f" % shares[id(r)])
+            msg = _xml(r.detail or r.status.value)
+            if r.status in (Status.FAIL, Status.DISAGREE, Status.ERROR, Status.TIMEOUT, Status.PANIC):
+                body = [r.detail or r.status.value]
+                if r.status not in (Status.FAIL, Status.DISAGREE):  # a failure's detail says both already
+                    body.append("outcome: %s, expected: %s" % (_outcome(r), r.expected or "-"))
+                if r.log:
+                    body += ["console log: %s" % r.log, "", "last lines of the console log:", console_tail(r.log)]
+                kind = "failure" if r.status in (Status.FAIL, Status.DISAGREE) else "error"
+                ET.SubElement(case, kind, message=msg, type={Status.FAIL: "outcome"}.get(r.status, r.status.value)
+                              ).text = _xml("\n".join(body))
             elif r.status == Status.SKIP:
                 ET.SubElement(case, "skipped", message=msg)
-            props = ET.SubElement(case, "properties")
-            for key in ("outcome", "expected", "high_ok", "fallback_engaged", "kernel", "machine"):
-                ET.SubElement(props, "property", name=key, value=str(getattr(r, key)))
-            if r.log:
-                ET.SubElement(case, "system-out").text = "console log: %s" % r.log
+            if r.status != Status.SKIP:
+                out = probe_lines(r, detail=False) + (["console log: %s" % r.log] if r.log else [])
+                ET.SubElement(case, "system-out").text = _xml("\n".join(out))
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
@@ -193,21 +305,37 @@ def write(text: str, path: Optional[Path]) -> None:
 
 # -- HTML ------------------------------------------------------------------------------------
 
-_STATUS_COLOR = {"pass": "#2e7d32", "observed": "#1565c0", "fail": "#c62828", "error": "#ef6c00", "timeout": "#f9a825",
+# A cell is coloured by its status, never by its outcome: an expected crash is a pass and looks like one;
+# red is for what failed. The outcome is a small chip in the cell (a crash's chip is not red either).
+_STATUS_COLOR = {"pass": "#2e7d32", "observed": "#1565c0", "fail": "#c62828",
+                 "disagree": "#ad1457", "error": "#ef6c00", "timeout": "#f9a825",
                  "panic": "#6a1b9a", "skip": "#9e9e9e"}
-_OUTCOME_COLOR = {"high-arena": "#c8e6c9", "fallback-32bit": "#fff9c4", "native-32bit": "#bbdefb",
-                  "os-chosen": "#ffe0b2", "crash": "#ffcdd2"}
-_POLICY_COLOR = {"go-2012-pre": "#8e24aa", "go-2012": "#1565c0", "go-modern": "#00897b"}
+_STATUS_BG = {"pass": "#e8f5e9", "observed": "#e3f2fd", "fail": "#ffcdd2",
+              "disagree": "#f8bbd0", "error": "#ffe0b2", "timeout": "#fff3c4",
+              "panic": "#e1bee7", "skip": "#f5f5f5"}
+_OUTCOME_COLOR = {"high-arena": "#a5d6a7", "fallback-32bit": "#fff176", "native-32bit": "#90caf9",
+                  "os-chosen": "#ffcc80", "crash": "#bcaaa4"}
+_POLICY_COLOR = {"go-2012-pre": "#8e24aa", "go-2012": "#1565c0", "go-modern": "#00897b", "go": "#37474f",
+                 "jvm": "#6d4c41"}
+_FAILED = (Status.FAIL, Status.DISAGREE, Status.ERROR, Status.TIMEOUT, Status.PANIC)
 _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#212121}
-h1{font-size:20px}h2{font-size:16px;margin-top:28px}
+h1{font-size:20px}h2{font-size:16px;margin-top:28px}h2.bad{color:#b71c1c}
 table.grid{border-collapse:collapse}table.grid td,table.grid th{border:1px solid #ccc;padding:6px 10px;
 vertical-align:top}table.grid th{background:#f5f5f5;text-align:left}
+table.grid tr.bad th{background:#ffcdd2;border-left:6px solid #c62828}
 .cell{min-width:170px}.st{display:inline-block;color:#fff;border-radius:3px;padding:0 6px;font-size:12px;
-font-weight:600}details{margin-top:4px}summary{cursor:pointer;color:#555;font-size:12px}
+font-weight:600}.cell.failed{outline:3px solid #c62828;outline-offset:-3px;font-weight:600}
+.oc{display:inline-block;width:10px;height:10px;border:1px solid #0003;margin:0 4px 0 2px;vertical-align:baseline}
+details{margin-top:4px}summary{cursor:pointer;color:#555;font-size:12px}
 pre{font-size:11px;background:#fafafa;border:1px solid #eee;padding:6px;max-height:260px;overflow:auto;
-white-space:pre-wrap}.legend span{display:inline-block;margin-right:14px;font-size:12px}
+white-space:pre-wrap}.legend{margin:6px 0}.legend span{display:inline-block;margin-right:14px;font-size:12px;
+white-space:nowrap}
 .small{color:#666;font-size:12px}
+.banner{padding:10px 14px;border-radius:4px;margin:12px 0;max-width:1100px}
+.banner.bad{background:#c62828;color:#fff}.banner.bad a{color:#fff}.banner.ok{background:#e8f5e9;color:#1b5e20;
+border:1px solid #a5d6a7}.banner.warn{background:#fff3e0;color:#e65100;border:1px solid #ffcc80}
+.banner h2{margin:0 0 6px 0;font-size:16px}.banner ul{margin:0;padding-left:20px}.banner li{margin:2px 0}
 """
 
 
@@ -217,66 +345,83 @@ def _esc(x: object) -> str:
     return _html.escape("" if x is None else str(x))
 
 
-def _log_excerpt(path: Optional[str], lines: int = 40) -> str:
-    if not path:
-        return ""
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="backslashreplace").splitlines()
-    except OSError:
-        return "(console log not found: %s)" % path
-    keep = [ln if len(ln) <= 300 else ln[:300] + " …(%d chars)" % len(ln) for ln in text[-lines:]]
-    return "\n".join(keep)
-
-
 def _addr(v: object) -> Optional[int]:
     if isinstance(v, str) and v.startswith("0x"):
         return int(v, 16)
     return None
 
 
-def address_space_svg(records: List[Record], width: int = 760) -> str:
-    """A target's address space on a log2 axis: user space, the hint, where probes and arenas landed."""
+# The pictures' text is monospace, so its width is known here (0.6 em a character, DejaVu Sans Mono's and
+# Liberation Mono's advance) and no label is placed where it would be clipped or cross a line.
+SVG_FONT = "DejaVu Sans Mono,Liberation Mono,monospace"
+CHAR_EM = 0.6
+
+
+def text_width(text: str, size: float) -> float:
+    """The width of ``text`` in the pictures' monospace font at ``size`` px."""
+    return len(text) * size * CHAR_EM
+
+
+def _label(x: float, y: float, text: str, size: int, width: int, fill: str = "#000", bold: bool = False) -> str:
+    """A label centred on ``x``, moved left or right as little as needed to lie wholly inside the picture
+    (a "user top" at the right edge of a 32-bit space was cut in half)."""
+    w = text_width(text, size)
+    x0 = min(max(x - w / 2, 2.0), width - 2 - w)
+    return ('<text x="%.1f" y="%d" font-size="%d" fill="%s"%s>%s</text>'
+            % (x0, y, size, fill, ' font-weight="bold"' if bold else "", _esc(text)))
+
+
+def address_space_svg(records: List[Record], width: int = 960) -> str:
+    """A target's address space on a log2 axis, one row per policy: user space (the band, ending at the
+    user top's line), Go 2012's hint (the dashed line), where each policy's 64 KiB probe landed (the
+    triangle) and its arenas (the bars, in the policy's colour), and at the right its outcome.
+
+    Layout, top to bottom: the user-top label, the rows, the axis with its ticks, the hint's label. The
+    vertical lines end at the axis, so they never cross the tick labels under it."""
     import math
 
-    probes = [r.probe for r in records if r.probe and not r.probe.get("error")]
-    if not probes:
+    rows = [r for r in records if r.probe and not r.probe.get("error")]
+    if not rows:
         return ""
-    facts = probes[0].get("facts") or {}
+    facts = (rows[0].probe or {}).get("facts") or {}
     bits = 64 if facts.get("pointer_bits", 64) == 64 else 32
     lo_bit, hi_bit = 12, (57 if bits == 64 else 32)
-    left, right = 90, width - 20
+    left, right = 100, width - 240  # policy names left of the axis, outcomes right of it
     row_h = 22
-    top_pad = 34
-    height = top_pad + row_h * len(probes) + 30
+    top_pad = 28
+    axis_y = top_pad + row_h * len(rows) + 4
+    height = axis_y + 36
 
     def x(addr: int) -> float:
         b = math.log2(max(addr, 1 << lo_bit))
         b = min(max(b, lo_bit), hi_bit)
         return left + (right - left) * (b - lo_bit) / (hi_bit - lo_bit)
 
-    parts = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" role="img" '
-             'aria-label="address space">' % (width, height)]
+    parts = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="%s" role="img" '
+             'aria-label="address space">' % (width, height, SVG_FONT)]
     user_top = _addr(facts.get("user_top"))
     if user_top:
+        ux = x(user_top)
         parts.append('<rect x="%.1f" y="%d" width="%.1f" height="%d" fill="#e3f2fd"/>'
-                     % (left, top_pad - 6, x(user_top) - left, row_h * len(probes) + 8))
-        parts.append('<line x1="%.1f" y1="14" x2="%.1f" y2="%d" stroke="#000" stroke-width="2"/>'
-                     % (x(user_top), x(user_top), height - 22))
-        parts.append('<text x="%.1f" y="12" font-size="11" text-anchor="middle">user top %s</text>'
-                     % (x(user_top), _esc(facts.get("user_top"))))
-    hint = 0xF8 << 32
-    if bits == 64:
-        parts.append('<line x1="%.1f" y1="22" x2="%.1f" y2="%d" stroke="#c62828" stroke-dasharray="4 3"/>'
-                     % (x(hint), x(hint), height - 22))
-        parts.append('<text x="%.1f" y="%d" font-size="10" fill="#c62828" text-anchor="middle">hint 0xf8&lt;&lt;32'
-                     '</text>' % (x(hint), height - 10))
+                     % (left, top_pad - 6, ux - left, axis_y - top_pad + 6))
+        parts.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#000" stroke-width="2"/>'
+                     % (ux, top_pad - 10, ux, axis_y))
+        parts.append(_label(ux, 13, "user top %s" % facts.get("user_top"), 11, width))
+    parts.append('<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="#9e9e9e"/>' % (left, axis_y, right, axis_y))
     for b in range(lo_bit, hi_bit + 1, 4 if bits == 64 else 2):
-        parts.append('<text x="%.1f" y="%d" font-size="9" fill="#888" text-anchor="middle">2^%d</text>'
-                     % (x(1 << b), height - 24, b))
-    for i, p in enumerate(probes):
+        tx = x(1 << b)
+        parts.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#9e9e9e"/>' % (tx, axis_y, tx, axis_y + 4))
+        parts.append(_label(tx, axis_y + 14, "2^%d" % b, 9, width, fill="#757575"))
+    if bits == 64:
+        hx = x(0xF8 << 32)
+        parts.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#c62828" stroke-dasharray="4 3"/>'
+                     % (hx, top_pad - 6, hx, axis_y))
+        parts.append(_label(hx, axis_y + 28, "hint 0xf8<<32", 10, width, fill="#c62828"))
+    for i, r in enumerate(rows):
+        p = r.probe or {}
         y = top_pad + i * row_h
-        color = _POLICY_COLOR.get(p.get("policy", ""), "#555")
-        parts.append('<text x="4" y="%d" font-size="11" fill="%s">%s</text>' % (y + 12, color, _esc(p["policy"])))
+        color = _POLICY_COLOR.get(r.policy, "#555")
+        parts.append('<text x="4" y="%d" font-size="11" fill="%s">%s</text>' % (y + 12, color, _esc(r.policy)))
         heap = p.get("heap") or {}
         spans: List[Tuple[int, int]] = []
         if _addr(heap.get("arena_start")) and _addr(heap.get("arena_end")):
@@ -293,66 +438,111 @@ def address_space_svg(records: List[Record], width: int = 760) -> str:
             px = x(probe)
             parts.append('<path d="M%.1f %d l5 -8 h-10 z" fill="#212121"><title>probe landed at %s</title></path>'
                          % (px, y + 16, hex(probe)))
-        if p.get("outcome") == "crash":
-            parts.append('<text x="%d" y="%d" font-size="10" fill="#c62828">✗ %s</text>'
-                         % (right - 230, y + 12, _esc(p.get("crash"))))
+        failed = r.status in _FAILED
+        mark = "✗ " if failed else ("✓ " if r.status == Status.PASS else "")
+        text = mark + (_outcome(r) if not failed or r.status in (Status.FAIL, Status.DISAGREE) else r.status.value)
+        limit = int((width - right - 16) / text_width("x", 11))
+        if len(text) > limit:
+            text = text[: limit - 1] + "…"
+        parts.append('<text x="%d" y="%d" font-size="11" fill="%s"%s>%s<title>%s</title></text>'
+                     % (right + 12, y + 12, "#c62828" if failed else "#424242", ' font-weight="bold"' if failed else "",
+                        _esc(text), _esc("%s: %s" % (r.status.value, r.detail or _outcome(r)))))
     parts.append("</svg>")
     return "".join(parts)
 
 
+def svg_legend() -> str:
+    """What the pictures' marks mean, drawn with the same marks."""
+    items = [
+        '<rect x="0" y="3" width="22" height="12" fill="#e3f2fd"/><line x1="22" y1="0" x2="22" y2="18" '
+        'stroke="#000" stroke-width="2"/>', "user address space, up to its top",
+        '<line x1="11" y1="0" x2="11" y2="18" stroke="#c62828" stroke-dasharray="4 3"/>',
+        "Go 2012's hint 0xf8<<32",
+        '<path d="M11 15 l5 -8 h-10 z" fill="#212121"/>', "where the 64 KiB probe at the hint landed",
+    ]
+    items += ['<rect x="0" y="3" width="22" height="12" fill="%s" opacity="0.75"/>' % c for c in _POLICY_COLOR.values()]
+    labels = items[:6] + [item for pair in zip(items[6:], ("arenas of %s" % p for p in _POLICY_COLOR)) for item in pair]
+    out = []
+    for mark, text in zip(labels[::2], labels[1::2]):
+        out.append('<span><svg width="24" height="18" style="vertical-align:middle">%s</svg> %s</span>'
+                   % (mark, _esc(text)))
+    return '<p class="legend">%s<span>(log2 axis; ✓ / ✗ at the right: the outcome passed / failed)</span></p>' \
+        % "".join(out)
+
+
+def _banner(doc: RunDocument) -> str:
+    """The first thing on the page: what failed (each result a link to its target), or that nothing did."""
+    bad = [r for r in doc.records if r.status in _FAILED]
+    if bad:
+        items = "".join('<li><a href="#t-%s"><b>%s</b> / %s</a>: %s%s</li>'
+                        % (_esc(r.target), _esc(r.target), _esc(r.policy), r.status.value,
+                           " — %s" % _esc(r.detail) if r.detail else "") for r in bad)
+        head = "%d of %d results failed" % (len(bad), len(doc.records))
+        return '<div class="banner bad" id="failures"><h2>%s</h2><ul>%s</ul></div>' % (head, items)
+    if not doc.records:
+        return '<div class="banner warn"><h2>No results</h2></div>'
+    return '<div class="banner ok"><h2>Nothing failed: %s</h2></div>' % _esc(summary_line(doc))
+
+
 def html(doc: RunDocument) -> str:
-    """One self-contained page (no network): the grid, per-cell details, an address-space picture per target."""
+    """One self-contained page (no network): what failed first, then the targets x policies grid (a
+    cell coloured by its status, a chip for its outcome, its details), then per target a picture of its
+    address space with a legend, and its console log's last lines."""
     policies, by_target = grid(doc)
     out = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
            "<title>arena-harness %s</title><style>%s</style></head><body>" % (_esc(doc.run_id), _CSS),
            "<h1>arena-harness run %s</h1>" % _esc(doc.run_id),
-           '<p class="small">%s — %s · %s</p>' % (_esc(doc.started), _esc(doc.finished), _esc(summary_line(doc))),
-           '<p class="legend">' + "".join('<span><b style="background:%s">&nbsp;&nbsp;&nbsp;</b> %s</span>'
-                                          % (c, o) for o, c in _OUTCOME_COLOR.items()) + "</p>",
-           '<table class="grid"><tr><th>target</th><th>kernel</th>'
-           + "".join("<th>%s</th>" % _esc(p) for p in policies) + "</tr>"]
+           '<p class="small">%s — %s · %s</p>' % (_esc(doc.started), _esc(doc.finished), _esc(summary_line(doc)))]
+    if not doc.complete:
+        out.append('<div class="banner warn"><h2>Incomplete run: %s</h2></div>'
+                   % _esc(doc.interrupted or "stopped early"))
+    out.append(_banner(doc))
+    out.append('<p class="legend">status: ' + "".join(
+        '<span><b class="st" style="background:%s">%s</b></span>' % (_STATUS_COLOR[s.value], s.value)
+        for s in Status) + " &nbsp; outcome: " + "".join(
+        '<span><i class="oc" style="background:%s"></i>%s</span>' % (c, o) for o, c in _OUTCOME_COLOR.items())
+        + "</p>")
+    out.append('<table class="grid"><tr><th>target</th><th>kernel</th>'
+               + "".join("<th>%s</th>" % _esc(p) for p in policies) + "</tr>")
     for target, cells in by_target.items():
         any_r = next(iter(cells.values()))
-        row = ['<tr><th><a href="#t-%s">%s</a><div class="small">%s</div></th><td class="small">%s<br>%s</td>'
-               % (_esc(target), _esc(target), _esc(any_r.backend), _esc(any_r.kernel or "-"),
-                  _esc(any_r.machine or ""))]
+        bad = any(r.status in _FAILED for r in cells.values())
+        row = ['<tr%s><th><a href="#t-%s">%s</a><div class="small">%s</div></th><td class="small">%s<br>%s</td>'
+               % (' class="bad"' if bad else "", _esc(target), _esc(target), _esc(any_r.backend),
+                  _esc(any_r.kernel or "-"), _esc(any_r.machine or ""))]
         for p in policies:
             cell = cells.get(p)
             if cell is None:
                 row.append("<td></td>")
                 continue
-            bg = _OUTCOME_COLOR.get(cell.outcome or "", "#fff")
             probe = cell.probe or {}
-            res = probe.get("reservation") or {}
-            fb = probe.get("fallback") or {}
-            detail = ["outcome: %s" % _outcome(cell), "expected: %s" % (cell.expected or "-"),
-                      "user top: %s" % ((probe.get("facts") or {}).get("user_top") or "-"),
-                      "hint: %s  probe: %s  high ok: %s" % (res.get("hint"), res.get("probe"), res.get("high_ok")),
-                      "fallback: %s  want: %s  arena: %s" % (fb.get("engaged"), fb.get("want"),
-                                                              "-".join(fb.get("arena") or []) or "-")]
-            if cell.detail:
-                detail.append("detail: %s" % cell.detail)
-            for m in probe.get("messages") or []:
-                detail.append("go: %s" % m)
+            detail = probe_lines(cell)
             trace = probe.get("trace") or []
             trace_txt = "\n".join("%-16s %-8s %s len=%s %s %s -> %s%s" % (
                 e.get("fn"), e.get("call"), e.get("addr"), e.get("len"), e.get("prot", ""), e.get("flags", ""),
                 e.get("result"), " x%d" % e["count"] if e.get("count") else "") for e in trace[:60])
             if len(trace) > 60:
                 trace_txt += "\n… %d more calls" % (len(trace) - 60)
-            row.append('<td class="cell" style="background:%s"><span class="st" style="background:%s">%s</span> '
-                       '%s<details><summary>details</summary><pre>%s</pre><pre>%s</pre></details></td>'
-                       % (bg, _STATUS_COLOR[cell.status.value], cell.status.value, _esc(_outcome(cell)),
-                          _esc("\n".join(detail)), _esc(trace_txt)))
+            chip = ('<i class="oc" style="background:%s"></i>' % _OUTCOME_COLOR[cell.outcome]
+                    if cell.outcome in _OUTCOME_COLOR else "")
+            row.append('<td class="cell st-%s%s" style="background:%s"><span class="st" style="background:%s">%s</span>'
+                       ' %s%s<details><summary>details</summary><pre>%s</pre><pre>%s</pre></details></td>'
+                       % (cell.status.value, " failed" if cell.status in _FAILED else "",
+                          _STATUS_BG[cell.status.value], _STATUS_COLOR[cell.status.value], cell.status.value, chip,
+                          _esc(_outcome(cell)), _esc("\n".join(detail)), _esc(trace_txt)))
         out.append("".join(row) + "</tr>")
     out.append("</table>")
+    out.append("<h2>Address spaces</h2>")
+    out.append(svg_legend())
     for target, cells in by_target.items():
         recs = [cells[p] for p in policies if p in cells]
-        out.append('<h2 id="t-%s">%s</h2>' % (_esc(target), _esc(target)))
+        bad = any(r.status in _FAILED for r in recs)
+        out.append('<h2 id="t-%s"%s>%s%s</h2>' % (_esc(target), ' class="bad"' if bad else "",
+                                                  "✗ " if bad else "", _esc(target)))
         svg = address_space_svg(recs)
         out.append(svg or '<p class="small">no result to draw</p>')
         log = next((r.log for r in recs if r.log), None)
-        out.append("<details><summary>console log excerpt (%s)</summary><pre>%s</pre></details>"
-                   % (_esc(log), _esc(_log_excerpt(log))))
+        out.append("<details%s><summary>console log excerpt (%s)</summary><pre>%s</pre></details>"
+                   % (" open" if bad else "", _esc(log), _esc(console_tail(log))))
     out.append("</body></html>")
     return "\n".join(out) + "\n"

@@ -32,7 +32,11 @@ from harness.model import Deadline, GuestRun, Record, Status, Target
 from harness.results import RunDocument, classify, errored, judge_agreement, skipped
 
 Progress = Callable[[str, Target, str, Sequence[Record]], None]
-"""progress(event, target, message, records): event is "build", "start" or "done"."""
+"""progress(event, target, message, records), called from the targets' threads (so it must lock what it
+shares): "start" (the target is taken up), "phase" (``message`` names the phase it enters: "provision",
+its images checked or built; "boot", its guest started, probed and collected, the backend's one step),
+"build" (``message``: a line of an image build) or "done" (``records``: its results)."""
+Phase = Callable[[str], None]
 
 
 def new_run_id() -> str:
@@ -54,7 +58,7 @@ def policies_for(target: Target, requested: Optional[Sequence[str]]) -> List[str
 
 def run_target(
     target: Target, policies: List[str], run_id: str, tmp: Path, pyz: Path, logs: Path,
-    cache: Optional[images.Cache] = None, log: Optional[images.Log] = None,
+    cache: Optional[images.Cache] = None, log: Optional[images.Log] = None, phase: Phase = lambda name: None,
 ) -> List[Record]:
     """Boot one target and judge each policy; every failure becomes records, never an exception.
 
@@ -65,7 +69,7 @@ def run_target(
     log_path = logs / ("%s.log" % target.name)
     began = [time.monotonic()]  # moved on when the boot starts: a record's duration is the boot's, not the build's
     try:
-        return _boot_and_judge(target, policies, run_id, tmp, pyz, log_path, cache, log, began)
+        return _boot_and_judge(target, policies, run_id, tmp, pyz, log_path, cache, log, began, phase)
     except HarnessError as e:
         return [errored(target, p, str(e), log_path, time.monotonic() - began[0]) for p in policies]
     except Exception as e:  # noqa: BLE001 - a backend bug must not lose this target's results or the run's
@@ -74,11 +78,13 @@ def run_target(
 
 
 def _boot_and_judge(target: Target, policies: List[str], run_id: str, tmp: Path, pyz: Path, log_path: Path,
-                    cache: Optional[images.Cache], log: Optional[images.Log], began: List[float]) -> List[Record]:
+                    cache: Optional[images.Cache], log: Optional[images.Log], began: List[float],
+                    phase: Phase) -> List[Record]:
     backend = backends.get(target.backend)(target)
     missing = backend.missing()
     if missing is not None:
         return [skipped(target, p, str(missing)) for p in policies]
+    phase("provision")
     # Image builds are not part of the boot: they get their own (long) deadlines.
     backend.provision(cache or images.Cache(), log or (lambda msg: None))
     workdir = Path(tempfile.mkdtemp(prefix="%s." % target.name, dir=str(tmp)))
@@ -91,6 +97,7 @@ def _boot_and_judge(target: Target, policies: List[str], run_id: str, tmp: Path,
     # it themselves): a CI upload step running as another user must read it.
     files.create_file(log_path)
     began[0] = time.monotonic()
+    phase("boot")
     try:
         guest = backend.run(ctx)
     finally:
@@ -174,7 +181,11 @@ def _run_plan(plan: List[Tuple[Target, List[str]]], run_id: str, doc: RunDocumen
                 if progress:
                     progress("build", target, msg, [])
 
-            recs = run_target(target, ps, run_id, tmp, pyz, logs, cache, log)
+            def phase(name: str) -> None:
+                if progress:
+                    progress("phase", target, name, [])
+
+            recs = run_target(target, ps, run_id, tmp, pyz, logs, cache, log, phase)
             if proc.stopping():
                 for r in recs:
                     if r.status not in (Status.PASS, Status.OBSERVED):  # collected before the stop: kept

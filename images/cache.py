@@ -27,7 +27,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import IO, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
@@ -115,6 +115,9 @@ class Recipe:
 
 @dataclass
 class Entry:
+    """A cache entry as its manifest says: ``used`` is when a build or a run last took it (the
+    manifest's mtime), ``inputs`` what its key was made from (what tells two entries of a name apart)."""
+
     path: Path
     kind: str
     name: str
@@ -123,6 +126,7 @@ class Entry:
     built: float
     used: float
     build_s: float
+    inputs: Dict[str, object] = field(default_factory=dict)
 
 
 class Cache:
@@ -209,6 +213,7 @@ class Cache:
                     "inputs": recipe.inputs(),
                     "built": time.time(),
                     "build_s": round(time.monotonic() - start, 1),
+                    "size": tree_size(partial),  # once: an entry never changes, and listing walks no tree
                 }
                 (partial / "manifest.json").write_text(json.dumps(manifest, indent=1))
                 if final.exists():
@@ -284,13 +289,39 @@ class Cache:
                 meta = json.loads(m.read_text())
             except ValueError:
                 continue
-            size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file() and not f.is_symlink())
-            out.append(Entry(d, meta.get("kind", "?"), meta.get("name", "?"), meta.get("key", "?"), size,
-                             meta.get("built", 0.0), m.stat().st_mtime, meta.get("build_s", 0.0)))
+            inputs = meta.get("inputs")
+            out.append(Entry(d, meta.get("kind", "?"), meta.get("name", "?"), meta.get("key", "?"),
+                             self._size(d, meta), meta.get("built", 0.0), m.stat().st_mtime,
+                             meta.get("build_s", 0.0), inputs if isinstance(inputs, dict) else {}))
         return out
 
-    def prune(self, keep: Iterable[Path] = (), older_than: Optional[float] = None) -> List[Path]:
-        """Remove entries not in ``keep`` (and, if given, unused for ``older_than`` seconds), and leftovers."""
+    def _size(self, entry: Path, meta: Dict[str, object]) -> int:
+        """An entry's size: from its manifest, else (an entry built before manifests said) from a ``size``
+        file written the first time it is asked for, else by walking its tree (a cache this user cannot
+        write). Walking the whole cache's trees made ``images list`` take seconds."""
+        size = meta.get("size")
+        if isinstance(size, int) and not isinstance(size, bool):
+            return size
+        recorded = entry / SIZE_FILE
+        try:
+            return int(recorded.read_text())
+        except (OSError, ValueError):
+            pass
+        total = tree_size(entry)
+        tmp = entry / (".%s.%d" % (SIZE_FILE, os.getpid()))
+        try:
+            tmp.write_text(str(total))
+            os.replace(tmp, recorded)  # whole or not at all: another lister may read it meanwhile
+        except OSError:  # a cache shared read-only: walk again next time
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        return total
+
+    def prune(self, keep: Iterable[Path] = (), older_than: Optional[float] = None,
+              dry_run: bool = False) -> List[Path]:
+        """Remove entries not in ``keep`` (and, if given, unused for ``older_than`` seconds), and leftovers
+        (killed builds' ``.partial`` directories, failed builds' logs); the paths removed. ``dry_run``:
+        the paths that would be, removing nothing."""
         keep_set = {Path(k).resolve() for k in keep}
         removed = []
         now = time.time()
@@ -299,15 +330,44 @@ class Cache:
                 continue
             if older_than is not None and now - e.used < older_than:
                 continue
-            shutil.rmtree(e.path, ignore_errors=True)
+            if not dry_run:
+                shutil.rmtree(e.path, ignore_errors=True)
             removed.append(e.path)
         for d in self.stale_partials():
-            mounts.remove_tree(d)
+            if not dry_run:
+                mounts.remove_tree(d)
             removed.append(d)
         for f in sorted((self.root / "failed").glob("*.log")):  # failed builds' logs: diagnostics only
             if older_than is None or now - f.stat().st_mtime >= older_than:
-                f.unlink()
+                if not dry_run:
+                    f.unlink()
                 removed.append(f)
         return removed
+
+
+SIZE_FILE = "size"
+"""In an entry built before manifests recorded its size: the size, recorded the first time it was listed."""
+
+
+def tree_size(path: Path) -> int:
+    """The bytes of the regular files under ``path`` (symbolic links not followed), with one ``lstat`` a
+    file (``os.scandir``): a root filesystem holds some ten thousand."""
+    total = 0
+    stack = [str(path)]
+    while stack:
+        try:
+            it = os.scandir(stack.pop())
+        except OSError:  # unreadable (a root filesystem's root-only directory, listed by a user)
+            continue
+        with it:
+            for e in it:
+                try:
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append(e.path)
+                    elif e.is_file(follow_symlinks=False):
+                        total += e.stat(follow_symlinks=False).st_size
+                except OSError:
+                    continue
+    return total
 
 

@@ -296,7 +296,8 @@ class NinePBoot(Boot):
     def rootfs(self) -> Optional[images.Rootfs]:
         if self.o.host_root:
             return None
-        return images.Rootfs(self.o.spec.debian, self.o.rootfs_suite or self.o.spec.suite, ("python3",) + self.o.packages)
+        return images.Rootfs(self.o.spec.debian, self.o.rootfs_suite or self.o.spec.suite,
+                             ("python3",) + self.o.packages)
 
     def recipes(self) -> List[images.Recipe]:
         root = self.rootfs()

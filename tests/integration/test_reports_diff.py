@@ -7,7 +7,7 @@ import struct
 import subprocess
 import zlib
 from pathlib import Path
-from typing import List, Set, Tuple
+from typing import Dict, List, Tuple
 
 import pytest
 
@@ -144,14 +144,34 @@ def read_png(path: Path) -> Tuple[int, int, List[bytes]]:
     return width, height, rows
 
 
-def colours(path: Path) -> Set[Tuple[int, int, int]]:
+def chromium_args(chromium: str, tmp_path: Path) -> List[str]:
+    return [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--user-data-dir=%s" % (tmp_path / "profile"), "--window-size=1200,900"]
+
+
+def screenshot(chromium: str, page: Path, tmp_path: Path) -> Path:
+    shot = page.with_suffix(".png")
+    subprocess.run(chromium_args(chromium, tmp_path) + ["--screenshot=%s" % shot, page.as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    return shot
+
+
+def pixels(path: Path) -> Dict[Tuple[int, int, int], int]:
+    """How many pixels of each colour a screenshot has (every pixel counted)."""
     width, height, rows = read_png(path)
     bpp = len(rows[0]) // width
-    found: Set[Tuple[int, int, int]] = set()
-    for row in rows[::2]:
-        for i in range(0, len(row), bpp * 2):
-            found.add((row[i], row[i + 1], row[i + 2]))
+    found: Dict[Tuple[int, int, int], int] = {}
+    for row in rows:
+        for i in range(0, len(row), bpp):
+            key = (row[i], row[i + 1], row[i + 2])
+            found[key] = found.get(key, 0) + 1
     return found
+
+
+RED_BANNER = (0xC6, 0x28, 0x28)  # the failures banner (and the fail badges)
+FAILED_CELL = (0xFF, 0xCD, 0xD2)
+PASSED_CELL = (0xE8, 0xF5, 0xE9)
 
 
 def test_the_html_report_renders_in_headless_chromium(tmp_path: Path) -> None:
@@ -162,17 +182,72 @@ def test_the_html_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     text = page.read_text()
     assert "<svg" in text and "hint 0xf8&lt;&lt;32" in text and "user top 0x" in text
     assert not re.search(r"(src|href)=\"https?://", text)  # self-contained: nothing to fetch
-    shot = tmp_path / "shot.png"
-    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    "--user-data-dir=%s" % (tmp_path / "profile"), "--window-size=1200,900",
-                    "--screenshot=%s" % shot, page.as_uri()], capture_output=True, timeout=120, check=True)
+    shot = screenshot(chromium, page, tmp_path)
     width, height, _ = read_png(shot)
     assert (width, height) == (1200, 900)
-    seen = colours(shot)
-    assert (0x2E, 0x7D, 0x32) in seen  # the "pass" badges of the grid
-    assert (0xC8, 0xE6, 0xC9) in seen  # high-arena cells
+    seen = pixels(shot)
+    assert seen.get((0x2E, 0x7D, 0x32), 0) > 200  # the "pass" badges of the grid
+    assert seen.get(PASSED_CELL, 0) > 20000  # four passed cells
     assert (0xE3, 0xF2, 0xFD) in seen  # the user-space band of an address-space picture
+    assert seen.get(RED_BANNER, 0) < 1000 and FAILED_CELL not in seen  # no red but the legend's badge and the hint
+
+    # The same machine judged against a wrong expectation: go-2012 fails, and the first screen says so.
+    bad = real_run(tmp_path, "bad", expect="fallback-32bit")
+    bad_page = tmp_path / "bad.html"
+    assert cli.main(["report", str(bad), "--html", str(bad_page)]) == 1
+    seen = pixels(screenshot(chromium, bad_page, tmp_path))
+    assert seen.get(RED_BANNER, 0) > 40000  # the banner across the top: a big red block, not a small badge
+    assert seen.get(FAILED_CELL, 0) > 5000  # the failed cell
+
+
+GEOMETRY = """<script>
+const out = [];
+for (const svg of document.querySelectorAll('svg[aria-label="address space"]')) {
+  const texts = [...svg.querySelectorAll("text")].map(t => {
+    const b = t.getBBox(); return [t.firstChild.nodeValue, b.x, b.y, b.x + b.width, b.y + b.height]; });
+  const lines = [...svg.querySelectorAll("line")].map(l => [l.x1.baseVal.value, l.y1.baseVal.value,
+    l.x2.baseVal.value, l.y2.baseVal.value]);
+  out.push({width: svg.width.baseVal.value, texts: texts, lines: lines});
+}
+document.body.setAttribute("data-geometry", JSON.stringify(out));
+</script>"""
+
+
+def test_no_label_of_the_pictures_is_clipped_or_crossed_in_chromium(tmp_path: Path) -> None:
+    """Chromium itself measures every label (its real font): each lies inside its picture, off the marker
+    lines and off the other labels; also for a 32-bit space, whose user top is the picture's right edge."""
+    import html
+    import json
+
+    from allocator.probe import run_policy
+    from harness.model import GuestRun
+    from harness.results import classify
+
+    chromium = require_tool("browser", "chromium", "sudo apt-get install -y chromium")
+    doc = RunDocument.load(real_run(tmp_path, "r"))
+    for name, sim in (("i386", "compat32"), ("uml", "uml"), ("sv39", "sv39")):
+        target = config.parse("targets: [{name: %s, backend: local}]" % name, "t.yaml").targets[0]
+        docs = {p: run_policy(p, simulate=sim) for p in target.policies}
+        doc.records += [classify(target, p, GuestRun(docs, tmp_path / "x.log", 1.0)) for p in target.policies]
+    page = tmp_path / "g.html"
+    page.write_text(report.html(doc).replace("</body>", GEOMETRY + "</body>"))
+    dom = subprocess.run(chromium_args(chromium, tmp_path) + ["--dump-dom", page.as_uri()], capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    m = re.search(r'data-geometry="([^"]*)"', dom)
+    assert m, "the page's script did not run"
+    pictures = json.loads(html.unescape(m.group(1)))
+    assert len(pictures) == 5  # here, here-too and the three simulated targets
+    for pic in pictures:
+        boxes = [(t[0], tuple(t[1:])) for t in pic["texts"]]
+        lines = [(x1, min(y1, y2), x2, max(y1, y2)) for x1, y1, x2, y2 in pic["lines"]
+                 if x1 == x2 and abs(y2 - y1) > 6]  # the user top's and the hint's lines, not the ticks
+        assert any(t.startswith("user top 0x") for t, _ in boxes)
+        for i, (text, (x0, y0, x1, y1)) in enumerate(boxes):
+            assert 0 <= x0 and x1 <= pic["width"], (text, x0, x1, pic["width"])
+            for lx, ly0, _, ly1 in lines:
+                assert not (x0 < lx < x1 and y0 < ly1 and ly0 < y1), (text, lx)
+            for other, (u0, v0, u1, v1) in boxes[i + 1:]:
+                assert not (x0 < u1 and u0 < x1 and y0 < v1 and v0 < y1), (text, other)
 
 
 def test_the_ci_matrix_names_real_targets() -> None:

@@ -84,6 +84,20 @@ def test_failure_says_what_happened_and_where_the_log_is(inner: pytest.Pytester)
     assert "expected fallback-32bit, got high-arena" in out
     assert "console log: " in out and "here-wrong.log" in out
     assert "Traceback" not in out
+    # Each thing once: was "expected fallback-32bit, got high-arena", then "outcome: high-arena, expected:
+    # fallback-32bit" (issue 16).
+    start = out.index("here-wrong/go-2012: fail")
+    message = out[start:out.index("console log: ", start)]
+    assert message.count("fallback-32bit") == 1 and message.count("high-arena") == 1, message
+
+
+def test_each_marker_is_declared_once(inner: pytest.Pytester) -> None:
+    # Was: a target marked like a backend (``ssh``, in the shipped targets) declared that marker twice.
+    inner.makefile(".yaml", marked=TARGETS.replace("markers: [smoke]", "markers: [smoke, ssh, local]"))
+    r = inner.runpytest("--harness-targets", "marked.yaml", "-p", "no:cacheprovider", "--markers")
+    declared = [ln.split(":")[0] for ln in r.outlines if ln.startswith("@pytest.mark.")]
+    assert "@pytest.mark.ssh" in declared and "@pytest.mark.smoke" in declared
+    assert sorted(set(declared)) == sorted(declared), declared
 
 
 def test_missing_tool_skips_with_the_install_hint(inner: pytest.Pytester) -> None:

@@ -76,8 +76,12 @@ def test_wrong_type_names_file_line_target_and_key() -> None:
 def test_unknown_key_lists_the_known_ones() -> None:
     bad = GOOD.replace("    memory: 256M\n", "    memroy: 256M\n")
     msg = error_of(bad)
-    assert msg.startswith("targets.yaml:11 [uml-256m] memroy: unknown key for a uml target; known keys: ")
+    # Was: no suggestion, the near miss to be found in the list (issue 16).
+    assert msg.startswith("targets.yaml:11 [uml-256m] memroy: unknown key for a uml target; did you mean memory? "
+                          "known keys: ")
     assert "memory" in msg and "expect" in msg
+    far = error_of(GOOD.replace("    memory: 256M\n", "    colour: blue\n"))
+    assert "colour: unknown key for a uml target; known keys: " in far  # nothing close: no guess
 
 
 def test_unknown_backend_lists_the_known_ones() -> None:
@@ -121,7 +125,8 @@ def test_not_yaml_and_not_a_mapping() -> None:
     assert error_of("targets: [a\n").startswith("targets.yaml:2: not valid YAML")
     assert error_of("- 1\n") == "targets.yaml:1: expected a mapping with a targets: list, got a list"
     assert error_of("targets: []\n") == "targets.yaml:1 targets: expected a non-empty list of targets, got a list"
-    assert error_of("target: []\n").startswith("targets.yaml:1 target: unknown top-level key")
+    assert error_of("target: []\n") == ("targets.yaml:1 target: unknown top-level key; did you mean targets? known: "
+                                       "schema, defaults, targets")
 
 
 def test_unknown_target_in_select() -> None:

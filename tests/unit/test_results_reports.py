@@ -5,6 +5,7 @@ Golden files are regenerated with ``HARNESS_REGEN_GOLDEN=1 pytest tests/unit``, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import xml.etree.ElementTree as ET
@@ -152,6 +153,79 @@ def test_junit_golden_and_well_formed() -> None:
     cases = root.findall(".//testcase")
     assert [c.get("name") for c in cases] == ["go-2012-pre", "go-2012", "go-2012"]
     assert cases[0].find("failure") is not None and cases[2].find("skipped") is not None
+
+
+JUNIT_XSD = Path(__file__).parent.parent / "data" / "junit-10.xsd"  # its origin is noted inside
+
+
+def junit_schema() -> Any:
+    try:
+        import xmlschema
+    except ImportError:
+        skip_or_fail("xmlschema", "xmlschema not installed: pip install -e '.[test]' (./scripts/setup.sh does)")
+    return xmlschema.XMLSchema10(str(JUNIT_XSD))
+
+
+def three_policy_boot(log: Path) -> RunDocument:
+    """One 6 s boot of a target with all three policies: a failure, a pass, an observed result; then a
+    timed-out boot of another target and a skip."""
+    g = GuestRun({"go-2012": doc("go-2012", "fallback-32bit"),
+                  "go-2012-pre": doc("go-2012-pre", "crash", "runtime: oops"),
+                  "go-modern": doc("go-modern", "os-chosen")}, log, 6.0)
+    recs = [classify(UML, p, g) for p in ("go-2012-pre", "go-2012", "go-modern")]
+    slow = GuestRun({}, log, 30.0, timed_out=True)
+    recs.append(classify(dataclasses.replace(UML, name="uml-slow"), "go-2012", slow))
+    recs.append(Record("qemu-x", "qemu", "go-2012", Status.SKIP, None, None, None, None, None, 0.0, None,
+                       detail="qemu backend needs qemu-system-x86_64: install it"))
+    return RunDocument("r1", "2026-11-25T00:00:00+00:00", "2026-11-25T00:00:31.5+00:00", True, recs)
+
+
+def test_junit_validates_against_junit_10_xsd(tmp_path: Path) -> None:
+    # Was: "Element 'properties': This element is not expected" once per testcase (issue 16).
+    log = tmp_path / "uml.log"
+    # A console log holds what XML 1.0 cannot carry even escaped (terminal escapes, NUL): the failure's
+    # body quotes it, and one such character made the whole file unreadable.
+    log.write_bytes(b"booting\n\x1b[0m\x00 login: \xff\n")
+    schema = junit_schema()
+    for run in (three_policy_boot(log), sample_run(), RunDocument("e", "s", None, False, [])):
+        text = report.junit(run)
+        errors = [e.reason for e in schema.iter_errors(text)]
+        assert errors == [], errors
+    assert "\\x1b[0m\\x00 login: \\xff" in report.junit(three_policy_boot(log))
+
+
+def test_junit_time_is_each_results_share_of_its_boot(tmp_path: Path) -> None:
+    # Was: every testcase carried its whole boot, so three policies of a 6 s boot added up to 18 s.
+    root = ET.fromstring(report.junit(three_policy_boot(tmp_path / "uml.log")).split("\n", 1)[1])
+    suites = {s.get("name"): s for s in root.findall("testsuite")}
+    assert [c.get("time") for c in suites["uml"].findall("testcase")] == ["2.000", "2.000", "2.000"]
+    assert suites["uml"].get("time") == "6.000"
+    assert [c.get("time") for c in suites["uml-slow"].findall("testcase")] == ["30.000"]
+    assert root.get("time") == "31.500"  # the run's wall time
+    props = {p.get("name"): p.get("value") for p in suites["uml"].iter("property")}
+    assert props["boot_s"] == "6.000" and props["go-2012-pre.outcome"] == "crash: runtime: oops"
+    assert props["go-2012.fallback_engaged"] == "true" and props["go-modern.status"] == "observed"
+    assert all(c.find("properties") is None for c in root.iter("testcase"))
+
+
+def test_junit_failure_carries_the_detail_and_the_console_tail(tmp_path: Path) -> None:
+    # Was: a one-line reason and no console text.
+    log = tmp_path / "uml.log"
+    log.write_text("".join("line %d\n" % i for i in range(100)))
+    root = ET.fromstring(report.junit(three_policy_boot(log)).split("\n", 1)[1])
+    case = next(c for c in root.iter("testcase") if c.get("name") == "go-2012-pre")
+    failure = case.find("failure")
+    assert failure is not None
+    assert failure.get("message") == "expected crash: runtime: out of memory, got crash: runtime: oops"
+    body = (failure.text or "").splitlines()
+    assert body[0] == failure.get("message") and body.count(failure.get("message")) == 1
+    assert "console log: %s" % log in body and body[-1] == "line 99" and "line 59" not in body
+    assert "line 60" in body
+    out = case.findtext("system-out") or ""
+    assert "outcome: crash: runtime: oops" in out and "hint: 0xf800000000" in out
+    timeout = next(c for c in root.iter("testcase") if c.get("classname") == "arena-harness.uml-slow")
+    error = timeout.find("error")
+    assert error is not None and error.get("type") == "timeout" and "line 99" in (error.text or "")
 
 
 def test_run_document_round_trips_and_is_written_atomically(tmp_path: Path) -> None:

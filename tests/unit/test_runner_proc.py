@@ -7,7 +7,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import pytest
 
@@ -96,13 +96,14 @@ def test_a_backend_that_raises_while_provisioning_is_an_internal_error_not_an_in
 
 def test_parallel_jobs_keep_the_target_order(fake_backend: type, tmp_path: Path) -> None:
     ts = targets(fake_backend, "one:ok", "two:nothing", "three:ok", "four:panic")
-    seen: List[str] = []
+    seen: Dict[str, List[str]] = {}
     doc = runner.run(ts, artifacts=tmp_path, jobs=2, policies=["go-2012"],
-                     progress=lambda ev, t, msg, recs: seen.append("%s:%s" % (ev, t.name)))
+                     progress=lambda ev, t, msg, recs: seen.setdefault(t.name, []).append(
+                         ev + (":" + msg if ev == "phase" else "")))
     assert [r.target for r in doc.records] == ["one", "two", "three", "four"]
     assert [r.status for r in doc.records] == [Status.PASS, Status.ERROR, Status.PASS, Status.PANIC]
-    assert sorted(seen) == sorted(["start:%s" % n for n in ("one", "two", "three", "four")]
-                                  + ["done:%s" % n for n in ("one", "two", "three", "four")])
+    # Each target's events in order, its phases (for a live display) between its start and its result.
+    assert seen == {n: ["start", "phase:provision", "phase:boot", "done"] for n in ("one", "two", "three", "four")}
 
 
 def test_a_missing_default_tool_skips_with_the_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -159,9 +159,11 @@ BAD: List[tuple] = [
     (lambda d: d["results"][1].pop("status"), "[l1] results[1].status: missing"),
     (lambda d: d["results"][0].pop("target"), "results[0].target: missing"),
     (lambda d: d["results"][2].update(status="passed"),
-     '[qemu-x] results[2].status: unknown status "passed"; known: pass, observed, fail, disagree, error, timeout, panic, skip'),
+     '[qemu-x] results[2].status: unknown status "passed"; known: pass, observed, fail, disagree, error, timeout, '
+     'panic, skip'),
     (lambda d: d["results"][2].update(status=None),
-     "[qemu-x] results[2].status: unknown status null; known: pass, observed, fail, disagree, error, timeout, panic, skip"),
+     "[qemu-x] results[2].status: unknown status null; known: pass, observed, fail, disagree, error, timeout, "
+     "panic, skip"),
     (lambda d: d["results"][0].update(duration_s="3s"), '[l1] results[0].duration_s: expected a number, got a string'),
     # Python's JSON reads NaN and Infinity: was "expected a number, got a number".
     (lambda d: d["results"][0].update(duration_s=float("nan")),
@@ -331,3 +333,17 @@ def test_observed_counts_as_good_in_the_gate_in_diff_and_in_the_plugin(tmp_path:
     d = diff.compare(old, new)
     assert [c.kind for c in d.changes] == ["regression"] and [c.kind for c in diff.compare(new, old).changes] == ["fix"]
     check(observed)  # a pytest item for it passes
+
+
+def test_a_target_with_no_expect_is_a_survey_that_records_and_never_fails(
+        fake_backend: type, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # What the README says of a target with no expect: (issue 16 found it undocumented).
+    targets = tmp_path / "t.yaml"
+    targets.write_text("targets:\n  - name: survey\n    backend: fake\n    simulate: uml\n")
+    out = tmp_path / "r.json"
+    assert cli.main(["run", "--targets", str(targets), "--json", str(out), "-q",
+                     "--artifacts", str(tmp_path / "logs")]) == 0
+    assert "0 passed, 0 failed, 3 observed" in capsys.readouterr().out
+    recs = RunDocument.load(out).records
+    assert {r.status for r in recs} == {Status.OBSERVED}
+    assert any(r.outcome == "crash" for r in recs)  # UML refuses go-2012-pre's unchecked hint: a crash, observed
