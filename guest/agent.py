@@ -24,6 +24,15 @@ head kept); with ``--out`` the frames so far are also written to FILE
 A ``stream`` step (``arena-harness exec``) instead passes its output through
 as it comes, as lines ``@@ARENA-HARNESS-STREAM@@ o|e BASE64``: bytes survive a
 serial console that way, and stdout and stderr stay apart.
+
+With ``--serve`` (the pytest fixture ``harness_target``: one boot, many
+commands) the agent then prints ``@@ARENA-HARNESS-AGENT-READY@@ DIR`` and reads
+one JSON message a line from stdin (a console, a pipe, an SSH channel):
+``{"put": NAME, "data": BASE64, "last": true|false}`` writes a file into DIR (a
+fresh writable directory; ``{put}`` at the start of an argument names it),
+``{"step": {...}}`` runs a step and frames its result, ``{"bye": true}`` (or the
+end of stdin) ends the agent. Messages stay under 4 KiB a line: a console in
+canonical mode cuts longer lines.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ from typing import Any, Dict, List, Optional
 FRAME_BEGIN = "@@ARENA-HARNESS-RESULT-BEGIN@@"  # the allocator's markers (allocator.probe), the same bytes
 FRAME_END = "@@ARENA-HARNESS-RESULT-END@@"
 STREAM = "@@ARENA-HARNESS-STREAM@@"
+READY = "@@ARENA-HARNESS-AGENT-READY@@"
 AGENT_SCHEMA = 1
 CAPTURE_MAX = 512 * 1024  # per stream and step: a frame is one console line, which the host caps at 1 MiB
 STREAM_CHUNK = 3 * 1024  # bytes per stream line (4 KiB of base64)
@@ -70,13 +80,15 @@ def load_plan(path: str) -> List[Dict[str, Any]]:
     return steps
 
 
-def expand(argv: List[str], directory: str) -> List[str]:
+def expand(argv: List[str], directory: str, put: Optional[str] = None) -> List[str]:
     out = []
     for a in argv:
         if a == "{python}":
             a = sys.executable or "python3"
         elif a.startswith("{dir}"):
             a = directory + a[len("{dir}"):]
+        elif a.startswith("{put}") and put is not None:
+            a = put + a[len("{put}"):]
         out.append(a)
     return out
 
@@ -118,9 +130,10 @@ def _emit_stream(kind: str, data: bytes) -> None:
     sys.stdout.flush()
 
 
-def run_step(step: Dict[str, Any], directory: str, via: Optional[List[str]] = None) -> Dict[str, Any]:
+def run_step(step: Dict[str, Any], directory: str, via: Optional[List[str]] = None,
+             put: Optional[str] = None) -> Dict[str, Any]:
     """Run one step to its end: its result, never an exception (a program that cannot start is a result)."""
-    argv = expand(step["argv"], directory)
+    argv = expand(step["argv"], directory, put)
     missing = None
     if via:  # the emulator would fail with a bare exit status 1: say why, as exec(2) would
         argv = shebang(argv)
@@ -196,6 +209,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--plan", required=True, help="the plan (JSON); its directory holds the delivered files")
     p.add_argument("--out", metavar="FILE", help="also write the results so far to FILE after each step")
     p.add_argument("--via", metavar="COMMAND", help="run every step's program through this command (an emulator)")
+    p.add_argument("--serve", action="store_true", help="then run the messages read from stdin (one JSON a line)")
     args = p.parse_args(argv)
     try:
         steps = load_plan(args.plan)
@@ -203,14 +217,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("agent: %s" % e, file=sys.stderr)
         return 2
     directory = os.path.dirname(os.path.abspath(args.plan))
+    via = shlex.split(args.via) if args.via else None
     done: List[Dict[str, Any]] = []
     status = 0
     for step in steps:
-        result = run_step(step, directory, shlex.split(args.via) if args.via else None)
+        result = run_step(step, directory, via)
         done.append(result)
-        sys.stdout.write("%s\n%s\n%s\n" % (FRAME_BEGIN, json.dumps({"agent": AGENT_SCHEMA, "step": result},
-                                                                   separators=(",", ":")), FRAME_END))
-        sys.stdout.flush()
+        _frame(result)
         if args.out:
             try:
                 _write_out(args.out, done)
@@ -219,7 +232,91 @@ def main(argv: Optional[List[str]] = None) -> int:
                 args.out = None
         if step.get("stream"):
             status = result["returncode"] if result["returncode"] is not None else 128 + _signum(result["signal"])
+    if args.serve:
+        return serve(directory, via, args.out)
     return status
+
+
+def _frame(result: Dict[str, Any]) -> None:
+    sys.stdout.write("%s\n%s\n%s\n" % (FRAME_BEGIN, json.dumps({"agent": AGENT_SCHEMA, "step": result},
+                                                               separators=(",", ":")), FRAME_END))
+    sys.stdout.flush()
+
+
+def _workdir(out: Optional[str]) -> str:
+    """A fresh directory this agent may write and run programs from: TMPDIR or /tmp, else where its
+    results go (a UML guest's read-only root has only its results share)."""
+    for base in (os.environ.get("TMPDIR"), "/tmp", os.path.dirname(os.path.abspath(out)) if out else None):
+        if base and os.access(base, os.W_OK | os.X_OK):
+            try:
+                return tempfile.mkdtemp(prefix="arena-put-", dir=base)
+            except OSError:
+                continue
+    raise PlanError("no writable directory for delivered files (tried TMPDIR, /tmp and the results directory)")
+
+
+def _raw_console() -> None:
+    """A console's line discipline echoes input and cuts lines at 4 KiB: serve from it raw and silent."""
+    try:
+        import termios
+
+        if os.isatty(0):
+            attrs = termios.tcgetattr(0)
+            attrs[3] &= ~(termios.ECHO | termios.ECHONL | termios.ICANON | termios.ISIG | termios.IEXTEN)
+            attrs[0] &= ~(termios.IXON | termios.ICRNL | termios.INLCR | termios.IGNCR)
+            attrs[6][termios.VMIN], attrs[6][termios.VTIME] = 1, 0
+            termios.tcsetattr(0, termios.TCSANOW, attrs)
+    except (ImportError, OSError) as e:  # termios.error is an OSError
+        print("agent: the console stays as it is: %s" % e, file=sys.stderr)
+
+
+def serve(directory: str, via: Optional[List[str]], out: Optional[str]) -> int:
+    """Read messages from stdin until ``bye`` or its end (see the module's docstring)."""
+    try:
+        put = _workdir(out)
+    except PlanError as e:
+        print("agent: %s" % e, file=sys.stderr)
+        return 2
+    _raw_console()
+    sys.stdout.write("%s %s\n" % (READY, put))
+    sys.stdout.flush()
+    files: Dict[str, Any] = {}
+    for raw in sys.stdin:
+        raw = raw.strip()
+        if not raw.startswith("{"):
+            continue  # a console's noise
+        try:
+            msg = json.loads(raw)
+        except ValueError:
+            print("agent: a message that is not JSON (%d bytes)" % len(raw), file=sys.stderr)
+            continue
+        if not isinstance(msg, dict):
+            continue
+        if msg.get("bye"):
+            break
+        if "put" in msg:
+            # Each chunk is acknowledged: the sender waits for it, so a console's input buffer never
+            # overflows (it drops what does not fit).
+            name = str(msg["put"])
+            try:
+                if "/" in name or name in (".", "..") or not name:
+                    raise ValueError("a file name must be a plain name")
+                f = files.get(name) or open(os.path.join(put, name), "wb")
+                files[name] = f
+                f.write(base64.b64decode(str(msg.get("data") or ""), validate=True))
+                if msg.get("last"):
+                    f.close()
+                    os.chmod(os.path.join(put, name), 0o555)
+                    del files[name]
+                print("%s put %s %s" % (READY, name, msg.get("seq")))
+            except (ValueError, OSError) as e:  # binascii.Error is a ValueError
+                print("%s put-error %s %s" % (READY, name, str(e).replace("\n", " ")[:200]))
+            sys.stdout.flush()
+        elif isinstance(msg.get("step"), dict) and isinstance(msg["step"].get("argv"), list):
+            step = msg["step"]
+            step.setdefault("name", "step")
+            _frame(run_step(step, directory, via, put))
+    return 0
 
 
 def _signum(name: Optional[str]) -> int:

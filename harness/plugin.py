@@ -1,4 +1,8 @@
-"""The pytest plugin (entry point ``pytest11``): one test item per (target, policy).
+"""The pytest plugin (entry point ``pytest11``): one test item per (target, policy), or per target.
+
+A test that asks for ``harness_target`` is parametrized over every selected target instead and gets
+a :class:`harness.session.Session`: the target booted once per session, running commands
+(``harness_target.run("uname -r")``), as testinfra's ``host.run`` does.
 
 A test that asks for the ``harness_result`` fixture is parametrized over every
 selected target and policy; each item carries its backend's name and the
@@ -17,7 +21,7 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
@@ -25,6 +29,7 @@ from allocator.probe import expand_policies
 from harness import backends, config, results, runner
 from harness.errors import HarnessError
 from harness.model import Record, Status, Target, TargetSet, outcome_text
+from harness.session import Session
 from harness.verdict import REQUIRE_ENV, require_list, required  # one meaning of HARNESS_REQUIRE, as in the CLI
 
 
@@ -148,9 +153,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    state = metafunc.config.stash[STATE]
+    if "harness_target" in metafunc.fixturenames:
+        params = []
+        for target in state.selected():
+            tmarks: List[Any] = [getattr(pytest.mark, m) for m in target.all_markers]
+            tmarks += [pytest.mark.harness_target(target.name), pytest.mark.xdist_group(target.name)]
+            params.append(pytest.param(target, id=target.name, marks=tmarks))
+        metafunc.parametrize("harness_target", params, indirect=True, scope="session")
     if "harness_result" not in metafunc.fixturenames:
         return
-    state = metafunc.config.stash[STATE]
     params = []
     for target in state.selected():
         for policy in runner.policies_for(target, state.policies):
@@ -173,6 +185,27 @@ def harness_result(request: pytest.FixtureRequest) -> Record:
     if not recs:
         pytest.fail("%s/%s produced no record" % (target.name, policy), pytrace=False)
     return recs[0]
+
+
+@pytest.fixture(scope="session")
+def harness_target(request: pytest.FixtureRequest) -> Iterator[Session]:
+    """One target, booted once per session (per xdist worker) and serving commands: ``.run(cmd)`` with a
+    shell command line, an argv list or a host file (a ``Path``), returning ``returncode``, ``stdout`` and
+    ``stderr`` (see :mod:`harness.session`)."""
+    target: Target = request.param
+    missing = backends.get(target.backend)(target).missing()
+    if missing is not None:
+        skip_or_fail(target.backend, str(missing))
+    state = request.config.stash[STATE]
+    artifacts = state.artifacts if state.artifacts else \
+        state.shared_dir(request.getfixturevalue("tmp_path_factory")) / "sessions"
+    session = Session(target, artifacts)
+    try:
+        session.open()
+    except HarnessError as e:
+        pytest.fail(str(e), pytrace=False)
+    yield session
+    session.close()
 
 
 def check(record: Record) -> None:

@@ -421,6 +421,12 @@ class Running:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
+    def write(self, data: bytes) -> None:
+        """To the child's stdin (started with ``stdin=True``); a child that is gone raises OSError."""
+        assert self.popen.stdin is not None, "started without stdin=True"
+        self.popen.stdin.write(data)
+        self.popen.stdin.flush()
+
     def wait_for(self, predicate: Callable[[str], bool], timeout: float) -> Optional[str]:
         """The first line (seen so far or later) for which ``predicate`` holds, or None at the deadline
         or when the process ends first."""
@@ -468,9 +474,10 @@ def start(
     user: Optional[int] = None,
     group: Optional[int] = None,
     capture: bool = True,
+    stdin: bool = False,
 ) -> "Running | Completed":
     """Start ``argv`` in a new session; a Completed (``started=False``) if it could not be started, or if
-    the harness is stopping."""
+    the harness is stopping. With ``stdin``, its standard input is a pipe (:meth:`Running.write`)."""
     argv = [str(a) for a in argv]
     log: Optional[IO[str]] = None
     if log_path is not None:
@@ -485,7 +492,7 @@ def start(
     def fork() -> "subprocess.Popen[bytes]":
         return subprocess.Popen(
             argv,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -531,6 +538,7 @@ def run(
     group: Optional[int] = None,
     capture: bool = True,
     silence: Optional[float] = None,
+    on_start: Optional[Callable[["Running"], None]] = None,
 ) -> Completed:
     """Run ``argv`` with a deadline, streaming its output to ``log_path``.
 
@@ -538,12 +546,16 @@ def run(
     ``after_stop_request`` seconds to end by itself (a kernel that panicked may
     still be printing), then is stopped. Output keeps being collected. With
     ``silence``, a process that prints nothing for that many seconds is stopped
-    as "silent" (a watchdog for guests that hang without a word).
+    as "silent" (a watchdog for guests that hang without a word). With
+    ``on_start``, its stdin is a pipe and ``on_start`` gets the started child.
     """
     began = time.monotonic()
-    r = start(argv, log_path=log_path, env=env, cwd=cwd, watch=watch, user=user, group=group, capture=capture)
+    r = start(argv, log_path=log_path, env=env, cwd=cwd, watch=watch, user=user, group=group, capture=capture,
+              stdin=on_start is not None)
     if isinstance(r, Completed):
         return r
+    if on_start is not None:  # a session writes to its stdin (harness.session)
+        on_start(r)
     deadline = began + timeout
     timed_out = False
     stopped: Optional[str] = None

@@ -74,6 +74,10 @@ class RunContext:
     deadline: Deadline  # the boot's one deadline (the runner's); a number of seconds starts one now
     job: Optional[probing.Job] = None  # what the agent runs; by default the named probes (no go binary)
     on_line: Optional[Callable[[str], None]] = None  # sees each line of the guest's output as it comes
+    # a session (harness.session): the agent serves messages from its stdin, and the backend hands this
+    # a function that writes to that stdin, and one that stops the boot, once the agent's process or
+    # channel is up
+    on_stdin: Optional[Callable[[Callable[[bytes], None], Callable[[], None]], None]] = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.deadline, Deadline):
@@ -263,7 +267,11 @@ class Backend(Generic[OptionsT]):
     def spawn(self, ctx: RunContext, argv: List[str], **kw: Any) -> proc.Completed:
         """Start the boot's process: the target's deadline and watchdog, the console log, the boot's dir."""
         kw.setdefault("cwd", ctx.workdir)
-        return proc.run(argv, timeout=ctx.deadline.left(), log_path=ctx.log_path, silence=self.target.watchdog, **kw)
+        if ctx.on_stdin is not None:
+            on_stdin = ctx.on_stdin
+            kw["on_start"] = lambda running: on_stdin(running.write, lambda: proc.stop(running.popen, 1.0))
+        return proc.run(argv, timeout=ctx.deadline.left(), log_path=ctx.log_path,
+                        silence=None if ctx.on_stdin else self.target.watchdog, **kw)
 
     @staticmethod
     def agent_args(directory: str, via: Optional[List[str]] = None) -> List[str]:
@@ -271,6 +279,11 @@ class Backend(Generic[OptionsT]):
         (``via``: the emulator every step's program runs through, see :mod:`guest.agent`)."""
         args = [directory + "/" + probing.PAYLOAD, "agent", "--plan", directory + "/" + probing.PLAN]
         return args + (["--via", shlex.join(via)] if via else [])
+
+    @staticmethod
+    def serve_args(ctx: RunContext) -> List[str]:
+        """``--serve`` when the boot is a session's (the agent then reads messages from its stdin)."""
+        return ["--serve"] if ctx.on_stdin is not None else []
 
     def watcher(self, ctx: RunContext) -> Callable[[str], Optional[str]]:
         """:meth:`done_watcher`, also handing each line to ``ctx.on_line`` (``exec`` streams through it)."""

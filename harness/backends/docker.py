@@ -198,7 +198,7 @@ class DockerBackend(Backend[DockerOptions]):
                 "arena-harness.owner": owner_label()}
 
     def command(self, ctx: RunContext) -> List[str]:
-        return ["python3"] + self.agent_args("/probe")
+        return ["python3"] + self.agent_args("/probe") + self.serve_args(ctx)
 
     def execute(self, ctx: RunContext) -> proc.Completed:
         if self._run_image is None:
@@ -227,7 +227,14 @@ class DockerBackend(Backend[DockerOptions]):
                     user="65534:65534",  # nobody: root in the container is never needed
                     environment={"PYTHONDONTWRITEBYTECODE": "1", "LC_ALL": "C", "HOME": "/"},
                     labels=self.labels(ctx.run_id),
+                    # a session's agent keeps the files it is sent in /tmp (the root stays read-only)
+                    tmpfs={"/tmp": "rw,exec,nosuid,nodev,size=256m"} if ctx.on_stdin else {},
+                    stdin_open=ctx.on_stdin is not None,
                 )
+                if ctx.on_stdin is not None:  # a session: its messages go to the agent's stdin
+                    sock = self._container.attach_socket(params={"stdin": 1, "stream": 1})
+                    raw = getattr(sock, "_sock", sock)
+                    ctx.on_stdin(raw.sendall, self._container.kill)
             except Exception as e:  # noqa: BLE001 - docker.errors.APIError and friends
                 raise HarnessError("docker: cannot start a container from %s: %s" % (self._image, e)) from None
             # Followed as it comes (``exec`` streams it) and capped: a container that printed 400 MB must not

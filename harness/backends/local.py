@@ -86,7 +86,8 @@ class LocalBackend(Backend[LocalOptions]):
         if self.options.suite and self._root is None:
             self.provision(images.Cache(), lambda msg: None)
         python = "/usr/bin/python3" if self.options.suite else (self.interpreter() or self.options.python)
-        return self.jailed(ctx, self.view(ctx), [python] + self.agent_args(jail.guest_path("boot")))
+        return self.jailed(ctx, self.view(ctx), [python] + self.agent_args(jail.guest_path("boot")) +
+                           self.serve_args(ctx))
 
     def execute(self, ctx: RunContext) -> proc.Completed:
         env = {"PATH": VIEW_PATH, "PYTHONDONTWRITEBYTECODE": "1", "LC_ALL": "C", "HOME": "/tmp"}

@@ -318,7 +318,9 @@ class NinePBoot(Boot):
             data = path.read_bytes()
             total += len(data)
             per_boot.file("payload/files/" + name, data, mode=probing.file_mode(name, path))
-        per_boot.file("payload/tmp_mib", b"%d\n" % (16 + total // MiB))
+        # a session's agent also keeps the files it is sent in /tmp
+        per_boot.file("payload/tmp_mib", b"%d\n" % ((256 if ctx.on_stdin else 16) + total // MiB))
+        per_boot.file("payload/agent_args", (" ".join(self.m.serve_args(ctx)) + "\n").encode())
         with open(ctx.workdir / "initrd", "wb") as f:
             with open(self.m._initramfs, "rb") as base:
                 shutil.copyfileobj(base, f)
@@ -430,8 +432,8 @@ class DiskBoot(Boot):
                 host="127.0.0.1", port=port, user="root", key_file=str(self._disk / "id_ed25519"), use_agent=False,
                 known_hosts=str(known), connect_timeout=Seconds(min(30.0, ctx.deadline.left(at_least=1.0)))))
             try:
-                done = channel.run(["python3"] + self.m.agent_args("{dir}"), ctx.deadline, ctx.log_path, ctx.files,
-                                   on_line=ctx.on_line)
+                done = channel.run(["python3"] + self.m.agent_args("{dir}") + self.m.serve_args(ctx), ctx.deadline, ctx.log_path, ctx.files,
+                                   on_line=ctx.on_line, on_stdin=ctx.on_stdin)
             finally:
                 channel.close()
             lines = list(vm.lines) + done.lines

@@ -88,7 +88,8 @@ class QemuUserBackend(Backend[QemuUserOptions]):
         emulate = [jail.guest_path("qemu"), "-L", "/"]
         if self.options.reserved_va is not None:
             emulate += ["-R", str(int(self.options.reserved_va))]
-        argv = emulate + ["/usr/bin/python3"] + self.agent_args(jail.guest_path("boot"), via=emulate)
+        argv = emulate + ["/usr/bin/python3"] + self.agent_args(jail.guest_path("boot"), via=emulate) + \
+            self.serve_args(ctx)
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONDONTWRITEBYTECODE": "1", "LC_ALL": "C",
                "HOME": "/tmp"}
         return self.spawn(ctx, self.jailed(ctx, view, argv), env=env, watch=self.watcher(ctx))

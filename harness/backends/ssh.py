@@ -172,13 +172,16 @@ class SshChannel:
         except OSError as e:
             raise SshError("%s: %s" % (self.where, e.strerror or e)) from None
 
-    def _exec(self, command: str, timeout: float,
-              sink: Optional[Callable[[bytes], None]] = None) -> Tuple[int, str, str, bool]:
+    def _exec(self, command: str, timeout: float, sink: Optional[Callable[[bytes], None]] = None,
+              on_stdin: Optional[Callable[[Callable[[bytes], None], Callable[[], None]], None]] = None
+              ) -> Tuple[int, str, str, bool]:
         """Run a remote command with a deadline: (status, stdout, stderr, timed_out). With ``sink``, its
         output (stdout, then stderr as it comes) goes there instead, and the strings are empty."""
         chan = self._client.get_transport().open_session(timeout=timeout)
         chan.settimeout(0.2)
         chan.exec_command(command)
+        if on_stdin is not None:
+            on_stdin(chan.sendall, chan.close)
         out: List[bytes] = []
         err: List[bytes] = []
         deadline = time.monotonic() + timeout
@@ -208,7 +211,9 @@ class SshChannel:
             b"".join(err).decode(errors="backslashreplace"), False
 
     def run(self, argv: List[str], deadline: Deadline, log_path: Path, files: Dict[str, Path],
-            on_line: Optional[Callable[[str], Any]] = None) -> proc.Completed:
+            on_line: Optional[Callable[[str], Any]] = None,
+            on_stdin: Optional[Callable[[Callable[[bytes], None], Callable[[], None]], None]] = None
+            ) -> proc.Completed:
         """Put ``files`` (name -> host file) into a fresh remote directory and run ``argv`` there (``{dir}``
         at the start of an argument is that directory); ``on_line`` sees each line of output as it comes."""
         start = time.monotonic()
@@ -240,7 +245,7 @@ class SshChannel:
             log.write("$ ssh %s %s\n" % (self.where, command))
             # Streamed and capped like any guest's output (stdout and stderr interleaved as they come).
             capture = proc.LineCapture(log, on_line)
-            status, _, _, timed_out = self._exec(command, remaining, sink=capture.feed)
+            status, _, _, timed_out = self._exec(command, remaining, sink=capture.feed, on_stdin=on_stdin)
             lines = capture.close()
             if timed_out:
                 log.write("[harness] deadline of %.1fs reached: channel closed\n" % deadline.seconds)
@@ -290,8 +295,8 @@ class SshBackend(Backend[SshOptions]):
 
     def execute(self, ctx: RunContext) -> proc.Completed:
         self._channel = SshChannel(self.options)
-        return self._channel.run([self.options.python] + self.agent_args("{dir}"), ctx.deadline, ctx.log_path,
-                                 ctx.files, on_line=ctx.on_line)
+        return self._channel.run([self.options.python] + self.agent_args("{dir}") + self.serve_args(ctx), ctx.deadline, ctx.log_path,
+                                 ctx.files, on_line=ctx.on_line, on_stdin=ctx.on_stdin)
 
     def shutdown(self) -> None:
         if self._channel is not None:

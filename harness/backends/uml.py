@@ -133,7 +133,8 @@ class UmlBackend(Backend[UmlOptions]):
         boot = self.boot_dir(ctx)
         (boot / "share").mkdir(mode=0o755)  # where the guest mounts its results directory
         self.results_dir(ctx)
-        command = shlex.join([self.options.python] + self.agent_args(jail.guest_path("boot")))
+        command = shlex.join([self.options.python] + self.agent_args(jail.guest_path("boot")) +
+                           self.serve_args(ctx))
         init = boot / "init.sh"
         init.write_text(
             INIT.format(

@@ -25,7 +25,7 @@ cp -R -p /payload/files /host/tmp/arena || fail "cannot copy the job's files"  #
 OUT=""
 if mount -t 9p -o "$P9" out /host/mnt 2>/dev/null; then OUT="--out /mnt/result.json"; fi
 chroot /host /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin PYTHONDONTWRITEBYTECODE=1 HOME=/ LC_ALL=C \
-    python3 /tmp/arena/allocator.pyz agent --plan /tmp/arena/plan.json $OUT
+    python3 /tmp/arena/allocator.pyz agent --plan /tmp/arena/plan.json $OUT $(cat /payload/agent_args)
 echo "@@ARENA-HARNESS-DONE@@ rc=$?"
 umount /host/mnt 2>/dev/null
 sync

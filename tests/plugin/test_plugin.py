@@ -145,3 +145,51 @@ def test_an_unknown_harness_require_value_is_a_usage_error(inner: pytest.Pyteste
     monkeypatch.setenv("HARNESS_REQUIRE", "LAB")  # any case, as the CLI's gate reads it
     r = inner.runpytest(*args("-k", "notool"))
     r.assert_outcomes(errors=1, deselected=4)
+
+
+SESSION_TEST = """\
+from pathlib import Path
+
+
+def test_ask_the_target(harness_target):
+    r = harness_target.run("echo out; echo err >&2; exit 3")
+    assert (r.returncode, r.stdout, r.stderr) == (3, "out\\n", "err\\n")
+    assert harness_target.run(["uname", "-s"]).stdout == "Linux\\n"
+
+
+def test_a_host_file_is_sent_and_run(harness_target, tmp_path):
+    script = tmp_path / "s.sh"
+    script.write_text("#!/bin/sh\\necho from-a-file $$\\n")
+    r = harness_target.run(Path(script))
+    assert r.returncode == 0 and r.stdout.startswith("from-a-file ")
+
+
+def test_booted_once(harness_target):
+    # the same agent serves every test of the session: its PID namespace's counter only grows
+    first = int(harness_target.run("echo $$").stdout)
+    assert int(harness_target.run("echo $$").stdout) > first
+"""
+
+
+def test_harness_target_boots_each_target_once_and_runs_commands(inner: pytest.Pytester) -> None:
+    """A real local target and a real UML one, booted once each for three tests, commands run in them."""
+    inner.makefile(".yaml", targets="""\
+targets:
+  - name: here
+    backend: local
+  - name: um
+    backend: uml
+""")
+    inner.makepyfile(test_inner=SESSION_TEST)
+    from harness import backends, config
+
+    uml = config.parse("targets:\n  - name: um\n    backend: uml\n").targets[0]
+    missing = backends.get("uml")(uml).missing()
+    if missing is not None:
+        from harness.plugin import skip_or_fail
+
+        skip_or_fail("uml", str(missing))
+    result = inner.runpytest(*args("-v", "--harness-artifacts", str(inner.path / "art")))
+    result.assert_outcomes(passed=6)
+    logs = list((inner.path / "art").rglob("um.log"))
+    assert len(logs) == 1, logs  # one boot of the UML target served its three tests
