@@ -64,8 +64,8 @@ def table(doc: RunDocument, color: bool = False) -> str:
             "%.1fs" % r.duration_s,
         ])
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    colors = {"pass": "32", "observed": "36", "fail": "31", "error": "31", "timeout": "33", "panic": "35",
-              "skip": "2"}
+    colors = {"pass": "32", "observed": "36", "fail": "31", "disagree": "95", "error": "31", "timeout": "33",
+              "panic": "35", "skip": "2"}
 
     def fmt(row: List[str], is_header: bool = False) -> str:
         cells = []
@@ -273,11 +273,15 @@ def grid(doc: RunDocument) -> Tuple[List[str], Dict[str, Dict[str, Record]]]:
     return policies, cells
 
 
+# A status as the Markdown reports show it (every status has one: a missing one was a KeyError).
+_MD_ICON = {"pass": "✅", "observed": "🔍", "fail": "❌", "disagree": "⚖️", "error": "⚠️", "timeout": "⏱️",
+            "panic": "💥", "skip": "⏭️"}
+
+
 def markdown(doc: RunDocument) -> str:
     """A targets x policies grid and the notes, for a CI job summary."""
     policies, cells = grid(doc)
-    icon = {"pass": "✅", "observed": "🔍", "fail": "❌", "error": "⚠️", "timeout": "⏱️", "panic": "💥",
-            "skip": "⏭️"}
+    icon = _MD_ICON
     md = markdown_text  # every cell holds text from the results file, much of it from guests
     lines = ["# arena-harness run %s" % md(doc.run_id), "", md(summary_line(doc)), ""]
     lines.append("| target | kernel | " + " | ".join(md(p) for p in policies) + " |")
