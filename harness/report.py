@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from harness.files import write_atomically
-from harness.model import Record, Status, outcome_text
+from harness.model import MODELS, Record, Status, outcome_text
 from harness.results import RunDocument
 
 _BOOL = {True: "yes", False: "no", None: "-"}
@@ -64,8 +65,8 @@ def table(doc: RunDocument, color: bool = False) -> str:
             "%.1fs" % r.duration_s,
         ])
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    colors = {"pass": "32", "observed": "36", "fail": "31", "error": "31", "timeout": "33", "panic": "35",
-              "skip": "2"}
+    colors = {"pass": "32", "observed": "36", "fail": "31", "disagree": "95", "error": "31", "timeout": "33",
+              "panic": "35", "skip": "2"}
 
     def fmt(row: List[str], is_header: bool = False) -> str:
         cells = []
@@ -82,6 +83,7 @@ def table(doc: RunDocument, color: bool = False) -> str:
         out.append("")
         for r in notes:
             out.append("%s/%s: %s: %s" % (r.target, r.policy, r.status.value, r.detail))
+    out += agreement_lines(doc)
     out.append("")
     out.append(summary_line(doc))
     return "\n".join(out)
@@ -273,11 +275,15 @@ def grid(doc: RunDocument) -> Tuple[List[str], Dict[str, Dict[str, Record]]]:
     return policies, cells
 
 
+# A status as the Markdown reports show it (every status has one: a missing one was a KeyError).
+_MD_ICON = {"pass": "✅", "observed": "🔍", "fail": "❌", "disagree": "⚖️", "error": "⚠️", "timeout": "⏱️",
+            "panic": "💥", "skip": "⏭️"}
+
+
 def markdown(doc: RunDocument) -> str:
     """A targets x policies grid and the notes, for a CI job summary."""
     policies, cells = grid(doc)
-    icon = {"pass": "✅", "observed": "🔍", "fail": "❌", "error": "⚠️", "timeout": "⏱️", "panic": "💥",
-            "skip": "⏭️"}
+    icon = _MD_ICON
     md = markdown_text  # every cell holds text from the results file, much of it from guests
     lines = ["# arena-harness run %s" % md(doc.run_id), "", md(summary_line(doc)), ""]
     lines.append("| target | kernel | " + " | ".join(md(p) for p in policies) + " |")
@@ -289,12 +295,301 @@ def markdown(doc: RunDocument) -> str:
             cell = by_policy.get(p)
             row.append("%s %s" % (icon[cell.status.value], md(_outcome(cell))) if cell else "")
         lines.append("| %s | %s | %s |" % (md(target), md(kernel), " | ".join(row)))
+    lines += markdown_runtimes(doc)
     notes = [r for r in doc.records if r.status != Status.PASS and r.detail]
     if notes:
         lines += ["", "## Notes", ""]
         lines += ["- **%s / %s** (%s): %s" % (md(r.target), md(r.policy), r.status.value, md(r.detail))
                   for r in notes]
     return "\n".join(lines) + "\n"
+
+
+# -- the model beside the runtime it models, and the JVM --------------------------------------------
+
+_RUNTIME_NAMES = {"go": "Go", "jvm": "JVM"}
+
+
+def runtime_name(probe: str) -> str:
+    """A runtime probe's name as people write it (``go`` -> ``Go``)."""
+    return _RUNTIME_NAMES.get(probe, probe)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One target's model result beside the real runtime's: either record may be missing. ``agree`` is
+    the run's own judgement (``results.judge_agreement`` puts it on both records): True, False, or None
+    when the two were not compared (one did not run or gave no outcome)."""
+
+    target: str
+    model: str  # the model policy's name (go-modern)
+    runtime: str  # the runtime probe's name (go)
+    model_record: Optional[Record]
+    runtime_record: Optional[Record]
+    agree: Optional[bool]
+
+    @property
+    def failed(self) -> bool:
+        """A disagreement, or either record failed: its row comes first and is marked."""
+        return self.agree is False or any(r is not None and r.status in _FAILED
+                                          for r in (self.model_record, self.runtime_record))
+
+    def reason(self) -> str:
+        """Why the two were not compared (for ``agree`` None)."""
+        for name, r in ((self.model, self.model_record), (self.runtime, self.runtime_record)):
+            if r is None:
+                return "%s did not run" % name
+            if r.outcome is None:
+                return "%s: %s" % (name, said(r))
+        return "no agreement recorded"  # both have outcomes: a results file written before agreement existed
+
+
+def _agree(r: Optional[Record], other: str) -> Optional[bool]:
+    """What ``r``'s agreement says of it and ``other`` (read with care: a results file may hold anything)."""
+    a = r.agreement if r is not None else None
+    if isinstance(a, dict) and a.get("with") == other and isinstance(a.get("agree"), bool):
+        return bool(a["agree"])
+    return None
+
+
+def comparisons(doc: RunDocument) -> List[Tuple[str, str, List[Comparison]]]:
+    """Per model policy and the runtime it models (``model.MODELS``) that ran in this document: one
+    comparison per target where the runtime ran (a skip or an error included: it was asked to run), or
+    where an agreement was recorded. A target that never asked for the runtime is left out: nothing
+    was missed there."""
+    out: List[Tuple[str, str, List[Comparison]]] = []
+    for model, runtime in MODELS.items():
+        by_target: Dict[str, Dict[str, Record]] = {}
+        for r in doc.records:
+            if r.policy in (model, runtime):
+                by_target.setdefault(r.target, {})[r.policy] = r
+        comps = []
+        for target, recs in by_target.items():
+            m, rt = recs.get(model), recs.get(runtime)
+            agree = _agree(m, runtime)
+            if agree is None:
+                agree = _agree(rt, model)
+            if rt is not None or agree is not None:
+                comps.append(Comparison(target, model, runtime, m, rt, agree))
+        if comps:
+            out.append((model, runtime, comps))
+    return out
+
+
+def said(r: Optional[Record]) -> str:
+    """What a result says, for a comparison: its outcome (a crash with its message), else its status
+    and why (``error: no result for this policy``), else that it did not run."""
+    if r is None:
+        return "did not run"
+    if r.outcome is not None:
+        return _outcome(r)
+    return r.status.value + (": %s" % r.detail if r.detail else "")
+
+
+def agreement_summary(comps: Sequence[Comparison]) -> str:
+    """``N targets agree, M disagree`` (``1 target agrees, 1 disagrees``), and ``, K not compared`` when
+    there are any."""
+    agree = sum(1 for c in comps if c.agree is True)
+    disagree = sum(1 for c in comps if c.agree is False)
+    text = "%d target%s %s, %d %s" % (agree, "" if agree == 1 else "s", "agrees" if agree == 1 else "agree",
+                                      disagree, "disagrees" if disagree == 1 else "disagree")
+    unknown = len(comps) - agree - disagree
+    return text + (", %d not compared" % unknown if unknown else "")
+
+
+def _failures_first(comps: Sequence[Comparison]) -> List[Comparison]:
+    """Disagreements first, then the other failures, then the rest, each in the run's order."""
+    return sorted(comps, key=lambda c: 0 if c.agree is False else 1 if c.failed else 2)
+
+
+def agreement_lines(doc: RunDocument) -> List[str]:
+    """The block under the terminal table: per model and runtime, how many targets agree, then each
+    disagreement (the model's outcome and the runtime's, crash messages word for word) and each target
+    where they could not be compared. Empty when no runtime ran."""
+    out: List[str] = []
+    for _model, runtime, comps in comparisons(doc):
+        name = runtime_name(runtime)
+        out.append("model and real %s: %s" % (name, agreement_summary(comps)))
+        out += ["  %s: model says %s, %s says %s" % (c.target, said(c.model_record), name, said(c.runtime_record))
+                for c in comps if c.agree is False]
+        out += ["  %s: not compared: %s" % (c.target, c.reason()) for c in comps if c.agree is None]
+    return [""] + out if out else []
+
+
+def blocks_grown(r: Optional[Record]) -> Optional[int]:
+    """How many steps of the growth plan succeeded (``ok: true`` in the probe document's ``growth``): the
+    blocks the heap grew by. None when the document has no growth list."""
+    growth = (r.probe or {}).get("growth") if r is not None else None
+    if not isinstance(growth, list):
+        return None
+    return sum(1 for step in growth if isinstance(step, dict) and step.get("ok") is True)
+
+
+def first_arena(r: Optional[Record]) -> Optional[str]:
+    """Where the runtime's heap began (``heap.arena_start`` of its probe document), or None."""
+    heap = (r.probe or {}).get("heap") if r is not None else None
+    start = heap.get("arena_start") if isinstance(heap, dict) else None
+    return start if isinstance(start, str) else None
+
+
+def _grown_pair(c: Comparison) -> str:
+    return " / ".join("-" if n is None else str(n) for n in (blocks_grown(c.model_record),
+                                                             blocks_grown(c.runtime_record)))
+
+
+def size_text(n: int) -> str:
+    """A byte count as people read it: ``1 GiB``, ``5.9 GiB``, ``118 MiB``, ``4 KiB``."""
+    for unit, name in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if n >= unit:
+            return "%d %s" % (n // unit, name) if n % unit == 0 or unit < 1 << 30 else "%.1f %s" % (n / unit, name)
+    return "%d B" % n
+
+
+def heap_range(r: Record) -> Optional[Tuple[str, str, str]]:
+    """The JVM's reserved heap (start, end, size) from its probe document, or None (it did not start)."""
+    heap = (r.probe or {}).get("heap")
+    if not isinstance(heap, dict):
+        return None
+    start, end = _addr(heap.get("arena_start")), _addr(heap.get("arena_end"))
+    if start is None or end is None or end < start:
+        return None
+    return hex(start), hex(end), size_text(end - start)
+
+
+def jvm_said(r: Record) -> str:
+    """The JVM's outcome: its message word for word for a crash, or the signal that killed it when it
+    said nothing (a very small address space), or why there is no outcome."""
+    facts = (r.probe or {}).get("facts") or {}
+    sig = facts.get("signal") if isinstance(facts, dict) else None
+    if r.outcome == "crash" and not r.crash and isinstance(sig, int) and not isinstance(sig, bool):
+        return "crash (killed by signal %d, no message)" % sig
+    return said(r)
+
+
+def oops_mode(r: Record) -> Optional[str]:
+    """``facts.compressed_oops_mode`` of a jvm document (``32-bit``, ``Zero based``, ``disabled`` ...)."""
+    facts = (r.probe or {}).get("facts") or {}
+    mode = facts.get("compressed_oops_mode") if isinstance(facts, dict) else None
+    return mode if isinstance(mode, str) and mode else None
+
+
+def jvm_summary(records: Sequence[Record]) -> str:
+    """``N started, M did not start`` (a crash: the JVM's words are in its row), and those with no outcome."""
+    crashed = sum(1 for r in records if r.outcome == "crash")
+    started = sum(1 for r in records if r.outcome is not None) - crashed
+    text = "%d started, %d did not start" % (started, crashed)
+    unknown = len(records) - started - crashed
+    return text + (", %d gave no outcome" % unknown if unknown else "")
+
+
+def jvm_records(doc: RunDocument) -> List[Record]:
+    """The ``jvm`` probe's results, failures first."""
+    return sorted((r for r in doc.records if r.kind == "jvm"), key=lambda r: r.status not in _FAILED)
+
+
+def markdown_runtimes(doc: RunDocument) -> List[str]:
+    """The Markdown sections on real runtimes: the model beside real Go (both outcomes, whether they
+    agree, where Go's heap began, the blocks each grew) and the JVM (its outcome with its message word
+    for word, its heap, its compressed-oops mode). Failures first; every cell escaped."""
+    md = markdown_text
+    lines: List[str] = []
+    for model, runtime, comps in comparisons(doc):
+        name = md(runtime_name(runtime))
+        lines += ["", "## Model and real %s" % name, "", md(agreement_summary(comps)) + ".", "",
+                  "| target | %s | real %s | agree | %s's first arena | blocks grown (model / %s) |"
+                  % (md(model), name, name, name),
+                  "|---|---|---|---|---|---|"]
+        agree_cell = {True: "✅ yes", False: "⚖️ **no**", None: "not compared"}
+        for c in _failures_first(comps):
+            cells = ["%s %s" % (_MD_ICON[r.status.value], md(said(r))) if r is not None else "did not run"
+                     for r in (c.model_record, c.runtime_record)]
+            lines.append("| %s | %s | %s | %s | %s | %s |" % (md(c.target), cells[0], cells[1], agree_cell[c.agree],
+                                                              markdown_name(first_arena(c.runtime_record) or "-"),
+                                                              _grown_pair(c)))
+    jvm = jvm_records(doc)
+    if jvm:
+        lines += ["", "## JVM", "", md(jvm_summary(jvm)) + ".", "",
+                  "| target | JVM outcome | heap range | compressed oops mode |", "|---|---|---|---|"]
+        for r in jvm:
+            heap = heap_range(r)
+            where = "%s–%s (%s)" % (markdown_name(heap[0]), markdown_name(heap[1]), heap[2]) if heap else "-"
+            lines.append("| %s | %s %s | %s | %s |" % (md(r.target), _MD_ICON[r.status.value], md(jvm_said(r)),
+                                                      where, md(oops_mode(r) or "-")))
+    return lines
+
+
+# The HTML sections' own marks: a badge for a result of a real runtime or a user's program (the grid's
+# columns of the model and of the runtimes look alike otherwise), the agree column's colours.
+_KIND_BADGE = {"go": ("real", "a real runtime, not the model"), "jvm": ("real", "a real runtime, not the model"),
+               "program": ("program", "a user's program")}
+_BADGE_STYLE = ("display:inline-block;border:1px solid #546e7a;color:#37474f;background:#fff;border-radius:3px;"
+                "padding:0 4px;font-size:11px;line-height:14px")
+_AGREE_CELL = {True: ("#e8f5e9", "#2e7d32", "✓ yes"), False: ("#f8bbd0", "#ad1457", "✗ no"),
+               None: ("#f5f5f5", "#616161", "not compared")}
+
+
+def kind_badge(r: Record) -> str:
+    """A small badge naming what kind of probe gave ``r`` (``real`` for go and jvm) and a space, or "" for
+    the model."""
+    badge = _KIND_BADGE.get(r.kind or "")
+    if badge is None:
+        return ""
+    return '<span class="kind" style="%s" title="%s">%s</span> ' % (_BADGE_STYLE, _esc(badge[1]), badge[0])
+
+
+def _result_td(r: Optional[Record], text: Optional[str] = None) -> str:
+    """A result in a runtime table: coloured by its status like the grid's cells, its outcome's chip and text."""
+    if r is None:
+        return '<td class="small">did not run</td>'
+    chip = ('<i class="oc" style="background:%s"></i>' % _OUTCOME_COLOR[r.outcome]
+            if r.outcome in _OUTCOME_COLOR else "")
+    return ('<td class="rcell%s" style="background:%s"><span class="st" style="background:%s">%s</span> %s%s</td>'
+            % (" failed" if r.status in _FAILED else "", _STATUS_BG[r.status.value], _STATUS_COLOR[r.status.value],
+               r.status.value, chip, _esc(said(r) if text is None else text)))
+
+
+def _target_th(target: str) -> str:
+    return '<th><a href="#t-%s">%s</a></th>' % (_esc(target), _esc(target))
+
+
+def runtimes_html(doc: RunDocument) -> List[str]:
+    """The HTML sections on real runtimes, after the grid: the model beside real Go and the JVM, the
+    same tables as :func:`markdown_runtimes` in the page's style (failures first, their rows marked,
+    cells coloured by status). Every text from the results file is escaped."""
+    out: List[str] = []
+    for model, runtime, comps in comparisons(doc):
+        name = _esc(runtime_name(runtime))
+        bad = any(c.failed for c in comps)
+        out.append('<h2 id="agreement-%s"%s>%sModel and real %s</h2>' % (_esc(runtime), ' class="bad"' if bad else "",
+                                                                         "✗ " if bad else "", name))
+        out.append('<p class="small">%s</p>' % _esc(agreement_summary(comps)))
+        out.append('<table class="grid runtimes"><tr><th>target</th><th>%s</th><th>real %s</th><th>agree</th>'
+                   "<th>%s's first arena</th><th>blocks grown<div class=\"small\">model / %s</div></th></tr>"
+                   % (_esc(model), name, name, name))
+        for c in _failures_first(comps):
+            bg, fg, word = _AGREE_CELL[c.agree]
+            why = '<div class="small">%s</div>' % _esc(c.reason()) if c.agree is None else ""
+            arena = first_arena(c.runtime_record)
+            out.append('<tr%s>%s%s%s<td style="background:%s;color:%s;font-weight:600">%s%s</td><td>%s</td>'
+                       "<td>%s</td></tr>"
+                       % (' class="bad"' if c.failed else "", _target_th(c.target), _result_td(c.model_record),
+                          _result_td(c.runtime_record), bg, fg, word, why,
+                          "<code>%s</code>" % _esc(arena) if arena else "-", _esc(_grown_pair(c))))
+        out.append("</table>")
+    jvm = jvm_records(doc)
+    if jvm:
+        bad = any(r.status in _FAILED for r in jvm)
+        out.append('<h2 id="jvm"%s>%sJVM</h2>' % (' class="bad"' if bad else "", "✗ " if bad else ""))
+        out.append('<p class="small">%s</p>' % _esc(jvm_summary(jvm)))
+        out.append('<table class="grid runtimes"><tr><th>target</th><th>JVM outcome</th><th>heap range</th>'
+                   "<th>compressed oops mode</th></tr>")
+        for r in jvm:
+            heap = heap_range(r)
+            where = '<code>%s–%s</code> <span class="small">(%s)</span>' % tuple(map(_esc, heap)) if heap else "-"
+            out.append('<tr%s>%s%s<td>%s</td><td>%s</td></tr>'
+                       % (' class="bad"' if r.status in _FAILED else "", _target_th(r.target),
+                          _result_td(r, jvm_said(r)), where, _esc(oops_mode(r) or "-")))
+        out.append("</table>")
+    return out
 
 
 def write(text: str, path: Optional[Path]) -> None:
@@ -525,6 +820,7 @@ def html(doc: RunDocument) -> str:
                 trace_txt += "\n… %d more calls" % (len(trace) - 60)
             chip = ('<i class="oc" style="background:%s"></i>' % _OUTCOME_COLOR[cell.outcome]
                     if cell.outcome in _OUTCOME_COLOR else "")
+            chip = kind_badge(cell) + chip
             row.append('<td class="cell st-%s%s" style="background:%s"><span class="st" style="background:%s">%s</span>'
                        ' %s%s<details><summary>details</summary><pre>%s</pre><pre>%s</pre></details></td>'
                        % (cell.status.value, " failed" if cell.status in _FAILED else "",
@@ -532,6 +828,7 @@ def html(doc: RunDocument) -> str:
                           _esc(_outcome(cell)), _esc("\n".join(detail)), _esc(trace_txt)))
         out.append("".join(row) + "</tr>")
     out.append("</table>")
+    out += runtimes_html(doc)
     out.append("<h2>Address spaces</h2>")
     out.append(svg_legend())
     for target, cells in by_target.items():
