@@ -432,8 +432,9 @@ class DiskBoot(Boot):
                 host="127.0.0.1", port=port, user="root", key_file=str(self._disk / "id_ed25519"), use_agent=False,
                 known_hosts=str(known), connect_timeout=Seconds(min(30.0, ctx.deadline.left(at_least=1.0)))))
             try:
-                done = channel.run(["python3"] + self.m.agent_args("{dir}") + self.m.serve_args(ctx), ctx.deadline, ctx.log_path, ctx.files,
-                                   on_line=ctx.on_line, on_stdin=ctx.on_stdin)
+                agent = ["python3"] + self.m.agent_args("{dir}") + self.m.serve_args(ctx)
+                done = channel.run(agent, ctx.deadline, ctx.log_path, ctx.files, on_line=ctx.on_line,
+                                   on_stdin=ctx.on_stdin)
             finally:
                 channel.close()
             lines = list(vm.lines) + done.lines

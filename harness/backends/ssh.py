@@ -295,8 +295,9 @@ class SshBackend(Backend[SshOptions]):
 
     def execute(self, ctx: RunContext) -> proc.Completed:
         self._channel = SshChannel(self.options)
-        return self._channel.run([self.options.python] + self.agent_args("{dir}") + self.serve_args(ctx), ctx.deadline, ctx.log_path,
-                                 ctx.files, on_line=ctx.on_line, on_stdin=ctx.on_stdin)
+        agent = [self.options.python] + self.agent_args("{dir}") + self.serve_args(ctx)
+        return self._channel.run(agent, ctx.deadline, ctx.log_path, ctx.files, on_line=ctx.on_line,
+                                 on_stdin=ctx.on_stdin)
 
     def shutdown(self) -> None:
         if self._channel is not None:
