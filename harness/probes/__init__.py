@@ -207,8 +207,11 @@ def interpret_program(step: Dict[str, Any], probe: Probe) -> Document:
     problem = check_document(doc)
     if problem:
         return _error(probe.name, "its JSON line does not have the allocator's shape: %s" % problem)
+    # the rest of what it printed is its log (capped: the agent kept 512 KiB of each stream already)
+    log = [ln for ln in str(step.get("stdout") or "").splitlines() if ln.strip() and ln.strip() != json.dumps(
+        reported) and not ln.lstrip().startswith("{")]
     doc["program"] = {"returncode": step.get("returncode"), "signal": step.get("signal"),
-                      "stderr": str(step.get("stderr") or "")[-4096:]}
+                      "stdout": "\n".join(log)[-16384:], "stderr": str(step.get("stderr") or "")[-16384:]}
     return doc
 
 
