@@ -55,6 +55,7 @@ FRAME_BEGIN = "@@ARENA-HARNESS-RESULT-BEGIN@@"  # the allocator's markers (alloc
 FRAME_END = "@@ARENA-HARNESS-RESULT-END@@"
 STREAM = "@@ARENA-HARNESS-STREAM@@"
 READY = "@@ARENA-HARNESS-AGENT-READY@@"
+STEP = "@@ARENA-HARNESS-STEP@@"  # a step begins: the host's progress shows it
 AGENT_SCHEMA = 1
 CAPTURE_MAX = 512 * 1024  # per stream and step: a frame is one console line, which the host caps at 1 MiB
 STREAM_CHUNK = 3 * 1024  # bytes per stream line (4 KiB of base64)
@@ -221,6 +222,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     done: List[Dict[str, Any]] = []
     status = 0
     for step in steps:
+        if not step.get("stream"):  # exec's output is the program's alone
+            sys.stdout.write("%s %s\n" % (STEP, step["name"]))
+            sys.stdout.flush()
         result = run_step(step, directory, via)
         done.append(result)
         _frame(result)

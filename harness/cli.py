@@ -410,7 +410,9 @@ def cmd_run(args: argparse.Namespace, argv: List[str], whole_process: bool = Fal
                 argv=["arena-harness"] + argv,
                 targets_file=args.targets,
             )
-        # Results are written before anything else can go wrong, also for an interrupted run.
+        # Results are written before anything else can go wrong, also for an interrupted run: always
+        # next to the console logs, and where --json says.
+        doc.write(Path(doc.artifacts or args.artifacts) / "results.json")
         if args.json:
             doc.write(args.json)
         report.write(report.junit(doc), args.junit)
@@ -419,7 +421,7 @@ def cmd_run(args: argparse.Namespace, argv: List[str], whole_process: bool = Fal
         # A report on standard output (-) keeps it clean: the table goes to standard error then.
         table = sys.stderr if "-" in map(str, (args.json, args.junit, args.markdown, args.html)) else sys.stdout
         print(report.table(doc, color=table.isatty()), file=table)
-        print("console logs: %s" % doc.artifacts, file=table)
+        print("console logs and results.json: %s" % doc.artifacts, file=table)
     if doc.interrupted:
         return EXIT_INTERRUPTED
     return _gate(doc, args.allow_skip)

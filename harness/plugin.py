@@ -125,6 +125,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="only this policy (repeatable)")
     group.addoption("--harness-artifacts", metavar="DIR", default=None,
                     help="keep console logs here (default: under pytest's basetemp)")
+    group.addoption("--harness-list", action="store_true", default=False,
+                    help="show the targets this session would boot (with their probes), then stop")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -150,6 +152,23 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     for m in sorted(extra - declared):
         config.addinivalue_line("markers", "%s: arena-harness target marker" % m)
+
+
+def pytest_cmdline_main(config: pytest.Config) -> Optional[int]:
+    """``--harness-list``: the targets (after ``--harness-only``) and their probes, nothing booted."""
+    if not config.getoption("harness_list"):
+        return None
+    state = HarnessState(config)  # before pytest_configure: nothing is set up, and nothing need be
+    try:
+        targets = state.selected()
+    except HarnessError as e:
+        raise pytest.UsageError("arena-harness: %s" % e) from None
+    width = max((len(t.name) for t in targets), default=0)
+    for t in targets:
+        probes = ", ".join(runner.policies_for(t, state.policies))
+        print("%-*s  %-9s  %s  (-m %s)" % (width, t.name, t.backend, probes, " -m ".join(t.all_markers)))
+    print("%d targets" % len(targets))
+    return 0
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

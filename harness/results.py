@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import platform
 import socket
 import typing
@@ -327,6 +328,21 @@ def merge(docs: Sequence[RunDocument], prefer: Optional[str] = None, sources: Se
         records=list(seen.values()),
         argv=first.argv,
         targets_file=first.targets_file,
-        artifacts=first.artifacts,
+        artifacts=_common_artifacts([d.artifacts for d in docs]),
         interrupted=next((d.interrupted for d in docs if d.interrupted), None),
     )
+
+
+def _common_artifacts(paths: List[Optional[str]]) -> Optional[str]:
+    """The merged run's artefacts: the one directory, or the deepest one holding every shard's (each
+    record keeps its own console log's path); None when they share nothing but the root."""
+    known = [p for p in paths if p]
+    if not known:
+        return None
+    if len(set(known)) == 1:
+        return known[0]
+    try:
+        common = os.path.commonpath([os.path.abspath(p) for p in known])
+    except ValueError:
+        return None
+    return common if common not in ("", "/") else None

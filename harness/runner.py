@@ -27,6 +27,7 @@ import images
 from harness import backends, cleanup, files, payload, proc, registry
 from harness import probes as probing
 from harness.backends.base import RunContext
+from harness.backends.console import STEP
 from harness.errors import HarnessError
 from harness.model import Deadline, GuestRun, Record, Status, Target
 from harness.results import RunDocument, classify, errored, judge_agreement, skipped
@@ -34,8 +35,9 @@ from harness.results import RunDocument, classify, errored, judge_agreement, ski
 Progress = Callable[[str, Target, str, Sequence[Record]], None]
 """progress(event, target, message, records), called from the targets' threads (so it must lock what it
 shares): "start" (the target is taken up), "phase" (``message`` names the phase it enters: "provision",
-its images checked or built; "boot", its guest started, probed and collected, the backend's one step),
-"build" (``message``: a line of an image build) or "done" (``records``: its results)."""
+its images checked or built; "boot", its guest starting; "probe NAME", the guest agent running that
+step; "collect", the guest done and its results read), "build" (``message``: a line of an image build)
+or "done" (``records``: its results)."""
 Phase = Callable[[str], None]
 
 
@@ -92,7 +94,13 @@ def _boot_and_judge(target: Target, policies: List[str], run_id: str, tmp: Path,
     probes = [p for p in (target.probe(n) for n in policies) if p is not None]
     job = probing.job(target, probes, pyz, probing.provision(probes, backend, cache or images.Cache(), log))
     job.write(workdir)
-    ctx = RunContext(run_id, target, policies, workdir, pyz, log_path, Deadline(target.timeout), job=job)
+    def step_started(line: str) -> None:  # the guest agent names each step as it begins
+        at = line.find(STEP)
+        if at >= 0:
+            phase("probe %s" % line[at + len(STEP):].strip()[:40])
+
+    ctx = RunContext(run_id, target, policies, workdir, pyz, log_path, Deadline(target.timeout), job=job,
+                     on_line=step_started, on_phase=phase)
     # 0644 whatever the umask, and every backend appends to it (the process module and those that write
     # it themselves): a CI upload step running as another user must read it.
     files.create_file(log_path)

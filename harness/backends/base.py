@@ -78,6 +78,7 @@ class RunContext:
     # a function that writes to that stdin, and one that stops the boot, once the agent's process or
     # channel is up
     on_stdin: Optional[Callable[[Callable[[bytes], None], Callable[[], None]], None]] = None
+    on_phase: Optional[Callable[[str], None]] = None  # told "collect" when the guest is done (progress)
 
     def __post_init__(self) -> None:
         if not isinstance(self.deadline, Deadline):
@@ -168,6 +169,8 @@ class Backend(Generic[OptionsT]):
         try:
             self.prepare(ctx)
             completed = self.execute(ctx)
+            if ctx.on_phase is not None:
+                ctx.on_phase("collect")
             return self.collect(ctx, completed)
         finally:
             self.shutdown()

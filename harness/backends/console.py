@@ -21,6 +21,7 @@ PANIC_RE = re.compile(
 
 AGENT_LINE = '{"agent":'  # a frame's JSON line: the guest agent's, carrying programs' output
 STREAM = "@@ARENA-HARNESS-STREAM@@"  # guest.agent.STREAM: a program's output, base64
+STEP = "@@ARENA-HARNESS-STEP@@"  # guest.agent.STEP: a step begins
 
 
 def find_panic(line: str) -> Optional[str]:

@@ -193,3 +193,13 @@ targets:
     result.assert_outcomes(passed=6)
     logs = list((inner.path / "art").rglob("um.log"))
     assert len(logs) == 1, logs  # one boot of the UML target served its three tests
+
+
+def test_harness_list_shows_what_a_session_would_boot_and_boots_nothing(inner: pytest.Pytester) -> None:
+    result = inner.runpytest(*args("--harness-list", "--harness-only", "here*"))
+    assert result.ret == 0
+    out = [ln for ln in result.outlines if ln.strip()]
+    assert out[-1] == "2 targets"
+    assert out[0].split()[:3] == ["here", "local", "go-2012-pre,"]
+    assert out[1].split()[:3] == ["here-wrong", "local", "go-2012"]
+    assert not list(inner.path.rglob("*.log"))  # nothing booted

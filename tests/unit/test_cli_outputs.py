@@ -61,8 +61,11 @@ def test_artefacts_and_results_are_readable_by_others_under_umask_077(fake_targe
     for d in (tmp_path / "art", art, run_dir, tmp_path / "results", tmp_path / "results" / "deep",
               files[0].parent):
         assert mode(d) == 0o755, d
-    (log,) = list(run_dir.iterdir())
+    log, results = sorted(run_dir.iterdir())
     assert log.name == "f.log" and log.read_text().startswith("$ ") and mode(log) == 0o644
+    # a run always leaves its results beside the console logs, whether --json was given or not
+    assert results.name == "results.json" and mode(results) == 0o644
+    assert RunDocument.load(results).records[0].target == "f"
 
 
 def test_report_diff_and_merge_create_missing_directories(fake_targets: Path, tmp_path: Path,

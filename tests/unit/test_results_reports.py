@@ -362,3 +362,14 @@ def test_a_schema_1_results_file_still_reads(tmp_path: Path) -> None:
     f.write_text(json.dumps(data))
     with pytest.raises(ConfigError, match="not an arena-harness result file of schema 1 or 2"):
         RunDocument.load(f)
+
+
+def test_merge_keeps_where_every_shards_logs_are() -> None:
+    from harness.results import RunDocument, merge
+
+    def doc(art: Optional[str]) -> RunDocument:
+        return RunDocument("r", "2026-01-01T00:00:00+00:00", None, True, [], artifacts=art)
+
+    assert merge([doc("/ci/out/shard-1/run-a"), doc("/ci/out/shard-2/run-b")]).artifacts == "/ci/out"
+    assert merge([doc("/ci/out/run-a"), doc("/ci/out/run-a")]).artifacts == "/ci/out/run-a"
+    assert merge([doc("/a/x"), doc("/b/y")]).artifacts is None and merge([doc(None)]).artifacts is None
