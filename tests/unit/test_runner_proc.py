@@ -103,7 +103,8 @@ def test_parallel_jobs_keep_the_target_order(fake_backend: type, tmp_path: Path)
     assert [r.target for r in doc.records] == ["one", "two", "three", "four"]
     assert [r.status for r in doc.records] == [Status.PASS, Status.ERROR, Status.PASS, Status.PANIC]
     # Each target's events in order, its phases (for a live display) between its start and its result.
-    assert seen == {n: ["start", "phase:provision", "phase:boot", "phase:collect", "done"] for n in ("one", "two", "three", "four")}
+    assert seen == {n: ["start", "phase:provision", "phase:boot", "phase:collect", "done"]
+                    for n in ("one", "two", "three", "four")}
 
 
 def test_a_missing_default_tool_skips_with_the_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
