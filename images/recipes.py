@@ -324,7 +324,7 @@ class Initramfs(Recipe):
 
     kit: KernelKit
     init: str  # the init script's text
-    extra_dirs: Tuple[str, ...] = field(default=("proc", "sys", "dev", "host", "tmp", "payload"))
+    extra_dirs: Tuple[str, ...] = field(default=("proc", "sys", "dev", "host", "tmp", "job"))
     kind = "initramfs"
     version = 2
 
@@ -348,7 +348,7 @@ class Initramfs(Recipe):
         c.chardev("dev/null", 1, 3)
         c.file("bin/busybox", (kit / "busybox").read_bytes(), 0o755)
         for applet in ("sh", "mount", "umount", "insmod", "mkdir", "cat", "echo", "poweroff", "chroot", "cp",
-                       "sleep", "uname", "cut", "sync", "halt", "ip"):
+                       "sleep", "uname", "cut", "sync", "halt", "ip", "date"):
             c.symlink("bin/%s" % applet, "busybox")
         for ko in sorted((kit / "modules").glob("*.ko")):
             c.file("modules/%s" % ko.name, ko.read_bytes())

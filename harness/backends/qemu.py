@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import socket
 import time
 from dataclasses import dataclass, field
@@ -224,7 +223,8 @@ class QemuBackend(Backend[QemuOptions]):
         """What the jailed QEMU sees: the host's /usr and /etc (itself, its firmware), the kernel, this
         boot's initrd, the guest's root filesystem (when it is not the view itself) and the results share."""
         assert self._kit is not None
-        base = jail.View(ro=((self._kit, jail.guest_path("kit")), (ctx.workdir / "initrd", jail.guest_path("initrd"))),
+        assert self._initramfs is not None
+        base = jail.View(ro=((self._kit, jail.guest_path("kit")), (self._initramfs, jail.guest_path("initrd"))),
                          devices=jail.View.devices + (("kvm",) if self.accel() == ["-accel", "kvm"] else ()),
                          proc=True)  # QEMU's 9p server sets modes through /proc/self/fd (its own proc will do)
         return self.boot.view(ctx, base)
@@ -308,45 +308,42 @@ class NinePBoot(Boot):
         self._root = Path("/") if root is None else cache.get(root, log) / "root"
 
     def prepare(self, ctx: RunContext) -> None:
-        """The per-boot initrd: the cached initramfs, then a small cpio with the job's files (the agent's
-        zipapp, its plan, the programs it runs) and the size of the guest's /tmp that holds them
-        (concatenated cpio archives: the second must start 4-byte aligned; the padding is skipped)."""
-        assert self.m._initramfs is not None
-        per_boot = images.Cpio()
-        total = 0
-        for name, path in ctx.files.items():
-            data = path.read_bytes()
-            total += len(data)
-            per_boot.file("payload/files/" + name, data, mode=probing.file_mode(name, path))
+        """The job's share (read-only to the guest): its files (the agent's zipapp, its plan, the programs
+        it runs), the size of the guest's /tmp that holds them, and the agent's extra arguments. It rides
+        in a share, not in the initrd: a resumed guest (a snapshot) booted from an initrd long ago."""
+        job = ctx.workdir / "job"
+        job.mkdir()
+        job.chmod(0o755)  # whatever the umask: the jailed QEMU runs as the boot's own uid
+        probing.stage(ctx.files, job / "files")
+        total = sum(p.stat().st_size for p in ctx.files.values())
         # a session's agent also keeps the files it is sent in /tmp
-        per_boot.file("payload/tmp_mib", b"%d\n" % ((256 if ctx.on_stdin else 16) + total // MiB))
-        per_boot.file("payload/agent_args", (" ".join(self.m.serve_args(ctx)) + "\n").encode())
-        with open(ctx.workdir / "initrd", "wb") as f:
-            with open(self.m._initramfs, "rb") as base:
-                shutil.copyfileobj(base, f)
-            f.write(b"\0" * (-f.tell() % 4))
-            f.write(per_boot.bytes())
+        (job / "tmp_mib").write_text("%d\n" % ((256 if ctx.on_stdin else 16) + total // MiB))
+        (job / "agent_args").write_text(" ".join(self.m.serve_args(ctx)) + "\n")
+        for f in (job / "tmp_mib", job / "agent_args"):
+            f.chmod(0o444)
 
     def view(self, ctx: RunContext, base: jail.View) -> jail.View:
-        ro = base.ro
+        ro = base.ro + ((ctx.workdir / "job", jail.guest_path("job")),)
         if not self.o.host_root:
             assert self._root is not None
             ro += ((self._root, jail.guest_path("root")),)
         return dataclasses.replace(base, ro=ro, rw=((self.m.results_dir(ctx), jail.guest_path("out")),))
 
     def argv(self, ctx: RunContext) -> List[str]:
-        """The per-boot initrd, the guest root read-only and the results share writable. Paths are the
-        jailed QEMU's: for a guest of the host's arch the root is the view itself, never the host's /."""
+        """The cached initramfs, the job's share and the guest root read-only, the results share writable.
+        Paths are the jailed QEMU's: for a guest of the host's arch the root is the view itself, never the
+        host's /."""
         root = "/" if self.o.host_root else jail.guest_path("root")
         root_share = "local,path=%s,mount_tag=hostroot,security_model=none,readonly=on" % root
         root_share += ",multidevs=remap"  # the view spans several filesystems
+        job_share = "local,path=%s,mount_tag=job,security_model=none,readonly=on" % jail.guest_path("job")
         out_share = "local,path=%s,mount_tag=out,security_model=none" % jail.guest_path("out")
         # -nic none: no default network card (QEMU gives a PC one with user-mode networking otherwise).
         return self.m.vm_argv(Path(jail.guest_path("initrd"))) + ["-nic", "none", "-virtfs", root_share,
-                                                                  "-virtfs", out_share]
+                                                                  "-virtfs", job_share, "-virtfs", out_share]
 
     def execute(self, ctx: RunContext) -> proc.Completed:
-        if not (ctx.workdir / "initrd").exists():
+        if not (ctx.workdir / "job").exists():
             raise HarnessError("qemu: prepare() did not run")
         return self.m.spawn(ctx, self.m.argv(ctx), watch=self.m.watcher(ctx), after_stop_request=5.0, env=ENV)
 
@@ -408,7 +405,6 @@ class DiskBoot(Boot):
 
         assert self._disk is not None and self.m._initramfs is not None
         begin = time.monotonic()
-        shutil.copyfile(self.m._initramfs, ctx.workdir / "initrd")
         with socket.socket() as s:  # a free loopback port for hostfwd
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]

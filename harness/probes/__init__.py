@@ -117,7 +117,8 @@ def file_mode(name: str, src: Path) -> int:
 
 def stage(files: Dict[str, Path], into: Path) -> Path:
     """Copy the delivered files into ``into`` (a boot's read-only directory)."""
-    into.mkdir(mode=0o755, exist_ok=True)
+    into.mkdir(exist_ok=True)
+    into.chmod(0o755)  # whatever the umask: a jailed guest runs as a uid of its own
     for name, src in files.items():
         dst = into / name
         if not dst.exists():
