@@ -188,6 +188,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--host-net", action="store_true", help="keep the host's network (else a namespace of its own)")
     ap.add_argument("command", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv)
+    # The view's directories and mount points are made here, as root: with the caller's umask (077 in a
+    # careful shell) they would be 0700 and the guest's own uid could not reach /mnt/arena at all.
+    os.umask(0o022)
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not cmd:
         ap.error("a command is required after --")

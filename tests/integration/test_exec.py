@@ -115,3 +115,12 @@ def test_exec_exit_statuses_of_its_own(tmp_path: Path) -> None:
     assert r.returncode == 2 and "no such file here: ./no/such/file" in r.stderr, r.stderr
     r = harness("local")
     assert r.returncode == 2 and "exec needs a program" in r.stderr, r.stderr
+
+
+def test_a_tight_umask_changes_nothing() -> None:
+    """Under umask 077 the jail's mount points were 0700: the guest's own uid could not reach its files."""
+    for target in ("local", "uml"):
+        argv = [sys.executable, "-m", "harness", "exec", target, "--", "cat", "/proc/self/status"]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=ROOT,
+                           preexec_fn=lambda: os.umask(0o077))
+        assert r.returncode == 0 and "Umask:\t0022" in r.stdout, (target, r.stderr[-1000:])
