@@ -29,6 +29,7 @@ from images.recipes import (
     KernelKit,
     Rootfs,
     RootfsTarball,
+    Snapshot,
     SshDisk,
     build_step,
     ensure_binfmt,
@@ -39,6 +40,6 @@ from images.recipes import (
 
 __all__ = [
     "BUILD_TIMEOUT", "CACHE_ENV", "MMDEBSTRAP", "BuildError", "Cache", "Entry", "Log", "Recipe", "Tool",
-    "cache_root", "recipe_text", "Cpio", "Initramfs", "KernelKit", "Rootfs", "RootfsTarball", "SshDisk",
+    "cache_root", "recipe_text", "Cpio", "Initramfs", "KernelKit", "Rootfs", "RootfsTarball", "Snapshot", "SshDisk",
     "build_step", "ensure_binfmt", "host_arch", "mmdebstrap", "module_closure", "GO", "GoProbe",
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import lzma
 import os
 import re
@@ -21,7 +22,7 @@ import shutil
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from harness import arches, proc
 from harness.probes import go as go_probe
@@ -537,3 +538,31 @@ class GoProbe(Recipe):
                    "go build of the go probe for %s" % self.goarch, env=env, cwd=src)
         check_static_elf(out / go_probe.BINARY, self.goarch)
         shutil.rmtree(work)  # the build cache: tens of MiB, and a new Go version is a new entry anyway
+
+
+@dataclass(frozen=True)
+class Snapshot(Recipe):
+    """A QEMU guest saved right after its boot (``state.bin``, QEMU's migration stream), resumed by
+    later runs with ``-incoming``. The backend that boots the machine saves it (``save``); the key is
+    everything that shapes the saved state (``inputs``: the QEMU version, the machine's whole command
+    line, the kernel's and the initramfs's keys), never the per-run shares, which are mounted only after
+    the resume."""
+
+    label: str  # the target's machine, for the cache listing (qemu-x86_64-...)
+    inputs_json: str  # the key's inputs, as sorted JSON
+    save: Callable[[Path, Log], None] = field(compare=False, hash=False, repr=False)
+    kind = "snapshot"
+    version = 1
+
+    @property
+    def name(self) -> str:
+        return self.label
+
+    def inputs(self) -> Dict[str, object]:
+        value: Dict[str, object] = json.loads(self.inputs_json)
+        return value
+
+    def build(self, out: Path, cache: Cache, log: Log) -> None:
+        self.save(out, log)
+        if not (out / "state.bin").is_file():
+            raise BuildError("saving %s left no state.bin" % self.label, out / "build.log")

@@ -268,9 +268,10 @@ class Backend(Generic[OptionsT]):
         return out
 
     def spawn(self, ctx: RunContext, argv: List[str], **kw: Any) -> proc.Completed:
-        """Start the boot's process: the target's deadline and watchdog, the console log, the boot's dir."""
+        """Start the boot's process: the target's deadline and watchdog, the console log, the boot's dir. An
+        ``on_start`` given here takes over the session's stdin too (``ctx.on_stdin``)."""
         kw.setdefault("cwd", ctx.workdir)
-        if ctx.on_stdin is not None:
+        if ctx.on_stdin is not None and "on_start" not in kw:
             on_stdin = ctx.on_stdin
             kw["on_start"] = lambda running: on_stdin(running.write, lambda: proc.stop(running.popen, 1.0))
         return proc.run(argv, timeout=ctx.deadline.left(), log_path=ctx.log_path,

@@ -16,13 +16,18 @@ ssh backend uses) with the image's host key pinned: how users test cloud images.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import os
+import secrets
+import shutil
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar, Dict, List, Optional, Tuple
+from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import images
 from harness import arches, proc
@@ -31,7 +36,7 @@ from harness.backends import jail
 from harness.backends.base import Backend, Need, RunContext, Tool
 from harness.backends.console import find_panic
 from harness.errors import HarnessError
-from harness.model import DEBIAN, Seconds, Size, Target
+from harness.model import DEBIAN, Deadline, Seconds, Size, Target
 
 MiB = 1 << 20
 
@@ -51,6 +56,8 @@ class QemuOptions:
     kernel_args: Tuple[str, ...] = ("quiet",)
     accel: str = "tcg"  # tcg | auto (KVM when a short trial boot shows it works)
     boot: str = "9p"  # 9p: the initramfs runs the probe; ssh: a disk image with sshd, probed over SSH
+    # 9p boots under TCG: resume a guest saved right after its boot (cached), instead of booting it
+    snapshot: bool = True
 
     def validate(self) -> Optional[Tuple[str, str]]:
         if self.arch not in arches.BY_NAME:
@@ -198,12 +205,12 @@ class QemuBackend(Backend[QemuOptions]):
         _kvm_reason[spec.name] = why
         return ok
 
-    def vm_argv(self, initrd: Path) -> List[str]:
+    def vm_argv(self, initrd: Path, append_more: Sequence[str] = ()) -> List[str]:
         """The machine both boot modes share: CPU, memory, console, firmware, kernel, initrd, command line."""
         o = self.options
         spec = o.spec
         assert self._kit is not None
-        append = ["console=%s" % spec.console, "panic=-1", "rdinit=/init", *o.kernel_args]
+        append = ["console=%s" % spec.console, "panic=-1", "rdinit=/init", *o.kernel_args, *append_more]
         return [
             spec.qemu_system,
             *self.accel(),
@@ -219,15 +226,18 @@ class QemuBackend(Backend[QemuOptions]):
             "-append", " ".join(append),
         ]
 
-    def view(self, ctx: RunContext) -> jail.View:
-        """What the jailed QEMU sees: the host's /usr and /etc (itself, its firmware), the kernel, this
-        boot's initrd, the guest's root filesystem (when it is not the view itself) and the results share."""
+    def base_view(self, ctx: RunContext) -> jail.View:
+        """What every jailed QEMU sees: the host's /usr and /etc (itself, its firmware), the kernel and the
+        initramfs (the boot mode adds its shares)."""
         assert self._kit is not None
         assert self._initramfs is not None
-        base = jail.View(ro=((self._kit, jail.guest_path("kit")), (self._initramfs, jail.guest_path("initrd"))),
+        return jail.View(ro=((self._kit, jail.guest_path("kit")), (self._initramfs, jail.guest_path("initrd"))),
                          devices=jail.View.devices + (("kvm",) if self.accel() == ["-accel", "kvm"] else ()),
                          proc=True)  # QEMU's 9p server sets modes through /proc/self/fd (its own proc will do)
-        return self.boot.view(ctx, base)
+
+    def view(self, ctx: RunContext) -> jail.View:
+        """What the jailed QEMU sees: the base view and the boot mode's shares."""
+        return self.boot.view(ctx, self.base_view(ctx))
 
     def argv(self, ctx: RunContext) -> List[str]:
         """The jailed QEMU's whole command line for this boot (the 9p boot's; see :class:`Boot`)."""
@@ -241,6 +251,52 @@ class QemuBackend(Backend[QemuOptions]):
 
 
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "TMPDIR": "/tmp", "HOME": "/tmp"}
+SNAPSHOT_READY = "@@ARENA-HARNESS-SNAPSHOT-READY@@"  # images/qemu/init.sh: the save point
+SAVE_TIMEOUT = 240.0  # seconds to boot a guest to its save point and save it (a cold TCG boot takes 5-10)
+QMP_SOCKET = jail.guest_path("ctl/qmp.sock")
+_versions: Dict[str, str] = {}
+
+
+def qemu_version(binary: str) -> str:
+    """``qemu-system-x --version``'s first line (once per binary): a saved guest loads only into the QEMU
+    that saved it."""
+    if binary not in _versions:
+        out = proc.run([binary, "--version"], timeout=30).output.strip().splitlines()
+        _versions[binary] = out[0] if out else "unknown"
+    return _versions[binary]
+
+
+@contextlib.contextmanager
+def qmp_session(ctl: Path, timeout: float) -> Iterator[Any]:
+    """A QMP connection to the jailed QEMU's socket in ``ctl`` (qemu.qmp), once the socket is there. The
+    socket is reached through /proc/self/fd: a run's directory can be longer than a socket path may be."""
+    from qemu.qmp.legacy import QEMUMonitorProtocol
+
+    end = time.monotonic() + timeout
+    dirfd = os.open(ctl, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.connect("/proc/self/fd/%d/qmp.sock" % dirfd)
+                break
+            except OSError:
+                sock.close()
+                if time.monotonic() > end:
+                    raise HarnessError("no QMP socket from QEMU within %.0fs" % timeout) from None
+                time.sleep(0.02)
+        qmp = QEMUMonitorProtocol(sock)
+        qmp.connect()
+        qmp.settimeout(max(1.0, end - time.monotonic()))
+        try:
+            yield qmp
+        finally:
+            try:
+                qmp.close()
+            except (EOFError, OSError):
+                pass  # QEMU went first (it was told to quit): the connection is closed either way
+    finally:
+        os.close(dirfd)
 
 
 class Boot:
@@ -292,6 +348,7 @@ class NinePBoot(Boot):
     def __init__(self, machine: QemuBackend) -> None:
         super().__init__(machine)
         self._root: Optional[Path] = None
+        self._state: Optional[Path] = None  # the saved guest this boot resumes (a snapshot's state.bin)
 
     def rootfs(self) -> Optional[images.Rootfs]:
         if self.o.host_root:
@@ -306,6 +363,98 @@ class NinePBoot(Boot):
     def provision(self, cache: images.Cache, log: images.Log) -> None:
         root = self.rootfs()
         self._root = Path("/") if root is None else cache.get(root, log) / "root"
+        if self.snapshots():
+            self._state = cache.get(self.snapshot(), log) / "state.bin"
+
+    # -- snapshots (issue: a cold TCG boot is most of a QEMU target's time) ----------------------
+    def snapshots(self) -> bool:
+        """Whether this boot resumes a saved guest: asked for, and under TCG (a KVM guest's state is the
+        host CPU's)."""
+        return self.o.snapshot and self.m.accel() == ["-accel", "tcg"]
+
+    def snapshot(self) -> images.Snapshot:
+        """The saved guest's recipe: keyed by what shapes it (the QEMU version, the machine's whole command
+        line, the kernel and the initramfs); built by :meth:`save`."""
+        assert self.m._kit is not None
+        inputs = {"qemu": qemu_version(self.o.spec.qemu_system), "argv": self.machine_argv(),
+                  "kit": self.m.kit().key(), "initramfs": self.m.initramfs().key()}
+        return images.Snapshot("%s-%s" % (self.o.spec.name, self.m.kit().name), json.dumps(inputs, sort_keys=True),
+                               self.save)
+
+    def save(self, out: Path, log: images.Log) -> None:
+        """Boot the guest to its save point (the init's READY, before any share is mounted), save it over
+        QMP into ``out/state.bin``, end it. Runs as the image pipeline's build of :meth:`snapshot`."""
+        work = out / "work"
+        work.mkdir()
+        (out / "build.log").touch()
+        # a job of no files: the guest mounts none of its shares before the save point
+        ctx = RunContext("snapshot", self.m.target, [], work, out, out / "build.log", Deadline(SAVE_TIMEOUT),
+                         job=probing.Job(files={probing.PLAN: out / "build.log"}))
+        self.prepare(ctx)
+        argv = self.m.jailed(ctx, self.view(ctx, self.m.base_view(ctx), control=True),
+                             self.argv(ctx) + ["-qmp", "unix:%s,server=on,wait=off" % QMP_SOCKET])
+        running = proc.start(argv, log_path=ctx.log_path, env=ENV, cwd=work)
+        if isinstance(running, proc.Completed):
+            raise images.BuildError("saving %s: %s" % (self.o.spec.name, running.error), ctx.log_path)
+        try:
+            seen = running.wait_for(lambda ln: SNAPSHOT_READY in ln or find_panic(ln) is not None, SAVE_TIMEOUT)
+            if seen is None or SNAPSHOT_READY not in seen:
+                raise images.BuildError("saving %s: the guest did not reach its save point (%s)"
+                                        % (self.o.spec.name, seen or "no READY within %.0fs" % SAVE_TIMEOUT),
+                                        ctx.log_path)
+            try:
+                self._migrate(work / "ctl")
+            except (OSError, EOFError, HarnessError) as e:  # QMP's socket, or QEMU ending mid-way
+                raise images.BuildError("saving %s: %s: %s" % (self.o.spec.name, type(e).__name__, e),
+                                        ctx.log_path) from None
+        finally:
+            running.finish(grace=2.0)
+            self.m.shutdown()  # the save's guest uid: a boot takes its own
+        os.replace(work / "ctl" / "state.bin", out / "state.bin")
+        os.chown(out / "state.bin", 0, 0)  # the cache's, not the save's guest uid (which a later guest gets)
+        shutil.rmtree(work, ignore_errors=True)
+        log("saved %s after its boot: %d MB" % (self.o.spec.name, (out / "state.bin").stat().st_size >> 20))
+
+    def _migrate(self, ctl: Path) -> None:
+        """Over QMP: stop the guest, write its state to ``ctl/state.bin`` (the jailed QEMU's own ``cat``),
+        wait for it to complete, and end QEMU."""
+        with qmp_session(ctl, SAVE_TIMEOUT) as qmp:
+            qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 8 << 30})  # 32 MiB/s by default
+            qmp.cmd("stop")
+            qmp.cmd("migrate", uri="exec:cat > %s" % jail.guest_path("ctl/state.bin"))
+            end = time.monotonic() + SAVE_TIMEOUT
+            while True:
+                status = dict(qmp.cmd("query-migrate")).get("status")
+                if status == "completed":
+                    break
+                if status in ("failed", "cancelled") or time.monotonic() > end:
+                    raise HarnessError("the migration ended %s" % (status or "without a status"))
+                time.sleep(0.05)
+            try:
+                qmp.cmd("quit")
+            except (OSError, EOFError):
+                pass  # QEMU may close the socket before it answers: it is ending, as asked
+
+    def resume(self, ctx: RunContext, running: proc.Running) -> None:
+        """On a thread of its own, once QEMU started with ``-incoming``: wait until the state is loaded,
+        let the guest run, and hand it its GO line (the clock, some entropy). A failure ends the VM with a
+        line in the console log: the boot then reports it, rather than waiting for its deadline."""
+        try:
+            with qmp_session(ctx.workdir / "ctl", ctx.deadline.left(at_least=1.0)) as qmp:
+                end = time.monotonic() + ctx.deadline.left(at_least=1.0)
+                while dict(qmp.cmd("query-status")).get("status") != "paused":
+                    if time.monotonic() > end or not running.alive():
+                        raise HarnessError("the saved guest was not loaded")
+                    time.sleep(0.02)
+                qmp.cmd("cont")
+            # Only now: bytes written before "cont" are lost under the loaded UART state.
+            running.write(b"GO %d %s\n" % (int(time.time()), secrets.token_hex(32).encode()))
+            if ctx.on_stdin is not None:
+                ctx.on_stdin(running.write, lambda: proc.stop(running.popen, 1.0))
+        except Exception as e:  # noqa: BLE001 - QMP errors, OSError: said in the log, and the VM ends
+            if running.log is not None and not running.log.closed:
+                running.log.write("[harness] resuming the saved guest failed: %s\n" % e)
+            proc.stop(running.popen, 1.0)
 
     def prepare(self, ctx: RunContext) -> None:
         """The job's share (read-only to the guest): its files (the agent's zipapp, its plan, the programs
@@ -322,30 +471,56 @@ class NinePBoot(Boot):
         for f in (job / "tmp_mib", job / "agent_args"):
             f.chmod(0o444)
 
-    def view(self, ctx: RunContext, base: jail.View) -> jail.View:
+    def view(self, ctx: RunContext, base: jail.View, control: bool = False) -> jail.View:
+        """The job's share and the guest root read-only, the results share writable; with ``control``
+        (a save, or a resume) also a directory for the QMP socket, owned by the boot's uid, and the saved
+        state read-only."""
         ro = base.ro + ((ctx.workdir / "job", jail.guest_path("job")),)
         if not self.o.host_root:
             assert self._root is not None
             ro += ((self._root, jail.guest_path("root")),)
-        return dataclasses.replace(base, ro=ro, rw=((self.m.results_dir(ctx), jail.guest_path("out")),))
+        rw: Tuple[Tuple[Path, str], ...] = ((self.m.results_dir(ctx), jail.guest_path("out")),)
+        if control:
+            ctl = ctx.workdir / "ctl"
+            ctl.mkdir(exist_ok=True)
+            ctl.chmod(0o700)
+            jail.own(ctl, self.m.slot())
+            rw += ((ctl, jail.guest_path("ctl")),)
+            if self._state is not None:
+                ro += ((self._state.parent, jail.guest_path("snap")),)
+        return dataclasses.replace(base, ro=ro, rw=rw)
 
     def argv(self, ctx: RunContext) -> List[str]:
+        return self.machine_argv()
+
+    def machine_argv(self) -> List[str]:
         """The cached initramfs, the job's share and the guest root read-only, the results share writable.
-        Paths are the jailed QEMU's: for a guest of the host's arch the root is the view itself, never the
-        host's /."""
+        Paths are the jailed QEMU's, the same in every boot (a saved guest resumes only on the command line
+        it was saved from): for a guest of the host's arch the root is the view itself, never the host's /."""
         root = "/" if self.o.host_root else jail.guest_path("root")
         root_share = "local,path=%s,mount_tag=hostroot,security_model=none,readonly=on" % root
         root_share += ",multidevs=remap"  # the view spans several filesystems
         job_share = "local,path=%s,mount_tag=job,security_model=none,readonly=on" % jail.guest_path("job")
         out_share = "local,path=%s,mount_tag=out,security_model=none" % jail.guest_path("out")
         # -nic none: no default network card (QEMU gives a PC one with user-mode networking otherwise).
-        return self.m.vm_argv(Path(jail.guest_path("initrd"))) + ["-nic", "none", "-virtfs", root_share,
-                                                                  "-virtfs", job_share, "-virtfs", out_share]
+        more = ["arena.snapshot=1"] if self.snapshots() else []
+        return self.m.vm_argv(Path(jail.guest_path("initrd")), more) + [
+            "-nic", "none", "-virtfs", root_share, "-virtfs", job_share, "-virtfs", out_share]
 
     def execute(self, ctx: RunContext) -> proc.Completed:
         if not (ctx.workdir / "job").exists():
             raise HarnessError("qemu: prepare() did not run")
-        return self.m.spawn(ctx, self.m.argv(ctx), watch=self.m.watcher(ctx), after_stop_request=5.0, env=ENV)
+        if self._state is None:
+            return self.m.spawn(ctx, self.m.argv(ctx), watch=self.m.watcher(ctx), after_stop_request=5.0, env=ENV)
+        argv = self.m.jailed(ctx, self.view(ctx, self.m.base_view(ctx), control=True), self.argv(ctx) + [
+            "-qmp", "unix:%s,server=on,wait=off" % QMP_SOCKET,
+            "-incoming", "exec:cat %s" % jail.guest_path("snap/state.bin")])
+
+        def started(running: proc.Running) -> None:
+            threading.Thread(target=self.resume, args=(ctx, running), name="resume", daemon=True).start()
+
+        return self.m.spawn(ctx, argv, watch=self.m.watcher(ctx), after_stop_request=5.0, env=ENV,
+                            on_start=started)
 
     def result_file(self, ctx: RunContext) -> Optional[Path]:
         return ctx.workdir / "out" / "result.json"
