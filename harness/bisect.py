@@ -234,6 +234,11 @@ def text(doc: BisectDocument) -> str:
         doc.knob, doc.fmt(doc.lo), doc.fmt(doc.hi))
     lines = ["bisect %s (%s): %s, resolution %s" % (doc.target, doc.backend, what, doc.fmt_resolution())]
     lines += ["  note: %s" % n for n in doc.notes]
+    if doc.knob == KERNEL:  # what each release's guest said it ran
+        releases = {p.value: p.kernel for pts in doc.points.values() for p in pts if p.kernel}
+        if releases:
+            lines.append("  kernels: %s" % ", ".join("%s %s" % (doc.fmt(v), quote(releases[v], 60))
+                                                      for v in sorted(releases)))
     width = max([len(doc.fmt(p.value)) for pts in doc.points.values() for p in pts] + [4])
     for probe, pts in doc.points.items():
         bounds = doc.boundaries(probe)
