@@ -11,10 +11,19 @@ quotes them.
    same values;
 4. --kernels over three UML releases (bullseye, bookworm, trixie): the first kernel where a mapping at
    0x7f90000000 stops landing there.
+
+And a signal in the middle of a search (the command line, for real): what was found is written.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -28,7 +37,7 @@ from harness import bisect, config
 from harness.bisect import BisectDocument, PointCache
 from harness.model import Target
 from tests.conftest import ROOT, require_tool
-from tests.integration import goprobes
+from tests.integration import goprobes, leftovers
 
 pytestmark = [pytest.mark.integration]
 
@@ -153,3 +162,37 @@ def test_kernels_over_three_uml_releases(tmp_path: Path) -> None:
     releases = kernel_releases(doc, "go-2012")
     assert [r.split(".")[:2] for r in releases] == [["5", "10"], ["6", "1"], ["6", "12"]], releases
     assert cached < 5
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_mid_search_writes_what_was_found(tmp_path: Path, sig: signal.Signals) -> None:
+    out, page = tmp_path / "b.json", tmp_path / "b.html"
+    p = subprocess.Popen([sys.executable, "-m", "harness", "bisect", "here-small-plan", "--targets", str(TARGETS),
+                          "--vary", "rlimit_as", "--from", "64M", "--to", "1G", "--probe", "go", "--json", str(out),
+                          "--html", str(page), "--artifacts", str(tmp_path / "logs"), "--no-cache"],
+                         cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stderr is not None
+    seen = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(seen) < 10:  # the 8 samples, and into the halving
+        line = p.stderr.readline()
+        if not line:
+            break
+        if re.match(r"\[ *\d+\] ", line):  # a point measured (not an image build's line)
+            seen.append(line)
+    assert len(seen) == 10, seen
+    p.send_signal(sig)
+    stdout, stderr = p.communicate(timeout=30)
+    assert p.returncode == 130, (stdout, stderr)
+    doc = json.loads(out.read_text())
+    assert doc["complete"] is False and doc["interrupted"] is True
+    assert doc["stopped"] == "interrupted by %s" % sig.name
+    (probe,) = doc["probes"]
+    assert len(probe["points"]) >= 10 and probe["boundaries"] and not all(b["resolved"] for b in probe["boundaries"])
+    assert "INCOMPLETE: interrupted by %s" % sig.name in stdout
+    assert "Incomplete search: interrupted by %s" % sig.name in page.read_text()
+    time.sleep(0.3)
+    runs = [d.name for d in (tmp_path / "logs").iterdir()]
+    assert runs and not any(str(tmp_path) in cmd for _, cmd in leftovers.cmdlines())
+    temp = os.listdir(tempfile.gettempdir())
+    assert not [d for d in temp if any(d.startswith("arena-harness-%s-" % r) for r in runs)]
