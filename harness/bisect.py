@@ -230,9 +230,9 @@ class BisectDocument:
 def text(doc: BisectDocument) -> str:
     """The summary on standard output: per probe, the runs of one outcome (from the first to the last
     value measured with it) and each boundary, then the totals."""
-    what = "kernels %s" % ", ".join(doc.kernels) if doc.knob == KERNEL else "%s from %s to %s" % (
-        doc.knob, doc.fmt(doc.lo), doc.fmt(doc.hi))
-    lines = ["bisect %s (%s): %s, resolution %s" % (doc.target, doc.backend, what, doc.fmt_resolution())]
+    what = "kernels %s" % ", ".join(doc.kernels) if doc.knob == KERNEL else "%s from %s to %s, resolution %s" % (
+        doc.knob, doc.fmt(doc.lo), doc.fmt(doc.hi), doc.fmt_resolution())
+    lines = ["bisect %s (%s): %s" % (doc.target, doc.backend, what)]
     lines += ["  note: %s" % n for n in doc.notes]
     if doc.knob == KERNEL:  # what each release's guest said it ran
         releases = {p.value: p.kernel for pts in doc.points.values() for p in pts if p.kernel}
@@ -247,8 +247,9 @@ def text(doc: BisectDocument) -> str:
                                             len(pts)))
         for r in doc.runs(probe):
             detail = "  (%s)" % quote(r.first.detail, 100) if r.label == r.first.status and r.first.detail else ""
-            lines.append("  %s .. %s  %s%s" % (doc.fmt(r.first.value).rjust(width), doc.fmt(r.last.value).ljust(width),
-                                               r.label, detail))
+            upto = ".. %s" % doc.fmt(r.last.value) if r.last.value != r.first.value else ""
+            lines.append("  %s %s  %s%s" % (doc.fmt(r.first.value).rjust(width), upto.ljust(width + 3), r.label,
+                                            detail))
         for b in bounds:
             lines.append("  boundary: last %s (%s), first %s (%s)%s" % (
                 doc.fmt(b.last.value), b.last.label, doc.fmt(b.first.value), b.first.label,
