@@ -144,6 +144,16 @@ def test_rlimit_as_finds_where_go_completes_its_plan_here(tmp_path: Path) -> Non
     assert cached < 5
 
 
+def test_go_starts_with_700m_of_rlimit_as_kept_as_a_test(tmp_path: Path) -> None:
+    # The README's example of the pytest helper, as written there.
+    from harness.plugin import assert_boundary
+
+    goprobes.require_go_1_19()
+    b = assert_boundary("here-small-plan", "rlimit_as", "go", "600M", "800M", after="high-arena",
+                        targets=str(TARGETS), artifacts=tmp_path)
+    assert b.first.value <= 700 << 20 and b.last.outcome == "crash"
+
+
 def kernel_releases(doc: BisectDocument, probe: str) -> Sequence[str]:
     return [p.kernel or "" for p in doc.points[probe]]
 
