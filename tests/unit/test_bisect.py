@@ -405,3 +405,42 @@ def test_a_kernel_search_draws_a_cell_per_kernel() -> None:
               Fake({"p": [(0, "fallback-32bit"), (1, "os-chosen")]}))
     strip = report.bisect_strip_svg(doc, "p", report.bisect_colors(doc))
     assert all(">%s</text>" % k in strip for k in kernels) and strip.count("<title>boundary 1:") == 1
+
+
+class Terminal:
+    """A stream that says it is a terminal (the live line's), keeping what was written."""
+
+    def __init__(self) -> None:
+        self.chunks: List[str] = []
+
+    def write(self, text: str) -> int:
+        self.chunks.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_a_live_line_names_the_interval_and_counts_the_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setenv("TERM", "xterm-256color")
+    steps = {"p": [(0, "a"), (5000, "b")]}
+    fake = Fake(steps)
+
+    def slow(value: int, probes: Sequence[str]) -> Dict[str, Point]:
+        got = fake(value, probes)
+        if value == 4999:  # a point that takes a while: the live line must show it being measured
+            time.sleep(1.2)
+            got["p"].seconds = 1.2
+        return got
+
+    term = Terminal()
+    bisect.search(fake_plan(), artifacts=Path("/nonexistent"), measure=slow, stream=term)  # type: ignore[arg-type]
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", "".join(term.chunks))
+    timers = [float(t) for t in re.findall(r"p in 4285 \.\. 5714 \(about 11 steps left\): 4999  (\d+\.\d)s", text)]
+    assert len(timers) >= 3 and timers == sorted(timers) and timers[-1] >= 0.8, text  # redrawn while it runs
+    assert "] p in 4285 .. 5714 (about 11 steps left): 4999  -> p=a  1.2s\n" in text  # then its line, above it
