@@ -10,9 +10,10 @@ suites or kernel packages of uml and qemu targets). The search:
 2. for each probe separately (the model's policies and real runtimes flip at different places),
    halves every interval whose ends differ in outcome (the outcome word and the crash's message)
    until its ends are one ``resolution`` apart. A middle point with a third outcome splits the
-   interval in two, so every change between two points of different outcomes is found, a window
-   like go-2012's crash between its fallback and the high arena too; a window whose both sides
-   have one outcome and that no sample hits is not (more ``samples`` find narrower ones).
+   interval in two, each halved in turn: so a window of one outcome between two others is found
+   however narrow (go-2012's crash between its fallback and the high arena, which no sample hits).
+   What no search of this kind sees is a window with the same outcome on both sides (A, then B,
+   then A again) that no measured point lands in: more ``samples`` find narrower ones.
 
 A boundary is then two neighbouring points: the last value with one outcome and the first with the
 next. Every measured point is cached by its inputs (the target's definition with the knob applied,
@@ -570,8 +571,8 @@ def plan(target: Target, *, knob: Optional[str] = None, lo: Optional[int] = None
         res = k.resolution if resolution is None else resolution
         if res > hi - lo:
             raise UsageError("--resolution %d is wider than the range (%d)" % (res, hi - lo))
-        if knob == "memory" and (res % MiB or lo % MiB):
-            raise UsageError("--vary memory: guests take whole MiB: give --from and --resolution in M")
+        if knob == "memory" and (res % MiB or lo % MiB or hi % MiB):
+            raise UsageError("--vary memory: guests take whole MiB: give --from, --to and --resolution in M")
         if not k.booted:
             real = [n for n in names if getattr(target.probe(n), "kind", None) != "model"]
             if real and probes_given:
