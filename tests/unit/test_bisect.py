@@ -302,6 +302,9 @@ def test_kernels_apply_as_suites_or_kernel_packages() -> None:
     assert bisect.apply(t["umlk"], bisect.KERNEL, 1, ("bookworm", "trixie")).options.suite == "trixie"
     varied = bisect.apply(t["emu"], "reserved_va", 1 << 36)
     assert varied.options.reserved_va == 1 << 36 and varied.expect == ()
+    assert bisect.apply(t["umlk"], "memory", 96 * MiB).options.memory == 96 * MiB
+    assert bisect.apply(t["vm"], "rlimit_as", 700 * MiB).rlimit_as == 700 * MiB
+    assert bisect.apply(t["here"], "task_size", 1 << 39) == bisect.apply(t["here"], "task_size", 1 << 40)
 
 
 def test_sizes_on_the_command_line_read_as_in_a_targets_file() -> None:
