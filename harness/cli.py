@@ -1,11 +1,11 @@
-"""``arena-harness``: run, list, doctor, clean. Exit 0 when every result passed, 1 when any did not (or
-the gate failed: see harness.verdict), 2 on usage or configuration errors (one line, never a traceback),
-130 when interrupted.
+"""``arena-harness``: run, bisect, exec, list, doctor, images, report, diff, merge, groups, clean. Exit 0
+when every result passed, 1 when any did not (or the gate failed: see harness.verdict), 2 on usage or
+configuration errors (one line, never a traceback), 130 when interrupted.
 
 This module imports only the standard library and the harness's error types at module level; each
-command imports what it uses. So ``run`` takes over SIGINT, SIGTERM and SIGHUP within milliseconds
-of the interpreter's start, not after the ~0.1 s of imports and the config loading that come before
-the run (a signal then killed the process with no results and status 143)."""
+command imports what it uses. So ``run`` (and ``bisect``) takes over SIGINT, SIGTERM and SIGHUP within
+milliseconds of the interpreter's start, not after the ~0.1 s of imports and the config loading that come
+before the run (a signal then killed the process with no results and status 143)."""
 
 from __future__ import annotations
 
@@ -89,6 +89,39 @@ def build_parser() -> argparse.ArgumentParser:
                     "target's timeout), like 60s")
     ex.add_argument("program", metavar="PROGRAM", nargs="*", help="-- PROGRAM [ARG...] (after --, so that the "
                     "program's own options are its)")
+
+    bs = sub.add_parser("bisect", help="where along a knob (address-space size, RLIMIT_AS, memory, kernels) a "
+                        "probe's outcome changes",
+                        description="Search TARGET for every value of a knob at which a probe's outcome (with its "
+                        "crash message) changes: sample the range, then halve every interval whose ends differ, "
+                        "down to the resolution, for each probe separately. Knobs: reserved_va (qemu-user), memory "
+                        "(uml, qemu), rlimit_as (any backend), task_size (the simulated kernel, the model's "
+                        "policies only: no boot); or --kernels, an ordered list of Debian releases or kernel "
+                        "packages (uml, qemu). Every point is cached by its inputs: a repeated search boots "
+                        "nothing. Exit 0 when the search ran to the end, 1 when a point could not be measured "
+                        "here, 130 when interrupted (what was found is written either way).")
+    targets_arg(bs)
+    bs.add_argument("target", metavar="TARGET", help="the target's name")
+    bs.add_argument("--vary", metavar="KNOB", help="reserved_va, memory, rlimit_as or task_size")
+    bs.add_argument("--from", dest="lo", metavar="A", help='the range\'s low end, a size like "512M" or '
+                    '"0xf000000000"')
+    bs.add_argument("--to", dest="hi", metavar="B", help="the range's high end")
+    bs.add_argument("--kernels", metavar="K1,K2,...", help="search these kernels, in this order, instead of a "
+                    "knob: Debian releases (bullseye,bookworm,trixie) or, for qemu, kernel packages")
+    bs.add_argument("--probe", metavar="P", action="append",
+                    help="search this probe (repeatable, or comma-separated; default: the target's own)")
+    bs.add_argument("--resolution", metavar="R", help="how close a boundary's two values end (default: a page "
+                    "for reserved_va and task_size, 1M for rlimit_as and memory)")
+    bs.add_argument("--samples", metavar="N", type=int, default=8,
+                    help="points measured over the whole range first, its ends included (default 8)")
+    bs.add_argument("--json", metavar="F", type=Path, help="write the search as JSON")
+    bs.add_argument("--html", metavar="F", type=Path, help="write a self-contained HTML page: a strip per probe "
+                    "over the range, coloured by outcome, its boundaries marked")
+    bs.add_argument("--artifacts", metavar="DIR", type=Path, default=Path(DEFAULT_ARTIFACTS),
+                    help="where the boots' console logs are kept (default ./%s/bisect-ID)" % DEFAULT_ARTIFACTS)
+    bs.add_argument("--no-cache", action="store_true", help="measure every point afresh (what is measured "
+                    "is still cached)")
+    bs.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
 
     ls = sub.add_parser("list", help="list the targets (with --only, --group, --shard: those run would run)")
     targets_arg(ls)
@@ -427,6 +460,41 @@ def cmd_run(args: argparse.Namespace, argv: List[str], whole_process: bool = Fal
     return _gate(doc, args.allow_skip)
 
 
+def cmd_bisect(args: argparse.Namespace, argv: List[str], whole_process: bool = False) -> int:
+    """``arena-harness bisect``: check everything first (one line, exit 2), then search; the results are
+    written also when a signal stops the search (then exit 130)."""
+    from harness import bisect, config, report, runner
+
+    if any(c in args.target for c in "*?["):
+        raise UsageError("bisect searches one target: give its name, not a pattern")
+    (target,) = config.load(args.targets).select([args.target])
+    probes = requested_probes(args.probe, None, [target])
+    kernels = None if args.kernels is None else [k.strip() for k in args.kernels.split(",") if k.strip()]
+    plan = bisect.plan(
+        target, knob=args.vary, kernels=kernels, samples=args.samples, probes=probes,
+        probes_given=probes is not None,
+        lo=None if args.lo is None else config.size(args.lo, "--from"),
+        hi=None if args.hi is None else config.size(args.hi, "--to"),
+        resolution=None if args.resolution is None else config.size(args.resolution, "--resolution"))
+    make_output_dirs(args.json, args.html)
+    artifacts = args.artifacts / ("bisect-" + runner.new_run_id())
+    with signals_stop_the_run(restore=not whole_process):
+        doc = bisect.search(plan, artifacts=artifacts, cache=bisect.PointCache(enabled=not args.no_cache),
+                            stream=sys.stderr, quiet=args.quiet, argv=["arena-harness"] + argv)
+        # Written before anything else can go wrong, also for a search a signal stopped.
+        if args.json:
+            doc.write(args.json)
+        report.write(report.bisect_html(doc), args.html)
+        out = sys.stderr if "-" in map(str, (args.json, args.html)) else sys.stdout
+        print(bisect.text(doc), end="", file=out)
+    if doc.interrupted:
+        return EXIT_INTERRUPTED
+    if doc.stopped:
+        print("arena-harness: the search stopped: %s" % doc.stopped, file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def _gate(doc: RunDocument, allow_skip: bool) -> int:
     """The exit status of a run or a report: 1 if any result failed or the gate has a problem (said on
     stderr, one line each), else 0."""
@@ -759,7 +827,7 @@ COMMANDS: Dict[str, Callable[[argparse.Namespace], int]] = {
 def main(argv: Optional[List[str]] = None) -> int:
     whole_process = argv is None  # the command line itself, not a caller in the same process
     argv = list(sys.argv[1:] if argv is None else argv)
-    if whole_process and _command(argv) == "run":
+    if whole_process and _command(argv) in ("run", "bisect"):
         # First, before the imports and the config loading that come before the run: from now on a signal
         # only asks the run to stop (signals_stop_the_run passes it on), it no longer kills the process.
         for s in STOP_SIGNALS:
@@ -774,9 +842,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             args.program = program
         if args.command == "run":
             return cmd_run(args, argv, whole_process)
+        if args.command == "bisect":
+            return cmd_bisect(args, argv, whole_process)
         command = COMMANDS.get(args.command)
         if command is None:
-            raise UsageError("a command is required: run, %s (see arena-harness --help)" % ", ".join(COMMANDS))
+            raise UsageError("a command is required: run, bisect, %s (see arena-harness --help)" % ", ".join(COMMANDS))
         return command(args)
     except HarnessError as e:
         print("arena-harness: %s" % e, file=sys.stderr)

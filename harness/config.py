@@ -201,6 +201,16 @@ def duration(text: str, what: str) -> Seconds:
     return value
 
 
+def size(text: str, what: str) -> Size:
+    """A size given on the command line (``--from 4G``, ``--to 0xf000000000``), read as a targets file reads
+    one; a UsageError naming ``what`` if it is not one."""
+    try:
+        value: Size = convert(text, Size, _Ctx(what), None, what)
+    except ConfigError as e:
+        raise UsageError("%s: %s" % (what, e.message)) from None
+    return value
+
+
 def convert(value: Any, typ: Any, ctx: _Ctx, line: Optional[int], key: str) -> Any:
     """Check and convert one value to an option type; errors say what was expected."""
     origin = typing.get_origin(typ)

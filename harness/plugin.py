@@ -12,23 +12,29 @@ share that boot through a file lock in the session's temp directory. When a
 backend's tool is missing the item skips with the install hint, unless
 ``HARNESS_REQUIRE`` names the backend (or ``all``): then it fails, so CI
 never silently stops testing something.
+
+:func:`assert_boundary` (or the ``harness_boundary`` fixture, bound to the session's targets file) keeps a
+boundary as a test: "Go starts with 700 MiB of RLIMIT_AS" is ``assert_boundary("local", "rlimit_as",
+"go", "600M", "800M")``, a search (:mod:`harness.bisect`) whose points are cached like the CLI's.
 """
 
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
+import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Union
 
 import pytest
 
 from allocator.probe import expand_policies
-from harness import backends, config, results, runner
+from harness import backends, bisect, config, results, runner
 from harness.errors import HarnessError
-from harness.model import Record, Status, Target, TargetSet, outcome_text
+from harness.model import Expectation, Record, Status, Target, TargetSet, outcome_text
 from harness.session import Session
 from harness.verdict import REQUIRE_ENV, require_list, required  # one meaning of HARNESS_REQUIRE, as in the CLI
 
@@ -245,3 +251,67 @@ def check(record: Record) -> None:
     if record.log:
         lines.append("  console log: %s" % record.log)
     pytest.fail("\n".join(lines), pytrace=False)
+
+
+def assert_boundary(target: Union[Target, str], knob: str, probe: str, lo: Union[int, str], hi: Union[int, str],
+                    *, before: Optional[str] = None, after: Optional[str] = None,
+                    resolution: Union[int, str, None] = None, targets: Optional[str] = None,
+                    artifacts: Optional[Path] = None) -> bisect.Boundary:
+    """Assert that ``probe``'s outcome on ``target`` changes between ``lo`` and ``hi`` of ``knob``, and
+    return that boundary (``.last``: the last value with the one outcome, ``.first``: the first with the
+    next, narrowed to ``resolution``, by default the knob's).
+
+    ``target``: a Target, or a name in ``targets`` (a targets file; default: the shipped matrix). Sizes
+    are ints or written as in a targets file ("700M", "0xf800000000"). ``before``/``after``: the
+    outcomes on either side, written as a target's ``expect:`` (``crash`` is any crash, ``crash: MSG``
+    that one); with several boundaries in the interval, the first that matches is the one. Only the
+    interval's ends are sampled first, so a change whose both sides have one outcome (A, then B, then A
+    again) is not looked for: give an interval with different outcomes at its ends. Points are cached
+    as the CLI caches them (:class:`harness.bisect.PointCache`): a second run boots nothing. A backend
+    whose tool is missing skips (fails under ``HARNESS_REQUIRE``), as ``harness_result`` does."""
+    try:
+        if isinstance(target, str):
+            (target,) = config.load(targets).select([target])
+        plan = bisect.plan(target, knob=knob, probes=[probe], probes_given=True, samples=2,
+                           lo=lo if isinstance(lo, int) else config.size(lo, "lo"),
+                           hi=hi if isinstance(hi, int) else config.size(hi, "hi"),
+                           resolution=(resolution if resolution is None or isinstance(resolution, int)
+                                       else config.size(resolution, "resolution")))
+        if bisect.booted(knob):
+            missing = backends.get(target.backend)(target).missing()
+            if missing is not None:
+                skip_or_fail(target.backend, str(missing))
+        doc = bisect.search(plan, artifacts=artifacts or Path(tempfile.gettempdir()) / "arena-harness-bisect",
+                            cache=bisect.PointCache(), quiet=True)
+    except HarnessError as e:
+        pytest.fail("assert_boundary: %s" % e, pytrace=False)
+    where = "%s on %s (%s from %s to %s)" % (probe, target.name, knob, doc.fmt(plan.lo), doc.fmt(plan.hi))
+    if doc.stopped and not doc.interrupted:
+        skip_or_fail(target.backend, "%s: %s" % (where, doc.stopped))
+    if doc.stopped:
+        pytest.fail("%s: the search stopped: %s" % (where, doc.stopped), pytrace=False)
+    found = doc.boundaries(probe)
+
+    def matches(want: Optional[str], point: bisect.Point) -> bool:
+        return want is None or Expectation.parse(want).matches(point.outcome, point.crash)
+
+    for b in found:
+        if matches(before, b.last) and matches(after, b.first):
+            return b
+    if not found:
+        ends = doc.points[probe]
+        pytest.fail("%s: no boundary: %s at both ends" % (where, ends[0].label), pytrace=False)
+    said = "; ".join("%s (%s) | %s (%s)" % (doc.fmt(b.last.value), b.last.label, doc.fmt(b.first.value),
+                                             b.first.label) for b in found)
+    pytest.fail("%s: no boundary from %s to %s; found: %s" % (where, before or "any outcome", after or "any outcome",
+                                                             said), pytrace=False)
+
+
+@pytest.fixture
+def harness_boundary(request: pytest.FixtureRequest,
+                     tmp_path_factory: pytest.TempPathFactory) -> Callable[..., bisect.Boundary]:
+    """:func:`assert_boundary` with a target named in the session's ``--harness-targets`` file and the
+    boots' console logs kept under pytest's temp directory."""
+    state = request.config.stash[STATE]
+    return functools.partial(assert_boundary, targets=state.targets_file,
+                             artifacts=tmp_path_factory.mktemp("bisect"))

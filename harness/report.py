@@ -6,11 +6,14 @@ import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from harness.files import write_atomically
 from harness.model import MODELS, Record, Status, outcome_text
 from harness.results import RunDocument
+
+if TYPE_CHECKING:  # the bisect page reads a search's document; importing it would load the runner
+    from harness.bisect import BisectDocument
 
 _BOOL = {True: "yes", False: "no", None: "-"}
 _JSON_BOOL = {True: "true", False: "false"}
@@ -841,5 +844,182 @@ def html(doc: RunDocument) -> str:
         log = next((r.log for r in recs if r.log), None)
         out.append("<details%s><summary>console log excerpt (%s)</summary><pre>%s</pre></details>"
                    % (" open" if bad else "", _esc(log), _esc(console_tail(log))))
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+# -- bisect: a strip per probe over the searched range ----------------------------------------------
+
+# Crash messages each get a colour of their own, in the order met (a window of one crash beside another
+# must not look like one run); the other outcomes keep the run report's chip colours.
+_CRASH_COLORS = ("#bcaaa4", "#ef9a9a", "#ce93d8", "#f48fb1", "#a1887f", "#b0bec5", "#ffab91")
+_BISECT_CSS = """
+table.bounds{border-collapse:collapse;margin:6px 0 4px 0}table.bounds td,table.bounds th{border:1px solid #ddd;
+padding:3px 8px;font-size:13px;text-align:left}table.bounds th{background:#f5f5f5}
+td.v{font-family:DejaVu Sans Mono,Liberation Mono,monospace}
+"""
+
+
+def bisect_colors(doc: "BisectDocument") -> Dict[str, str]:
+    """A colour per outcome label of the search (``crash: <message>`` labels one each)."""
+    colors: Dict[str, str] = {}
+    crashes = 0
+    for points in doc.points.values():
+        for p in points:
+            if p.label in colors:
+                continue
+            if p.label in _OUTCOME_COLOR:
+                colors[p.label] = _OUTCOME_COLOR[p.label]
+            elif p.label in _STATUS_COLOR:  # no outcome: error, timeout, panic
+                colors[p.label] = _STATUS_COLOR[p.label]
+            elif p.outcome == "crash":
+                colors[p.label] = _CRASH_COLORS[crashes % len(_CRASH_COLORS)]
+                crashes += 1
+            else:
+                colors[p.label] = "#e0e0e0"
+    return colors
+
+
+def bisect_strip_svg(doc: "BisectDocument", probe: str, colors: Dict[str, str], width: int = 960,
+                     window: Optional[Tuple[int, int]] = None) -> str:
+    """One probe's search as a strip over the range, or over ``window`` (a part of it: the zoom), linear;
+    for kernels a cell each, in the order given. Each run of one outcome is drawn in its colour, reaching
+    to where the next begins when the boundary between them was narrowed to the resolution (a gap it
+    was not narrowed over, in a stopped search, is left grey); each boundary is a numbered line (dashed
+    when not narrowed), each measured point a tick under the strip, and the ends (or the kernels' names)
+    are written under it. A run narrower than 3 px is drawn 3 px wide, so that a window a thousandth of
+    the range wide still shows."""
+    runs = doc.runs(probe)
+    if not runs:
+        return ""
+    left, right = 12, width - 12
+    top, strip_h = 34, 28
+    axis_y = top + strip_h
+    height = axis_y + 40
+    kernels = doc.knob == "kernel"
+    lo, hi = window or (doc.lo, doc.hi)
+    span = max(1, len(doc.kernels)) if kernels else max(1, hi - lo)
+
+    def x(v: int) -> float:
+        return left + (right - left) * ((v if kernels else v - lo) / span)
+
+    parts = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="%s" role="img" '
+             'aria-label="outcomes of %s over %s">' % (width, height, SVG_FONT, _esc(probe), _esc(doc.knob)),
+             '<rect x="%d" y="%d" width="%d" height="%d" fill="#f5f5f5" stroke="#bdbdbd"/>'
+             % (left, top, right - left, strip_h)]
+    for i, r in enumerate(runs):
+        nxt = runs[i + 1] if i + 1 < len(runs) else None
+        x0 = x(r.first.value)
+        if kernels:
+            x1 = x(r.last.value + 1)
+        elif nxt is not None and nxt.first.value - r.last.value <= doc.resolution:
+            x1 = x(nxt.first.value)
+        else:
+            x1 = x(r.last.value)
+        if x1 < left or x0 > right:  # outside the window
+            continue
+        x0, x1 = max(x0, float(left)), min(x1, float(right))
+        w = max(x1 - x0, 3.0)
+        x0 = min(x0, right - w)
+        parts.append('<rect x="%.1f" y="%d" width="%.1f" height="%d" fill="%s"><title>%s: %s .. %s (%d points)'
+                     '</title></rect>' % (x0, top, w, strip_h, colors.get(r.label, "#e0e0e0"), _esc(r.label),
+                                          _esc(doc.fmt(r.first.value)), _esc(doc.fmt(r.last.value)), r.count))
+    for p in doc.points.get(probe, []):
+        px = x(p.value) + ((x(p.value + 1) - x(p.value)) / 2 if kernels else 0)
+        if left <= px <= right:
+            parts.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#616161" opacity="0.6"/>'
+                         % (px, axis_y + 1, px, axis_y + 5))
+    last_label = -100.0
+    row = 0
+    for n, b in enumerate(doc.boundaries(probe), 1):
+        bx = x(b.first.value)
+        if not left <= bx <= right:
+            continue
+        parts.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#212121" stroke-width="2"%s>'
+                     '<title>boundary %d: last %s %s, first %s %s</title></line>'
+                     % (bx, top - 4, bx, axis_y + 6, "" if b.resolved else ' stroke-dasharray="3 2"', n,
+                        _esc(doc.fmt(b.last.value)), _esc(b.last.label), _esc(doc.fmt(b.first.value)),
+                        _esc(b.first.label)))
+        row = 1 - row if bx - last_label < 16 else 0  # two rows of numbers where boundaries crowd
+        last_label = bx
+        parts.append(_label(bx, 12 + 12 * row, str(n), 11, width, bold=True))
+    if kernels:
+        for i, name in enumerate(doc.kernels):
+            parts.append(_label((x(i) + x(i + 1)) / 2, axis_y + 20, name, 11, width, fill="#424242"))
+    else:
+        parts.append('<text x="%d" y="%d" font-size="11" fill="#424242">%s</text>' % (left, axis_y + 20,
+                                                                                    _esc(doc.fmt(lo))))
+        end = doc.fmt(hi)
+        parts.append('<text x="%.1f" y="%d" font-size="11" fill="#424242">%s</text>'
+                     % (right - text_width(end, 11), axis_y + 20, _esc(end)))
+        mid = "%s (linear%s)" % (doc.knob, ", zoomed" if window else "")
+        parts.append(_label((left + right) / 2, axis_y + 20, mid, 11, width, fill="#757575"))
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def bisect_zoom(doc: "BisectDocument", probe: str) -> Optional[Tuple[int, int]]:
+    """Where a probe's boundaries crowd into under a tenth of the range: that part, with a margin of
+    half its width on each side (the strip to draw zoomed), else None."""
+    bounds = doc.boundaries(probe)
+    if doc.knob == "kernel" or len(bounds) < 2:
+        return None
+    lo, hi = bounds[0].last.value, bounds[-1].first.value
+    if (hi - lo) * 10 >= doc.hi - doc.lo:
+        return None
+    margin = max((hi - lo) // 2 // doc.resolution * doc.resolution, doc.resolution)  # on the values' grid
+    return max(doc.lo, lo - margin), min(doc.hi, hi + margin)
+
+
+def bisect_html(doc: "BisectDocument") -> str:
+    """A boundary search as one self-contained page (no network): what was searched and how long it took,
+    a banner when the search stopped early, the outcomes' colours, then per probe its strip
+    (:func:`bisect_strip_svg`), a table of its boundaries (the last value with one outcome, the first
+    with the next) and every point measured. Guests' text (crash messages, details) is escaped."""
+    colors = bisect_colors(doc)
+    what = ("kernels %s" % ", ".join(doc.kernels) if doc.knob == "kernel" else
+            "%s from %s to %s, resolution %s" % (doc.knob, doc.fmt(doc.lo), doc.fmt(doc.hi), doc.fmt_resolution()))
+    out = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
+           "<title>arena-harness bisect %s</title><style>%s%s</style></head><body>"
+           % (_esc(doc.target), _CSS, _BISECT_CSS),
+           "<h1>Boundary search: %s (%s)</h1>" % (_esc(doc.target), _esc(doc.backend)),
+           '<p class="small">%s · %s — %s · %d points measured in %d runs, %d from the cache, %.1fs</p>'
+           % (_esc(what), _esc(doc.started), _esc(doc.finished), doc.measured, doc.measurements, doc.cached,
+              doc.seconds)]
+    if not doc.complete:
+        out.append('<div class="banner warn"><h2>Incomplete search: %s</h2>What was found before it stopped is '
+                   'shown; a dashed boundary was not narrowed to the resolution.</div>' % _esc(doc.stopped))
+    for note in doc.notes:
+        out.append('<p class="small">note: %s</p>' % _esc(note))
+    out.append('<p class="legend">outcome: ' + "".join(
+        '<span><i class="oc" style="background:%s"></i>%s</span>' % (c, _esc(label)) for label, c in colors.items())
+        + "<span>(a numbered line: a boundary; a tick under the strip: a value measured)</span></p>")
+    for probe, points in doc.points.items():
+        bounds = doc.boundaries(probe)
+        out.append("<h2>%s: %s</h2>" % (_esc(probe), "no change of outcome" if not bounds else "%d boundar%s" % (
+            len(bounds), "y" if len(bounds) == 1 else "ies")))
+        out.append(bisect_strip_svg(doc, probe, colors) or '<p class="small">nothing measured</p>')
+        zoom = bisect_zoom(doc, probe)
+        if zoom is not None:
+            out.append('<p class="small">its boundaries, zoomed: %s to %s</p>' % (_esc(doc.fmt(zoom[0])),
+                                                                                  _esc(doc.fmt(zoom[1]))))
+            out.append(bisect_strip_svg(doc, probe, colors, window=zoom))
+
+        def chip(label: str) -> str:
+            return '<i class="oc" style="background:%s"></i>%s' % (colors.get(label, "#e0e0e0"), _esc(label))
+
+        if bounds:
+            out.append('<table class="bounds"><tr><th>#</th><th>last value</th><th>with</th><th>first value</th>'
+                       "<th>with</th></tr>")
+            for n, b in enumerate(bounds, 1):
+                out.append('<tr><td>%d</td><td class="v">%s</td><td>%s</td><td class="v">%s</td><td>%s</td></tr>'
+                           % (n, _esc(doc.fmt(b.last.value)), chip(b.last.label), _esc(doc.fmt(b.first.value)),
+                              chip(b.first.label)))
+            out.append("</table>")
+        rows = "".join('<tr><td class="v">%s</td><td>%s</td><td>%s</td><td>%s</td></tr>'
+                       % (_esc(doc.fmt(p.value)), chip(p.label), "cached" if p.cached else "%.1fs" % p.seconds,
+                          _esc(p.detail or "")) for p in points)
+        out.append('<details><summary>%d points measured</summary><table class="bounds"><tr><th>value</th>'
+                   "<th>outcome</th><th>time</th><th>detail</th></tr>%s</table></details>" % (len(points), rows))
     out.append("</body></html>")
     return "\n".join(out) + "\n"
