@@ -11,7 +11,8 @@ console, a share, ``docker exec``, SSH). The plan is JSON::
                             "rlimit_as": 1073741824, "stream": false}]}
 
 In an ``argv``, ``{dir}`` at the start of an argument is the plan's directory
-and ``{python}`` is this interpreter. ``--via "EMULATOR ARGS"`` runs every step
+and ``{python}`` is this interpreter; with ``"expand": N`` only in the first N
+arguments (a user's own arguments are passed as they are). ``--via "EMULATOR ARGS"`` runs every step
 through that program (qemu-user runs the agent itself under ``qemu-ARCH -R N``;
 a step's programs must get the same emulator and the same limit, not the host's
 binfmt_misc handler, which knows no ``-R``). Each step runs in turn, with stdin from
@@ -29,7 +30,7 @@ With ``--serve`` (the pytest fixture ``harness_target``: one boot, many
 commands) the agent then prints ``@@ARENA-HARNESS-AGENT-READY@@ DIR`` and reads
 one JSON message a line from stdin (a console, a pipe, an SSH channel):
 ``{"put": NAME, "data": BASE64, "last": true|false}`` writes a file into DIR (a
-fresh writable directory; ``{put}`` at the start of an argument names it),
+fresh writable directory, named on the READY line),
 ``{"step": {...}}`` runs a step and frames its result, ``{"bye": true}`` (or the
 end of stdin) ends the agent. Messages stay under 4 KiB a line: a console in
 canonical mode cuts longer lines.
@@ -57,7 +58,8 @@ STREAM = "@@ARENA-HARNESS-STREAM@@"
 READY = "@@ARENA-HARNESS-AGENT-READY@@"
 STEP = "@@ARENA-HARNESS-STEP@@"  # a step begins: the host's progress shows it
 AGENT_SCHEMA = 1
-CAPTURE_MAX = 512 * 1024  # per stream and step: a frame is one console line, which the host caps at 1 MiB
+CAPTURE_MAX = 512 * 1024  # per stream and step
+FRAME_MAX = 960 * 1024  # a frame is one console line, which the host cuts at 1 MiB
 STREAM_CHUNK = 3 * 1024  # bytes per stream line (4 KiB of base64)
 
 
@@ -81,15 +83,15 @@ def load_plan(path: str) -> List[Dict[str, Any]]:
     return steps
 
 
-def expand(argv: List[str], directory: str, put: Optional[str] = None) -> List[str]:
+def expand(argv: List[str], directory: str, count: Optional[int] = None) -> List[str]:
     out = []
-    for a in argv:
-        if a == "{python}":
+    for i, a in enumerate(argv):
+        if count is not None and i >= count:
+            pass
+        elif a == "{python}":
             a = sys.executable or "python3"
         elif a.startswith("{dir}"):
             a = directory + a[len("{dir}"):]
-        elif a.startswith("{put}") and put is not None:
-            a = put + a[len("{put}"):]
         out.append(a)
     return out
 
@@ -131,10 +133,10 @@ def _emit_stream(kind: str, data: bytes) -> None:
     sys.stdout.flush()
 
 
-def run_step(step: Dict[str, Any], directory: str, via: Optional[List[str]] = None,
-             put: Optional[str] = None) -> Dict[str, Any]:
+def run_step(step: Dict[str, Any], directory: str, via: Optional[List[str]] = None) -> Dict[str, Any]:
     """Run one step to its end: its result, never an exception (a program that cannot start is a result)."""
-    argv = expand(step["argv"], directory, put)
+    count = step.get("expand")
+    argv = expand(step["argv"], directory, count if isinstance(count, int) else None)
     missing = None
     if via:  # the emulator would fail with a bare exit status 1: say why, as exec(2) would
         argv = shebang(argv)
@@ -235,15 +237,26 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print("agent: cannot write %s: %s" % (args.out, e), file=sys.stderr)
                 args.out = None
         if step.get("stream"):
-            status = result["returncode"] if result["returncode"] is not None else 128 + _signum(result["signal"])
+            status = result["returncode"] if result["returncode"] is not None else 128 + signal_number(result["signal"])
     if args.serve:
         return serve(directory, via, args.out)
     return status
 
 
+def frame_text(result: Dict[str, Any]) -> str:
+    """A step's result as the frame's one JSON line, at most ``FRAME_MAX`` characters: escaping can make a
+    stream several times longer (control bytes become \\uXXXX), so the longer one is halved until it fits."""
+    while True:
+        text = json.dumps({"agent": AGENT_SCHEMA, "step": result}, separators=(",", ":"))
+        if len(text) <= FRAME_MAX:
+            return text
+        key = "stdout" if len(result["stdout"]) >= len(result["stderr"]) else "stderr"
+        result[key] = result[key][: len(result[key]) // 2]
+        result["truncated"] = True
+
+
 def _frame(result: Dict[str, Any]) -> None:
-    sys.stdout.write("%s\n%s\n%s\n" % (FRAME_BEGIN, json.dumps({"agent": AGENT_SCHEMA, "step": result},
-                                                               separators=(",", ":")), FRAME_END))
+    sys.stdout.write("%s\n%s\n%s\n" % (FRAME_BEGIN, frame_text(result), FRAME_END))
     sys.stdout.flush()
 
 
@@ -305,6 +318,8 @@ def serve(directory: str, via: Optional[List[str]], out: Optional[str]) -> int:
             try:
                 if "/" in name or name in (".", "..") or not name:
                     raise ValueError("a file name must be a plain name")
+                if msg.get("seq") == 0 and name in files:  # sent again from the start: start again
+                    files.pop(name).close()
                 f = files.get(name) or open(os.path.join(put, name), "wb")
                 files[name] = f
                 f.write(base64.b64decode(str(msg.get("data") or ""), validate=True))
@@ -319,11 +334,13 @@ def serve(directory: str, via: Optional[List[str]], out: Optional[str]) -> int:
         elif isinstance(msg.get("step"), dict) and isinstance(msg["step"].get("argv"), list):
             step = msg["step"]
             step.setdefault("name", "step")
-            _frame(run_step(step, directory, via, put))
+            step["expand"] = 0  # a session's commands are the user's, as they are
+            _frame(run_step(step, directory, via))
     return 0
 
 
-def _signum(name: Optional[str]) -> int:
+def signal_number(name: Optional[str]) -> int:
+    """A signal's number from its name as a step result gives it ("SIGKILL" -> 9); 0 if it is none."""
     try:
         return int(signal.Signals[name or ""].value)
     except KeyError:

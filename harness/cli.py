@@ -333,6 +333,13 @@ def requested_probes(probes: Optional[List[str]], policies: Optional[List[str]],
 
 EXIT_EXEC_HARNESS = 125  # the harness could not run the program (docker run's convention)
 EXIT_EXEC_TIMEOUT = 124  # the deadline (timeout(1)'s)
+EXIT_EXEC_SIGPIPE = 141  # our stdout was closed (128 + SIGPIPE, as a shell reports a writer in a pipeline)
+
+
+def proc_stopping() -> Optional[str]:
+    from harness import proc
+
+    return proc.stopping()
 
 
 class StreamOut:
@@ -342,6 +349,7 @@ class StreamOut:
     def __init__(self, out: Any = None, err: Any = None) -> None:
         self.out = out if out is not None else sys.stdout.buffer
         self.err = err if err is not None else sys.stderr.buffer
+        self.closed = False  # our reader went away (exec ... | head): the program is stopped
 
     def __call__(self, line: str) -> None:
         import base64
@@ -360,8 +368,16 @@ class StreamOut:
         except (binascii.Error, ValueError):
             return
         stream = self.out if parts[0] == "o" else self.err
-        stream.write(data)
-        stream.flush()
+        if self.closed:
+            return
+        try:
+            stream.write(data)
+            stream.flush()
+        except (BrokenPipeError, ValueError):  # as a shell pipeline does: the writer ends with SIGPIPE's 141
+            from harness import proc
+
+            self.closed = True
+            proc.request_stop("SIGPIPE")
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
@@ -391,7 +407,15 @@ def cmd_exec(args: argparse.Namespace) -> int:
         except HarnessError as e:
             print("arena-harness: %s: %s" % (target.name, e), file=sys.stderr)
             return EXIT_EXEC_HARNESS
+        stopped = proc_stopping()  # read here: leaving the block clears it
     step = guest.steps[0] if guest.steps else None
+    if stream.closed:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to say to a closed pipe
+        return EXIT_EXEC_SIGPIPE
+    if stopped and (step is None or step.get("signal")):
+        print("arena-harness: %s: interrupted by %s (console log: %s)" % (target.name, stopped, log_path),
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
     if guest.timed_out:
         print("arena-harness: %s: deadline of %.0fs reached (console log: %s)" % (target.name, timeout, log_path),
               file=sys.stderr)
@@ -405,12 +429,9 @@ def cmd_exec(args: argparse.Namespace) -> int:
               % (target.name, guest.error or "no result", log_path), file=sys.stderr)
         return EXIT_EXEC_HARNESS
     if step.get("signal"):
-        import signal as signals
+        from guest.agent import signal_number
 
-        try:
-            return 128 + int(signals.Signals[str(step["signal"])].value)
-        except KeyError:
-            return EXIT_EXEC_HARNESS
+        return 128 + signal_number(str(step["signal"])) if signal_number(str(step["signal"])) else EXIT_EXEC_HARNESS
     rc = step.get("returncode")
     return rc if isinstance(rc, int) and 0 <= rc <= 255 else EXIT_EXEC_HARNESS
 

@@ -482,10 +482,13 @@ def _program_probe(item: Mapping[str, Any], line: int, where: str, ctx: _Ctx) ->
     path = Path(program).expanduser()
     if not path.is_absolute():
         path = Path(ctx.path).resolve().parent / path if ctx.path and not ctx.path.startswith("<") else path
-    if not path.is_file():
+    if not path.exists():
         raise ctx.error(lines.get("program", line), where + ".program",
                         "no such file: %s (a program with a / is a file on this host, relative to the targets "
                         "file; a command in the guest is a bare name)" % quote(str(path), 120))
+    if not path.is_file():  # a FIFO, a device or a directory: nothing to deliver
+        raise ctx.error(lines.get("program", line), where + ".program",
+                        "not a regular file: %s" % quote(str(path), 120))
     return Probe(name, "program", str(path.resolve()), args, host_file=True)
 
 

@@ -34,7 +34,7 @@ import pytest
 from allocator.probe import expand_policies
 from harness import backends, bisect, config, results, runner
 from harness.errors import HarnessError
-from harness.model import Expectation, Record, Status, Target, TargetSet, outcome_text
+from harness.model import Expectation, Record, Status, Target, TargetSet, outcome_text, quote
 from harness.session import Session
 from harness.verdict import REQUIRE_ENV, require_list, required  # one meaning of HARNESS_REQUIRE, as in the CLI
 
@@ -243,14 +243,15 @@ def check(record: Record) -> None:
     lines = ["%s/%s: %s" % (record.target, record.policy, record.status.value)]
     if record.detail:
         lines.append("  %s" % record.detail)
-    if record.status is not Status.FAIL:  # a failure's detail is "expected X, got Y" already: said once
+    if record.status not in (Status.FAIL, Status.DISAGREE):  # their detail says both already: said once
         lines.append("  outcome: %s, expected: %s" % (outcome_text(record.outcome, record.crash) or "-",
                                                       record.expected or "-"))
     if record.kernel:
         lines.append("  kernel: %s %s" % (record.kernel, record.machine))
     if record.log:
         lines.append("  console log: %s" % record.log)
-    pytest.fail("\n".join(lines), pytrace=False)
+    # guest text, control characters escaped: a test report is read on a terminal
+    pytest.fail("\n".join(quote(line, 1 << 30) for line in lines), pytrace=False)
 
 
 def assert_boundary(target: Union[Target, str], knob: str, probe: str, lo: Union[int, str], hi: Union[int, str],

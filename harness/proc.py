@@ -54,6 +54,7 @@ _CHUNK = 64 * 1024
 _LINE_COST = 64
 
 _live: Dict[int, "subprocess.Popen[bytes]"] = {}
+_owner: Dict[int, object] = {}  # pid -> the run registry's recording it was started under (None: none)
 _live_lock = threading.Lock()
 
 _stop: List[str] = []
@@ -213,14 +214,19 @@ def stop(proc: "subprocess.Popen[bytes]", grace: float = 2.0) -> None:
         pass
 
 
-def stop_all(grace: float = 1.0, reason: Optional[str] = "interrupt") -> int:
+_ALL = object()
+
+
+def stop_all(grace: float = 1.0, reason: Optional[str] = "interrupt", owner: object = _ALL) -> int:
     """Stop every child still running, all at once: a process-wide stop request (unless ``reason`` is
     None: the caller stopped its own :func:`scope`), the stoppers, SIGTERM to every group, ``grace``
-    seconds shared by all, SIGKILL. Returns how many children there were."""
+    seconds shared by all, SIGKILL. With ``owner`` (a run registry recording), only the children started
+    under it: a run that ends stops its own, never a pytest session's booted target beside it. Returns
+    how many children there were."""
     with _live_lock:  # start() checks under this lock: no child can slip past the list below
         if reason is not None and not _stop:
             request_stop(reason)
-        procs = list(_live.values())
+        procs = [p for pid, p in _live.items() if owner is _ALL or _owner.get(pid) is owner]
     with _stoppers_lock:
         stops = list(_stoppers)
     for fn in stops:
@@ -409,7 +415,10 @@ class Running:
         with self._cond:
             self.last_output = time.monotonic()
             if self.watch is not None and self.stop_reason is None:
-                why = self.watch(line)
+                try:
+                    why = self.watch(line)
+                except Exception as e:  # noqa: BLE001 - a watcher's bug must not leave the child undrained
+                    why = "watcher failed: %s: %s" % (type(e).__name__, e)
                 if why:
                     self.stop_reason, self.stop_requested_at = why, time.monotonic()
             for predicate, found in self._waiters:
@@ -458,8 +467,8 @@ class Running:
         _signal_group(self.popen, signal.SIGKILL)
         with _live_lock:
             known = _live.pop(self.popen.pid, None) is not None
-        rec = registry.current()
-        if known and rec is not None:
+            rec = _owner.pop(self.popen.pid, None)
+        if known and isinstance(rec, registry.Recording):
             rec.drop_process(self.popen.pid)
         self._reader.join(timeout=5)
 
@@ -512,6 +521,7 @@ def start(
             try:
                 popen = _spawner.call(fork)
                 _live[popen.pid] = popen
+                _owner[popen.pid] = rec
             except OSError as e:
                 msg = "cannot start %s: %s" % (argv[0], e.strerror or e)
     if msg is not None:

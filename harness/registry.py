@@ -206,24 +206,33 @@ class Recording:
 
 
 _current: Optional[Recording] = None
+_thread = threading.local()  # a recording of one thread's own (a pytest session's booted target)
 
 
 def current() -> Optional[Recording]:
-    """The recording of the run this process is in, if any (the process module records into it)."""
-    return _current
+    """The recording of the run this thread is in, if any (the process module records into it): the
+    thread's own (:func:`recording` with ``thread=True``), else the process's run."""
+    mine: Optional[Recording] = getattr(_thread, "rec", None)
+    return mine if mine is not None else _current
 
 
 @contextlib.contextmanager
-def recording(run_id: str, root: Optional[Path] = None) -> Iterator[Recording]:
-    """The run's entry exists inside the block (this process records into it) and goes at the end if empty;
-    otherwise it stays for ``clean`` to finish the job."""
+def recording(run_id: str, root: Optional[Path] = None, thread: bool = False) -> Iterator[Recording]:
+    """The run's entry exists inside the block (this process, or with ``thread`` only this thread,
+    records into it) and goes at the end if empty; otherwise it stays for ``clean`` to finish the job."""
     global _current
     rec = Recording(run_id, root)
-    previous, _current = _current, rec
+    if thread:
+        previous_own, _thread.rec = getattr(_thread, "rec", None), rec
+    else:
+        previous, _current = _current, rec
     try:
         yield rec
     finally:
-        _current = previous
+        if thread:
+            _thread.rec = previous_own
+        else:
+            _current = previous
         rec.close()
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from harness.files import write_atomically
-from harness.model import MODELS, Record, Status, outcome_text
+from harness.model import MODELS, Record, Status, outcome_text, quote
 from harness.results import RunDocument
 
 if TYPE_CHECKING:  # the bisect page reads a search's document; importing it would load the runner
@@ -52,12 +52,18 @@ def markdown_name(value: object) -> str:
     return "`%s`" % text if _PLAIN.fullmatch(text) else markdown_text(text)
 
 
+def _shown(text: str) -> str:
+    """Guest text for a terminal: control characters escaped (a crash message of ESC [2J must not clear
+    the screen of whoever reads the table)."""
+    return quote(text, 1 << 30)
+
+
 def table(doc: RunDocument, color: bool = False) -> str:
     """One row per (target, policy), then a summary line."""
     headers = ["TARGET", "POLICY", "STATUS", "OUTCOME", "HIGH", "FALLBACK", "EXPECTED", "TIME"]
     rows: List[List[str]] = []
     for r in doc.records:
-        rows.append([
+        rows.append([_shown(c) for c in (
             r.target,
             r.policy,
             r.status.value,
@@ -66,7 +72,7 @@ def table(doc: RunDocument, color: bool = False) -> str:
             _BOOL[r.fallback_engaged],
             r.expected or "-",
             "%.1fs" % r.duration_s,
-        ])
+        )])
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(headers)]
     colors = {"pass": "32", "observed": "36", "fail": "31", "disagree": "95", "error": "31", "timeout": "33",
               "panic": "35", "skip": "2"}
@@ -85,8 +91,8 @@ def table(doc: RunDocument, color: bool = False) -> str:
     if notes:
         out.append("")
         for r in notes:
-            out.append("%s/%s: %s: %s" % (r.target, r.policy, r.status.value, r.detail))
-    out += agreement_lines(doc)
+            out.append(_shown("%s/%s: %s: %s" % (r.target, r.policy, r.status.value, r.detail)))
+    out += [_shown(line) for line in agreement_lines(doc)]
     out.append("")
     out.append(summary_line(doc))
     return "\n".join(out)

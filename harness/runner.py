@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import images
-from harness import backends, cleanup, files, payload, proc, registry
+from harness import backends, cleanup, payload, proc, registry
+from harness import files as files_module
 from harness import probes as probing
-from harness.backends.base import RunContext
+from harness.backends.base import RunContext, StdinHook
 from harness.backends.console import STEP
 from harness.errors import HarnessError
-from harness.model import Deadline, GuestRun, Record, Status, Target
+from harness.model import Deadline, GuestRun, Record, Status, Target, quote
 from harness.results import RunDocument, classify, errored, judge_agreement, skipped
 
 Progress = Callable[[str, Target, str, Sequence[Record]], None]
@@ -97,13 +98,13 @@ def _boot_and_judge(target: Target, policies: List[str], run_id: str, tmp: Path,
     def step_started(line: str) -> None:  # the guest agent names each step as it begins
         at = line.find(STEP)
         if at >= 0:
-            phase("probe %s" % line[at + len(STEP):].strip()[:40])
+            phase("probe %s" % quote(line[at + len(STEP):].strip(), 40))  # the guest's words: escaped
 
     ctx = RunContext(run_id, target, policies, workdir, pyz, log_path, Deadline(target.timeout), job=job,
                      on_line=step_started, on_phase=phase)
     # 0644 whatever the umask, and every backend appends to it (the process module and those that write
     # it themselves): a CI upload step running as another user must read it.
-    files.create_file(log_path)
+    files_module.create_file(log_path)
     began[0] = time.monotonic()
     phase("boot")
     try:
@@ -142,7 +143,7 @@ def run(
     run registry (:mod:`harness.registry`) while it exists."""
     run_id = run_id or new_run_id()
     logs = Path(artifacts) / run_id
-    files.make_directories(logs)  # 0755 whatever the umask, as the logs in it are 0644
+    files_module.make_directories(logs)  # 0755 whatever the umask, as the logs in it are 0644
     doc = RunDocument(run_id, now_iso(), None, False, [], argv=list(argv or []), targets_file=targets_file,
                       artifacts=str(logs))
     plan = [(t, policies_for(t, policies)) for t in targets]
@@ -243,7 +244,7 @@ def _run_plan(plan: List[Tuple[Target, List[str]]], run_id: str, doc: RunDocumen
             doc.complete = True
     finally:
         ended.append("the run ended")
-        proc.stop_all(STOP_GRACE, reason=None)  # nothing a target started outlives the run
+        proc.stop_all(STOP_GRACE, reason=None, owner=rec)  # nothing a target started outlives the run
         shutil.rmtree(tmp, ignore_errors=True)
         rec.drop_temp_dir(tmp)
         with lock:
@@ -267,14 +268,39 @@ def exec_in(target: Target, argv: List[str], program: Optional[Path], *, timeout
     """``arena-harness exec``: boot or reach ``target`` and run ``argv`` there through the guest agent,
     streaming its output (``on_line`` gets every line of the guest's; the agent's stream lines carry the
     program's). ``program``: a host file delivered read-only and run as ``argv[0]``. Returns what the
-    boot produced (``steps[0]`` holds the exit status) and the console log's path. Everything it creates
-    is recorded in the run registry and removed when it returns, whatever ends it."""
+    boot produced (``steps[0]`` holds the exit status) and the console log's path."""
+    # Only the harness's own placeholder is expanded, never the user's arguments ({dir} stays {dir}).
+    step: Dict[str, Any] = {"name": "exec", "argv": argv, "stream": True, "rlimit_as": target.rlimit_as,
+                            "expand": 0}
+    files: Dict[str, Path] = {}
+    if program is not None:
+        files["program-exec"] = program
+        step.update(argv=["{dir}/program-exec"] + argv[1:], expand=1)
     run_id = new_run_id()
-    logs = Path(artifacts) / run_id
-    files.make_directories(logs)
-    log_path = logs / ("%s.log" % target.name)
-    files.create_file(log_path)
-    with registry.recording(run_id) as rec:
+    return boot_agent(target, [step], files, run_id, timeout=timeout, artifacts=artifacts, on_line=on_line,
+                      log=log, cache=cache), log_path_for(artifacts, run_id, target)
+
+
+def log_path_for(artifacts: Path, run_id: str, target: Target) -> Path:
+    """Where a boot's console log goes: ``ARTIFACTS/RUN-ID/TARGET.log``."""
+    return Path(artifacts) / run_id / ("%s.log" % target.name)
+
+
+def boot_agent(target: Target, steps: List[Dict[str, Any]], files: Dict[str, Path], run_id: str, *,
+               timeout: float, artifacts: Path, on_line: Callable[[str], None],
+               on_stdin: Optional[StdinHook] = None,
+               log: Optional[images.Log] = None, cache: Optional[images.Cache] = None,
+               thread: bool = False) -> GuestRun:
+    """One boot of ``target`` whose guest agent runs ``steps`` (with ``files`` delivered beside it), and,
+    with ``on_stdin``, then serves messages (a session). What exec and sessions share; a run's boots go
+    through :func:`run_target`. Everything it creates is recorded in the run registry (the calling
+    thread's own entry with ``thread``: a session beside a run) and removed when it returns, whatever
+    ends it; the dead leftovers of earlier ones go first (as ``run`` does)."""
+    log_path = log_path_for(artifacts, run_id, target)
+    files_module.make_directories(log_path.parent)
+    files_module.create_file(log_path)
+    cleanup.clean(skip=run_id)
+    with registry.recording(run_id, thread=thread) as rec:
         if target.backend == "docker":
             rec.may_have_containers()
         tmp = _make_temp_dir(run_id, rec)
@@ -286,20 +312,16 @@ def exec_in(target: Target, argv: List[str], program: Optional[Path], *, timeout
             if missing is not None:
                 raise HarnessError(str(missing))
             backend.provision(cache or images.Cache(), log or (lambda msg: None))
-            job = probing.Job(files={probing.PAYLOAD: pyz})
-            step: Dict[str, Any] = {"name": "exec", "argv": argv, "stream": True, "rlimit_as": target.rlimit_as}
-            if program is not None:
-                job.files["program-exec"] = program
-                step["argv"] = ["{dir}/program-exec"] + argv[1:]
-            job.steps.append(step)
+            job = probing.Job(steps=list(steps), files={probing.PAYLOAD: pyz, **files})
             workdir = Path(tempfile.mkdtemp(prefix="%s." % target.name, dir=str(tmp)))
             job.write(workdir)
-            ctx = RunContext(run_id, target, [], workdir, pyz, log_path, Deadline(timeout), job=job, on_line=on_line)
-            return backend.run(ctx), log_path
+            ctx = RunContext(run_id, target, [], workdir, pyz, log_path, Deadline(timeout), job=job,
+                             on_line=on_line, on_stdin=on_stdin)
+            return backend.run(ctx)
         finally:
             if backend is not None:
                 backend.shutdown()
-            proc.stop_all(STOP_GRACE, reason=None)
+            proc.stop_all(STOP_GRACE, reason=None, owner=rec)
             shutil.rmtree(tmp, ignore_errors=True)
             rec.drop_temp_dir(tmp)
             if rec.entry.containers and cleanup.remove_containers(run_id, False, cleanup.Report(), sweep=False):

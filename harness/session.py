@@ -22,8 +22,6 @@ import base64
 import json
 import queue
 import shlex
-import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -31,15 +29,13 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import images
-from harness import backends, cleanup, files, payload, registry
+from guest.agent import FRAME_BEGIN, FRAME_END, READY
 from harness import probes as probing
-from harness.backends.base import RunContext
+from harness import proc, runner
 from harness.errors import HarnessError
-from harness.model import Deadline, GuestRun, Target
+from harness.model import GuestRun, Target
 
-FRAME_BEGIN = "@@ARENA-HARNESS-RESULT-BEGIN@@"
-FRAME_END = "@@ARENA-HARNESS-RESULT-END@@"
-READY = "@@ARENA-HARNESS-AGENT-READY@@"
+FRAME_MAX = proc.LINE_MAX  # what the agent's one frame line may be at most
 CHUNK = 1536  # bytes of a file per message: 2 KiB of base64, well under a console's 4 KiB line
 LIFETIME = 3600.0  # seconds a session's boot may last
 
@@ -75,6 +71,8 @@ class Session:
         self._frames: "queue.Queue[Any]" = queue.Queue()
         self._acks: "queue.Queue[str]" = queue.Queue()
         self._frame: Optional[List[str]] = None
+        self._frame_size = 0
+        self._put_dir: Optional[str] = None  # where the agent keeps the files it is sent
         self._thread: Optional[threading.Thread] = None
         self._ended: Optional[GuestRun] = None
         self._failure: Optional[BaseException] = None
@@ -87,12 +85,10 @@ class Session:
         if self._thread is not None and self._thread.is_alive():
             return self
         self._ready.clear()
-        self._write, self._ended, self._failure, self._sent = None, None, None, {}
-        run_id = "session-%s-%d" % (time.strftime("%Y%m%d-%H%M%S"), threading.get_ident() % 100000)
-        logs = self.artifacts / run_id
-        files.make_directories(logs)
-        self.log_path = logs / ("%s.log" % self.target.name)
-        files.create_file(self.log_path)
+        self._write, self._stop, self._ended, self._failure, self._sent = None, None, None, None, {}
+        self._put_dir = None
+        run_id = "session-" + runner.new_run_id()  # unique: its registry entry, labels and logs are its own
+        self.log_path = runner.log_path_for(self.artifacts, run_id, self.target)
         self._thread = threading.Thread(target=self._boot, args=(run_id,), name="session-" + self.target.name,
                                         daemon=True)
         self._thread.start()
@@ -101,42 +97,22 @@ class Session:
         while not self._ready.wait(0.1):
             if not self._thread.is_alive() or time.monotonic() > end:
                 why = self._why_gone() if not self._thread.is_alive() else "not serving after %.0fs" % wait
-                self.close()
+                self.close(busy=True)
                 raise HarnessError("%s: the session did not start: %s (console log: %s)"
                                    % (self.target.name, why, self.log_path))
         return self
 
     def _boot(self, run_id: str) -> None:
-        assert self.log_path is not None
-        backend = None
-        with registry.recording(run_id) as rec:
-            if self.target.backend == "docker":
-                rec.may_have_containers()
-            tmp = Path(tempfile.mkdtemp(prefix="arena-harness-%s-" % run_id))
-            rec.add_temp_dir(tmp)
-            try:
-                pyz = payload.build(tmp)
-                backend = backends.get(self.target.backend)(self.target)
-                missing = backend.missing()
-                if missing is not None:
-                    raise HarnessError(str(missing))
-                backend.provision(self.cache or images.Cache(), lambda msg: None)
-                job = probing.Job(files={probing.PAYLOAD: pyz})
-                workdir = Path(tempfile.mkdtemp(prefix="%s." % self.target.name, dir=str(tmp)))
-                job.write(workdir)
-                ctx = RunContext(run_id, self.target, [], workdir, pyz, self.log_path, Deadline(self.lifetime),
-                                 job=job, on_line=self._line, on_stdin=self._stdin)
-                self._ended = backend.run(ctx)
-            except BaseException as e:  # noqa: BLE001 - kept for open() and run() to report
-                self._failure = e
-            finally:
-                if backend is not None:
-                    backend.shutdown()
-                self._frames.put(None)  # wakes a run() waiting for a frame that will never come
-                shutil.rmtree(tmp, ignore_errors=True)
-                rec.drop_temp_dir(tmp)
-                if rec.entry.containers and cleanup.remove_containers(run_id, False, cleanup.Report(), sweep=False):
-                    rec.containers_removed()
+        try:
+            # The session's own registry entry (thread=True): a run beside it in this process stops only
+            # its own children, never this boot.
+            self._ended = runner.boot_agent(self.target, [], {}, run_id, timeout=self.lifetime,
+                                            artifacts=self.artifacts, on_line=self._line, on_stdin=self._stdin,
+                                            cache=self.cache, thread=True)
+        except BaseException as e:  # noqa: BLE001 - kept for open() and run() to report
+            self._failure = e
+        finally:
+            self._frames.put(None)  # wakes a run() waiting for a frame that will never come
 
     def _why_gone(self) -> str:
         if self._failure is not None:
@@ -150,41 +126,56 @@ class Session:
         self._write, self._stop = write, stop
 
     def _line(self, line: str) -> None:
-        """Every line of the guest's output: the agent's ready line and acks, and its result frames."""
-        if READY in line:
-            rest = line.split(READY, 1)[1].strip()
+        """Every line of the guest's output: the agent's ready line and acks, and its result frames. A
+        marker counts only at the start of a line of its own: a command's output (inside a frame's JSON
+        line) can never pass for one."""
+        text = line.strip()
+        if text.startswith(READY):
+            rest = text[len(READY):].strip()
             if rest.startswith(("put ", "put-error ")):
                 self._acks.put(rest)
-            else:
+            elif not self._ready.is_set():
+                self._put_dir = rest or None
                 self._ready.set()
             return
-        if FRAME_BEGIN in line:
-            self._frame = []
+        if text == FRAME_BEGIN:
+            self._frame, self._frame_size = [], 0
             return
         if self._frame is not None:
-            if FRAME_END in line:
+            if text == FRAME_END:
                 steps, _ = probing.agent_steps("".join(self._frame))
                 self._frame = None
                 self._frames.put(steps[0] if steps else {"error": "an unreadable result frame"})
+            elif self._frame_size + len(text) > FRAME_MAX:  # a frame that never ends must not grow forever
+                self._frame = None
+                self._frames.put({"error": "a result frame over %d bytes" % FRAME_MAX})
             else:
-                self._frame.append(line.strip())
+                self._frame.append(text)
+                self._frame_size += len(text)
 
     def _send(self, message: Dict[str, Any]) -> None:
         if self._write is None:
             raise HarnessError("%s: the session has no channel to its agent" % self.target.name)
         # ASCII only, DEL escaped too: a console's line discipline would act on it
         text = json.dumps(message, separators=(",", ":")).replace("\x7f", "\\u007f")
-        self._write((text + "\n").encode("ascii"))
+        try:
+            self._write((text + "\n").encode("ascii"))
+        except (OSError, ValueError) as e:  # the boot is gone (its stdin closed)
+            raise HarnessError("%s: the session's guest is gone: %s (console log: %s)"
+                               % (self.target.name, self._why_gone() if self._thread and not
+                                  self._thread.is_alive() else e, self.log_path)) from None
 
     # -- commands ---------------------------------------------------------------------------------
     def put(self, path: Union[str, Path], timeout: float = 300.0) -> str:
-        """Send a host file into the guest (once per session); its path there, as ``{put}/NAME``."""
+        """Send a host file into the guest (once per session); its path there."""
         host = str(Path(path).resolve())
         if host in self._sent:
             return self._sent[host]
         data = Path(host).read_bytes()
         name = "f%d-%s" % (len(self._sent), "".join(c if c.isalnum() or c in "._-" else "_"
                                                      for c in Path(host).name)[:40])
+        while not self._acks.empty():  # a put that timed out before may have left its acks
+            self._acks.get_nowait()
         end = time.monotonic() + timeout
         for seq, at in enumerate(range(0, max(len(data), 1), CHUNK)):
             last = at + CHUNK >= len(data)
@@ -201,7 +192,7 @@ class Session:
             except queue.Empty:
                 raise HarnessError("%s: sending %s took longer than %.0fs" % (self.target.name, host,
                                                                                 timeout)) from None
-        self._sent[host] = "{put}/" + name
+        self._sent[host] = "%s/%s" % (self._put_dir or ".", name)
         return self._sent[host]
 
     def run(self, command: Union[str, Sequence[str], Path], timeout: float = 60.0) -> Result:

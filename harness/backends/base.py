@@ -29,7 +29,7 @@ import images
 from harness import probes as probing
 from harness import proc
 from harness.backends import jail
-from harness.backends.console import DONE, extract_frames, find_panic
+from harness.backends.console import DONE, extract_frames, find_panic, is_agent_line
 from harness.errors import ConfigError, HarnessError, ToolMissing
 from harness.inputs import MiB, read_text
 from harness.model import Deadline, GuestRun, Probe, Target
@@ -63,6 +63,10 @@ class NoOptions:
         return None
 
 
+StdinHook = Callable[[Callable[[bytes], None], Callable[[], None]], None]
+"""A session's hook: given a function that writes to the agent's stdin and one that stops the boot."""
+
+
 @dataclass
 class RunContext:
     run_id: str
@@ -77,7 +81,7 @@ class RunContext:
     # a session (harness.session): the agent serves messages from its stdin, and the backend hands this
     # a function that writes to that stdin, and one that stops the boot, once the agent's process or
     # channel is up
-    on_stdin: Optional[Callable[[Callable[[bytes], None], Callable[[], None]], None]] = None
+    on_stdin: Optional[StdinHook] = None
     on_phase: Optional[Callable[[str], None]] = None  # told "collect" when the guest is done (progress)
 
     def __post_init__(self) -> None:
@@ -304,7 +308,7 @@ class Backend(Generic[OptionsT]):
     @staticmethod
     def done_watcher(line: str) -> Optional[str]:
         """Stop a guest once it said it is done, or once its kernel panicked."""
-        if DONE in line:
+        if DONE in line and not is_agent_line(line):  # a program printing the marker is no guest's end
             return "done"
         if find_panic(line):
             return "panic"

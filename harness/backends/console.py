@@ -24,11 +24,18 @@ STREAM = "@@ARENA-HARNESS-STREAM@@"  # guest.agent.STREAM: a program's output, b
 STEP = "@@ARENA-HARNESS-STEP@@"  # guest.agent.STEP: a step begins
 
 
+def is_agent_line(line: str) -> bool:
+    """Whether ``line`` is one of the guest agent's that carry a program's output (a frame's JSON line, a
+    stream line): nothing in it is a marker or the kernel's, whatever the program printed."""
+    text = line.lstrip()
+    return text.startswith(AGENT_LINE) or text.startswith(STREAM)
+
+
 def find_panic(line: str) -> Optional[str]:
     """The kernel's words if ``line`` says the kernel died, else None. Lines of the guest agent's (a
     frame, a stream line) carry programs' output, not the kernel's: a JVM printing
     "UseCompressedOops: Enabled" is no oops."""
-    if line.startswith(AGENT_LINE) or STREAM in line:
+    if is_agent_line(line):
         return None
     m = PANIC_RE.search(line)
     if not m:
@@ -41,6 +48,10 @@ def extract_frames(lines: Iterable[str]) -> Tuple[List[str], Optional[str]]:
     frames: List[str] = []
     current: Optional[List[str]] = None
     for line in lines:
+        if is_agent_line(line):  # a frame's body: its text may hold anything, markers too
+            if current is not None:
+                current.append(line.strip())
+            continue
         if FRAME_BEGIN in line:
             current = []
             tail = line.split(FRAME_BEGIN, 1)[1].strip()

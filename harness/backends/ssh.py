@@ -30,7 +30,7 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple
 
 from harness import arches, known_hosts, proc
 from harness import probes as probing
-from harness.backends.base import Backend, RunContext
+from harness.backends.base import Backend, RunContext, StdinHook
 from harness.errors import HarnessError, ToolMissing
 from harness.model import FILE, Deadline, Seconds, Target
 
@@ -173,7 +173,7 @@ class SshChannel:
             raise SshError("%s: %s" % (self.where, e.strerror or e)) from None
 
     def _exec(self, command: str, timeout: float, sink: Optional[Callable[[bytes], None]] = None,
-              on_stdin: Optional[Callable[[Callable[[bytes], None], Callable[[], None]], None]] = None
+              on_stdin: Optional[StdinHook] = None
               ) -> Tuple[int, str, str, bool]:
         """Run a remote command with a deadline: (status, stdout, stderr, timed_out). With ``sink``, its
         output (stdout, then stderr as it comes) goes there instead, and the strings are empty."""
@@ -212,7 +212,7 @@ class SshChannel:
 
     def run(self, argv: List[str], deadline: Deadline, log_path: Path, files: Dict[str, Path],
             on_line: Optional[Callable[[str], Any]] = None,
-            on_stdin: Optional[Callable[[Callable[[bytes], None], Callable[[], None]], None]] = None
+            on_stdin: Optional[StdinHook] = None
             ) -> proc.Completed:
         """Put ``files`` (name -> host file) into a fresh remote directory and run ``argv`` there (``{dir}``
         at the start of an argument is that directory); ``on_line`` sees each line of output as it comes."""

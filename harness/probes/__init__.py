@@ -28,7 +28,6 @@ import importlib
 import json
 import os
 import shutil
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -36,6 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from allocator import SCHEMA
 from allocator.probe import OUTCOMES
 from allocator.runtime import DEFAULT_GROW, DEFAULT_TOUCH_EVERY
+from guest.agent import signal_number
 from harness.backends.console import parse_documents
 from harness.document import check_document
 from harness.errors import HarnessError
@@ -177,23 +177,26 @@ def interpret_model(step: Dict[str, Any], probes: Sequence[Probe]) -> Dict[str, 
     return out
 
 
-def last_json_line(text: str) -> Optional[Dict[str, Any]]:
-    """The last line of ``text`` that is a JSON object (a program's result line), or None."""
-    for line in reversed(text.splitlines()):
-        line = line.strip()
+def last_json_line(text: str) -> Tuple[Optional[int], Optional[Dict[str, Any]]]:
+    """The last line of ``text`` that is a JSON object (a program's result line) and its index, or
+    (None, None)."""
+    lines = text.splitlines()
+    for i in range(len(lines) - 1, -1, -1):
+        line = lines[i].strip()
         if line.startswith("{") and line.endswith("}"):
             try:
                 value = json.loads(line)
             except (ValueError, RecursionError):
                 continue
             if isinstance(value, dict):
-                return value
-    return None
+                return i, value
+    return None, None
 
 
 def interpret_program(step: Dict[str, Any], probe: Probe) -> Document:
     """A user program's result line as a document of the allocator's shape (its other keys kept)."""
-    reported = last_json_line(str(step.get("stdout") or ""))
+    stdout = str(step.get("stdout") or "")
+    at, reported = last_json_line(stdout)
     if reported is None or "outcome" not in reported:
         why = _died(step) or "exit status %s" % step.get("returncode")
         return _error(probe.name, "printed no JSON line with an outcome (%s)%s" % (
@@ -209,8 +212,7 @@ def interpret_program(step: Dict[str, Any], probe: Probe) -> Document:
     if problem:
         return _error(probe.name, "its JSON line does not have the allocator's shape: %s" % problem)
     # the rest of what it printed is its log (capped: the agent kept 512 KiB of each stream already)
-    log = [ln for ln in str(step.get("stdout") or "").splitlines() if ln.strip() and ln.strip() != json.dumps(
-        reported) and not ln.lstrip().startswith("{")]
+    log = [ln for i, ln in enumerate(stdout.splitlines()) if i != at]
     doc["program"] = {"returncode": step.get("returncode"), "signal": step.get("signal"),
                       "stdout": "\n".join(log)[-16384:], "stderr": str(step.get("stderr") or "")[-16384:]}
     return doc
@@ -226,10 +228,7 @@ def interpret_runtime(step: Dict[str, Any], probe: Probe) -> Document:
         return _error(probe.name, str(step["error"]))
     rc = step.get("returncode")
     if step.get("signal"):  # the runtimes' readers take a signal as subprocess does: -N
-        try:
-            rc = -int(signal.Signals[str(step["signal"])].value)
-        except KeyError:
-            rc = None
+        rc = -signal_number(str(step["signal"])) or None
     doc: Document = module.document(str(step.get("stdout") or ""), str(step.get("stderr") or ""), rc)
     doc["policy"] = probe.name
     problem = check_document(doc)

@@ -124,3 +124,22 @@ def test_a_tight_umask_changes_nothing() -> None:
         r = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=ROOT,
                            preexec_fn=lambda: os.umask(0o077))
         assert r.returncode == 0 and "Umask:\t0022" in r.stdout, (target, r.stderr[-1000:])
+
+
+def test_a_closed_stdout_ends_exec_at_once_and_a_signal_is_an_interrupt() -> None:
+    """exec | head once waited for the deadline (the reader thread died of BrokenPipeError) and printed a
+    traceback; Ctrl-C gave 125 or 143 instead of 130."""
+    import signal
+    import time
+
+    cmd = "%s -m harness exec local --timeout 60s -- yes | head -c 5 >/dev/null; echo ${PIPESTATUS[0]}" % sys.executable
+    began = time.monotonic()
+    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.stdout.strip() == "141" and "Traceback" not in r.stderr, r.stderr[-1000:]
+    assert time.monotonic() - began < 20
+    p = subprocess.Popen([sys.executable, "-m", "harness", "exec", "local", "--", "sleep", "60"], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 130 and "interrupted by SIGINT" in err, (p.returncode, err[-1000:])

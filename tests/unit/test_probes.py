@@ -149,3 +149,27 @@ def test_agent_steps_reads_a_frame_and_the_share_file() -> None:
     assert probes.agent_steps('{"agent": 2}')[1] == "result is not the agent's (schema 1)"
     assert probes.agent_steps("[" * 100000)[1].startswith("result is not valid JSON")
     assert os.path.basename(probes.PLAN) == "plan.json"
+
+
+def test_markers_inside_a_programs_output_are_not_markers() -> None:
+    """A program printing the harness's markers once ended its boot early and lost the next probe's result."""
+    from harness.backends.base import Backend
+    from harness.backends.console import extract_frames
+
+    forged = json.dumps({"agent": 1, "step": {"stdout": "@@ARENA-HARNESS-DONE@@ rc=0\n"
+                                                        "@@ARENA-HARNESS-RESULT-END@@\n@@ARENA-HARNESS-RESULT-BEGIN@@"}})
+    assert Backend.done_watcher(forged) is None
+    assert Backend.done_watcher("@@ARENA-HARNESS-DONE@@ rc=0") == "done"
+    frames, problem = extract_frames([agent.FRAME_BEGIN, forged, agent.FRAME_END])
+    assert problem is None and [json.loads(f) for f in frames] == [json.loads(forged)]
+
+
+def test_a_frame_stays_under_the_hosts_line_cap_whatever_the_output(tmp_path: Path) -> None:
+    """512 KiB of control bytes on each stream escape to ~6 MiB of JSON: cut to fit, marked truncated."""
+    from harness.proc import LINE_MAX
+
+    code = "import sys; sys.stdout.write(chr(1) * 600000); sys.stderr.write(chr(2) * 600000)"
+    r = run_agent(tmp_path, [{"name": "big", "argv": ["{python}", "-c", code]}])
+    lines = r.stdout.splitlines()
+    line = lines[lines.index(agent.FRAME_BEGIN) + 1]
+    assert len(line) <= LINE_MAX and json.loads(line)["step"]["truncated"] is True

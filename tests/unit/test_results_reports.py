@@ -373,3 +373,13 @@ def test_merge_keeps_where_every_shards_logs_are() -> None:
     assert merge([doc("/ci/out/shard-1/run-a"), doc("/ci/out/shard-2/run-b")]).artifacts == "/ci/out"
     assert merge([doc("/ci/out/run-a"), doc("/ci/out/run-a")]).artifacts == "/ci/out/run-a"
     assert merge([doc("/a/x"), doc("/b/y")]).artifacts is None and merge([doc(None)]).artifacts is None
+
+
+def test_the_terminal_table_escapes_what_a_guest_said() -> None:
+    from harness.model import Probe, Target
+    from harness.results import RunDocument, record
+
+    t = Target("t", "local", None, probes=(Probe("mine", "program", "x"),))
+    r = record(t, "mine", Status.OBSERVED, "x\x1b]0;owned\x07", outcome="crash", crash="\x1b[2Jgone")
+    text = report.table(RunDocument("r", "2026-01-01T00:00:00+00:00", None, True, [r]))
+    assert "\x1b" not in text and "\x07" not in text and "\\x1b[2Jgone" in text
