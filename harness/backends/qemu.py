@@ -209,8 +209,9 @@ class QemuBackend(Backend[QemuOptions]):
         """The machine both boot modes share: CPU, memory, console, firmware, kernel, initrd, command line."""
         o = self.options
         spec = o.spec
-        assert self._kit is not None
+        pass  # the kit's paths in the jail are fixed
         append = ["console=%s" % spec.console, "panic=-1", "rdinit=/init", *o.kernel_args, *append_more]
+        # (the kernel and the initramfs are named by their paths in the jail: the same before provisioning)
         return [
             spec.qemu_system,
             *self.accel(),
@@ -349,6 +350,7 @@ class NinePBoot(Boot):
         super().__init__(machine)
         self._root: Optional[Path] = None
         self._state: Optional[Path] = None  # the saved guest this boot resumes (a snapshot's state.bin)
+        self._resume_failed: Optional[str] = None  # why it did not resume
 
     def rootfs(self) -> Optional[images.Rootfs]:
         if self.o.host_root:
@@ -357,8 +359,12 @@ class NinePBoot(Boot):
                              ("python3",) + self.o.packages)
 
     def recipes(self) -> List[images.Recipe]:
+        """Its root filesystem, and the saved guest when it resumes one (so images prune keeps it)."""
         root = self.rootfs()
-        return [root] if root is not None else []
+        out: List[images.Recipe] = [root] if root is not None else []
+        if self.snapshots():
+            out.append(self.snapshot())
+        return out
 
     def provision(self, cache: images.Cache, log: images.Log) -> None:
         root = self.rootfs()
@@ -375,7 +381,6 @@ class NinePBoot(Boot):
     def snapshot(self) -> images.Snapshot:
         """The saved guest's recipe: keyed by what shapes it (the QEMU version, the machine's whole command
         line, the kernel and the initramfs); built by :meth:`save`."""
-        assert self.m._kit is not None
         inputs = {"qemu": qemu_version(self.o.spec.qemu_system), "argv": self.machine_argv(),
                   "kit": self.m.kit().key(), "initramfs": self.m.initramfs().key()}
         return images.Snapshot("%s-%s" % (self.o.spec.name, self.m.kit().name), json.dumps(inputs, sort_keys=True),
@@ -447,14 +452,12 @@ class NinePBoot(Boot):
                         raise HarnessError("the saved guest was not loaded")
                     time.sleep(0.02)
                 qmp.cmd("cont")
-            # Only now: bytes written before "cont" are lost under the loaded UART state.
-            running.write(b"GO %d %s\n" % (int(time.time()), secrets.token_hex(32).encode()))
-            if ctx.on_stdin is not None:
-                ctx.on_stdin(running.write, lambda: proc.stop(running.popen, 1.0))
-        except Exception as e:  # noqa: BLE001 - QMP errors, OSError: said in the log, and the VM ends
-            if running.log is not None and not running.log.closed:
-                running.log.write("[harness] resuming the saved guest failed: %s\n" % e)
+        except Exception as e:  # noqa: BLE001 - QMP errors, EOF, OSError: the boot falls back to a cold one
+            self._resume_failed = "%s: %s" % (type(e).__name__, e) if str(e) else type(e).__name__
             proc.stop(running.popen, 1.0)
+            return
+        # Only now: bytes written before "cont" are lost under the loaded UART state.
+        self.go(ctx, running)
 
     def prepare(self, ctx: RunContext) -> None:
         """The job's share (read-only to the guest): its files (the agent's zipapp, its plan, the programs
@@ -510,8 +513,34 @@ class NinePBoot(Boot):
     def execute(self, ctx: RunContext) -> proc.Completed:
         if not (ctx.workdir / "job").exists():
             raise HarnessError("qemu: prepare() did not run")
-        if self._state is None:
+        if self._state is not None:
+            done = self.execute_resumed(ctx)
+            if not self._resume_failed:
+                return done
+            # A saved guest that does not load (corrupt, truncated, from another QEMU): say so once, drop
+            # it (the next run saves a new one) and boot cold within the same deadline.
+            broken = self._state.parent
+            with open(ctx.log_path, "a", encoding="utf-8") as log:
+                log.write("[harness] the saved guest %s did not resume (%s): booting cold; the next run saves "
+                          "it again\n" % (broken.name, self._resume_failed))
+            (broken / "manifest.json").unlink(missing_ok=True)  # no longer an entry, whatever happens next
+            shutil.rmtree(broken, ignore_errors=True)
+            self._state = None
+            self.m.shutdown()  # a fresh guest uid for the cold boot
+            self.m.results_dir(ctx)
+        if not self.snapshots():
             return self.m.spawn(ctx, self.m.argv(ctx), watch=self.m.watcher(ctx), after_stop_request=5.0, env=ENV)
+        # Snapshots on but none to resume: a cold boot of the same machine, which stops at the save point
+        # too and is handed its GO line there.
+
+        def go_at_save_point(running: proc.Running) -> None:
+            threading.Thread(target=self.go_when_ready, args=(ctx, running), name="go", daemon=True).start()
+
+        return self.m.spawn(ctx, self.m.argv(ctx), watch=self.m.watcher(ctx), after_stop_request=5.0, env=ENV,
+                            on_start=go_at_save_point)
+
+    def execute_resumed(self, ctx: RunContext) -> proc.Completed:
+        self._resume_failed = None
         argv = self.m.jailed(ctx, self.view(ctx, self.m.base_view(ctx), control=True), self.argv(ctx) + [
             "-qmp", "unix:%s,server=on,wait=off" % QMP_SOCKET,
             "-incoming", "exec:cat %s" % jail.guest_path("snap/state.bin")])
@@ -521,6 +550,16 @@ class NinePBoot(Boot):
 
         return self.m.spawn(ctx, argv, watch=self.m.watcher(ctx), after_stop_request=5.0, env=ENV,
                             on_start=started)
+
+    def go_when_ready(self, ctx: RunContext, running: proc.Running) -> None:
+        """A cold boot of a snapshot machine: at the save point, hand the guest its GO line."""
+        if running.wait_for(lambda ln: SNAPSHOT_READY in ln, ctx.deadline.left(at_least=1.0)) is not None:
+            self.go(ctx, running)
+
+    def go(self, ctx: RunContext, running: proc.Running) -> None:
+        running.write(b"GO %d %s\n" % (int(time.time()), secrets.token_hex(32).encode()))
+        if ctx.on_stdin is not None:
+            ctx.on_stdin(running.write, lambda: proc.stop(running.popen, 1.0))
 
     def result_file(self, ctx: RunContext) -> Optional[Path]:
         return ctx.workdir / "out" / "result.json"
