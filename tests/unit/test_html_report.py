@@ -184,3 +184,90 @@ def test_labels_stay_inside_the_picture_and_off_the_lines(tmp_path: Path) -> Non
                 assert not overlaps(box, line), (target, text, box, line)
         for (t1, b1), (t2, b2) in ((p, q) for i, p in enumerate(boxes) for q in boxes[i + 1:]):
             assert not overlaps(b1, b2), (target, t1, t2)
+
+
+# -- the templates: autoescape is the one escaping, and they ship ------------------------------------
+
+EVIL = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
+
+
+class Tags(HTMLParser):
+    """Every start tag with its attributes, and the text, of a page as a browser parses it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: List[Tuple[str, Dict[str, Optional[str]]]] = []
+        self.text = ""
+
+    def handle_starttag(self, tag: str, attrs: List[Tuple[str, Optional[str]]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data: str) -> None:
+        self.text += data
+
+
+def test_every_value_on_the_run_page_is_escaped_by_the_templates(tmp_path: Path) -> None:
+    """report.py escapes nothing itself: what guests and results files say reaches the templates raw, and
+    their autoescape alone makes it text, in the text and in the attributes (a link to a target, a
+    picture's labels), wherever it stands on the page."""
+    docs = {p: run_policy(p, simulate="uml") for p in ("go-2012", "go-modern")}
+    target = config.parse("targets: [{name: t, backend: uml, expect: {go-2012: high-arena}}]", "t.yaml").targets[0]
+    recs = [classify(target, p, GuestRun(docs, tmp_path / EVIL, 6.0)) for p in ("go-2012", "go-modern")]
+    for r in recs:
+        r.target, r.backend, r.kernel, r.machine = EVIL, EVIL, EVIL, EVIL
+    recs[0].policy = recs[0].detail = EVIL
+    doc = RunDocument(EVIL, EVIL, EVIL, False, recs, interrupted=EVIL)
+    page = report.html(doc)
+    parsed = Tags()
+    parsed.feed(page)
+    assert not [t for t, _ in parsed.tags if t in ("script", "img")]
+    assert all(not name.startswith("on") for _, attrs in parsed.tags for name in attrs)
+    links = {attrs["href"] for tag, attrs in parsed.tags if tag == "a"}
+    assert links == {"#t-" + EVIL}  # the failures banner's and the grid's: one attribute each, whole
+    assert parsed.text.count(EVIL) >= 10, parsed.text  # shown as written: title, banners, grid, picture, log
+    assert "<text x=\"4\" y=\"40\" font-size=\"11\" fill=\"#555\">&lt;script&gt;" in page  # the picture's row
+
+
+def test_a_template_escapes_a_value_given_to_it_raw_and_keeps_markup_it_made() -> None:
+    from markupsafe import Markup
+
+    env = report._templates()
+    assert {"page.html.j2", "run.html.j2", "runtimes.html.j2", "parts.html.j2", "bisect.html.j2",
+            "pictures.svg.j2"} <= set(env.list_templates())
+    assert all(env.autoescape(name) for name in env.list_templates())  # type: ignore[operator]
+    heading = env.get_template("parts.html.j2").module.heading  # type: ignore[attr-defined]
+    assert heading("t-x", True, EVIL) == '<h2 id="t-x" class="bad">✗ %s</h2>' % (
+        "&lt;script&gt;alert(1)&lt;/script&gt;&#34;&gt;&lt;img src=x onerror=alert(2)&gt;")
+    assert heading("t-x", False, Markup("<i>made here</i>")) == '<h2 id="t-x"><i>made here</i></h2>'
+
+
+def test_an_install_ships_the_templates(tmp_path: Path) -> None:
+    """setuptools' build_py lays out what a wheel holds (as in test_probe_go); the page is made from there."""
+    import shutil
+    import sys
+
+    from harness import proc
+    from harness.plugin import skip_or_fail
+    from tests.conftest import ROOT
+
+    try:
+        import setuptools  # noqa: F401
+    except ImportError:
+        skip_or_fail("setuptools", "setuptools not installed: pip install setuptools")
+    tree, site = tmp_path / "tree", tmp_path / "site"
+    tree.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, tree / name)
+    for name in ("allocator", "guest", "harness", "images", "probes"):
+        shutil.copytree(ROOT / name, tree / name, ignore=shutil.ignore_patterns("__pycache__"))
+    r = proc.run([sys.executable, "-c", "import setuptools; setuptools.setup()", "-q", "build_py", "--build-lib",
+                  str(site)], timeout=300, cwd=tree)
+    assert r.returncode == 0, r.output[-2000:]
+    shipped = {f.name for f in (site / "harness" / "templates").iterdir()}
+    assert shipped == {f.name for f in (ROOT / "harness" / "templates").iterdir()}
+    script = ("from harness import report; from harness.results import RunDocument; print(report.__file__); "
+              "print(report.html(RunDocument('r1', 's', 'f', True, [])))")
+    r = proc.run([sys.executable, "-c", script], timeout=60, cwd=tmp_path,
+                 env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.output[-2000:]
+    assert r.output.startswith(str(site / "harness" / "report.py")) and "<h1>arena-harness run r1</h1>" in r.output
