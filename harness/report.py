@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from markupsafe import Markup
 
     from harness.bisect import BisectDocument
+    from harness.diff import History
 
 _BOOL = {True: "yes", False: "no", None: "-"}
 _JSON_BOOL = {True: "true", False: "false"}
@@ -722,10 +723,13 @@ def runtimes_html(doc: RunDocument) -> List[str]:
     return _render("runtimes.html.j2", **runtime_sections(doc)).splitlines()
 
 
-def html(doc: RunDocument) -> str:
+def html(doc: RunDocument, history: Optional["History"] = None) -> str:
     """One self-contained page (no network): what failed first, then the targets x policies grid (a
     cell coloured by its status, a chip for its outcome, its details), the sections on real runtimes,
-    then per target a picture of its address space with a legend, and its console log's last lines."""
+    then per target a picture of its address space with a legend, and its console log's last lines.
+
+    With a tracking file's ``history`` (``report --track``), each failure at the top says since when it
+    fails (new in this run, or since which run and day), the new ones first."""
     from markupsafe import Markup
 
     policies, by_target = grid(doc)
@@ -736,8 +740,11 @@ def html(doc: RunDocument) -> str:
         targets.append({"name": target, "first": next(iter(cells.values())), "cells": [cells.get(p) for p in policies],
                         "bad": any(r.status in _FAILED for r in recs), "svg": Markup(address_space_svg(recs)),
                         "log": log, "tail": console_tail(log)})
+    failures = [(r, history.since(r) if history else None) for r in doc.records if r.status in _FAILED]
+    if history:
+        failures.sort(key=lambda f: not (f[1] and f[1].new))  # the news first, each kind in the run's order
     return _render("run.html.j2", doc=doc, summary=summary_line(doc), policies=policies, targets=targets,
-                   failures=[r for r in doc.records if r.status in _FAILED], **runtime_sections(doc))
+                   failures=failures, history=history, **runtime_sections(doc))
 
 
 # -- bisect: a strip per probe over the searched range ----------------------------------------------

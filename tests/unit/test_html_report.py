@@ -1,5 +1,6 @@
-"""The HTML report: what failed comes first and only failures are red; the address-space pictures keep
-every label inside the picture and off the lines, and say what their marks mean.
+"""The HTML report: what failed comes first (with a tracking file, since when) and only failures are red;
+the address-space pictures keep every label inside the picture and off the lines, and say what their marks
+mean; the templates escape every value and ship in an install.
 
 The allocator documents come from the allocator itself, run against its simulated kernels (the presets
 a UML guest, a 32-bit container on x86_64, a Sv39 RISC-V guest and an x86_64 host look like)."""
@@ -11,6 +12,8 @@ import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
+
+import pytest
 
 from allocator.probe import run_policy
 from harness import config, report
@@ -271,3 +274,75 @@ def test_an_install_ships_the_templates(tmp_path: Path) -> None:
                  env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.output[-2000:]
     assert r.output.startswith(str(site / "harness" / "report.py")) and "<h1>arena-harness run r1</h1>" in r.output
+
+
+# -- since when: report --html with diff --track's file ------------------------------------------------
+
+NIGHTS = {  # per night: (run id, day, {target: (simulated kernel, what go-2012 is expected to do)})
+    "n0": ("2026-11-19", {"a": ("uml", "fallback-32bit"), "b": ("compat32", "native-32bit")}),
+    "n1": ("2026-11-20", {"a": ("uml", "high-arena"), "b": ("compat32", "native-32bit")}),
+    "n2": ("2026-11-21", {"a": ("uml", "high-arena"), "b": ("compat32", "high-arena"), "c": ("sv39", "high-arena")}),
+}
+
+
+def night(tmp_path: Path, run_id: str) -> Path:
+    """A night's results file: go-2012 on each target's simulated kernel, judged by that night's
+    expectation (a: fails from n1 on, b: from n2 on, c: is new in n2 and fails there)."""
+    day, targets = NIGHTS[run_id]
+    recs = []
+    for name, (sim, expect) in targets.items():
+        t = config.parse("targets: [{name: %s, backend: local, policies: [go-2012], expect: {go-2012: %s}}]"
+                         % (name, expect), "t.yaml").targets[0]
+        recs.append(classify(t, "go-2012", GuestRun({"go-2012": run_policy("go-2012", simulate=sim)},
+                                                    tmp_path / "x.log", 1.0)))
+    out = tmp_path / ("%s.json" % run_id)
+    RunDocument(run_id, day + "T02:17:00+00:00", day + "T02:40:00+00:00", True, recs).write(out)
+    return out
+
+
+def test_with_the_tracking_file_each_failure_says_since_when_it_fails(tmp_path: Path) -> None:
+    from harness import cli
+
+    n0, n1, n2 = (night(tmp_path, n) for n in ("n0", "n1", "n2"))
+    state = tmp_path / "regressions.json"
+    assert cli.main(["diff", str(n0), str(n1), "--track", str(state)]) == 1  # a regressed
+    assert cli.main(["diff", str(n1), str(n2), "--track", str(state)]) == 1  # b regressed; c is new
+    page = tmp_path / "n2.html"
+    assert cli.main(["report", str(n2), "--html", str(page), "--track", str(state)]) == 1
+    text = page.read_text()
+    banner = cells(text).banner
+    assert "3 of 3 results failed: 1 new in this run, 1 failing since an earlier run, 1 not tracked" in banner
+    items = re.findall(r"<li>.*?</li>", text[text.index('id="failures"'):])
+    assert [re.search(r"<b>(\w)</b>", i).group(1) for i in items] == ["b", "a", "c"]  # type: ignore[union-attr]
+    assert '<span class="since new" title="first failed in this run; it passed in run n1, 2026-11-20">' \
+        'new in this run</span>' in items[0]
+    assert '<span class="since open" title="first failed in run n1 (2026-11-20T02:17:00+00:00), and in every ' \
+        'run diffed since">failing since run n1, 2026-11-20</span>' in items[1]
+    assert ">not tracked</span>" in items[2] and "lists no open regression for it" in items[2]
+    assert "was last updated by run" not in text  # the file has seen this run
+    # The page of an earlier night, from the same file: it says the file is ahead of that run.
+    assert cli.main(["report", str(n1), "--html", str(tmp_path / "n1.html"), "--track", str(state)]) == 1
+    earlier = (tmp_path / "n1.html").read_text()
+    assert "failing since run n1, 2026-11-20" not in earlier and ">new in this run</span>" in earlier
+    assert "which was last updated by run n2, 2026-11-21, not by\nthis run" in earlier
+    # Without the file: the banner as before, nothing about since when.
+    plain = report.html(RunDocument.load(n2))
+    assert 'class="since' not in plain and "3 of 3 results failed</h2>" in plain
+
+
+def test_report_track_needs_the_file_and_the_page(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from harness import cli
+
+    n0 = night(tmp_path, "n0")
+    missing = tmp_path / "nowhere.json"
+    assert cli.main(["report", str(n0), "--html", str(tmp_path / "p.html"), "--track", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nowhere.json" in err and "--track STATE writes it" in err
+    assert not (tmp_path / "p.html").exists()
+    assert cli.main(["report", str(n0), "--track", str(missing)]) == 2
+    assert "give --html F too" in capsys.readouterr().err
+    damaged = tmp_path / "damaged.json"
+    damaged.write_text('{"open": {}, "updated_by": "n1"}')
+    assert cli.main(["report", str(n0), "--html", str(tmp_path / "p.html"), "--track", str(damaged)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "damaged.json" in err and "updated_by" in err
