@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--junit", metavar="F", type=Path)
     rp.add_argument("--markdown", metavar="F", type=Path)
     rp.add_argument("--html", metavar="F", type=Path)
+    rp.add_argument("--track", metavar="STATE", type=Path,
+                    help="the tracking file of diff --track: the --html page says since when each failure fails")
     allow_skip_arg(rp)
 
     df = sub.add_parser("diff", help="compare two results files; exit 1 on regression, or when NEW is empty, "
@@ -546,15 +548,18 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from harness import report, verdict
+    from harness import diff, report, verdict
     from harness.results import RunDocument
 
     verdict.require_list()
+    if args.track and not args.html:
+        raise UsageError("--track says since when each failure fails on the --html page: give --html F too")
     doc = RunDocument.load(args.results)
+    history = diff.history(args.track, doc) if args.track else None
     make_output_dirs(args.junit, args.markdown, args.html)
     report.write(report.junit(doc), args.junit)
     report.write(report.markdown(doc), args.markdown)
-    report.write(report.html(doc), args.html)
+    report.write(report.html(doc, history), args.html)
     table = sys.stderr if "-" in map(str, (args.junit, args.markdown, args.html)) else sys.stdout
     print(report.table(doc, color=table.isatty()), file=table)
     return _gate(doc, args.allow_skip)

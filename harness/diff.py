@@ -9,6 +9,7 @@ the run where it first failed, and a fix reports the span it was open for.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -115,11 +116,18 @@ def _load_state(state_path: Path) -> Dict[str, Any]:
         first = entry.get("first_failed") if isinstance(entry, dict) else None
         if not isinstance(first, dict) or not isinstance(first.get("run"), str):
             raise ConfigError("expected a mapping with first_failed.run", path=name, key="open.%s" % quote(key))
+    seen = state.get("updated_by")
+    if seen is not None and not (isinstance(seen, dict) and isinstance(seen.get("run"), str)):
+        raise ConfigError("expected a mapping with run", path=name, key="updated_by")
     return state
 
 
 def track(d: Diff, state_path: Path) -> List[Dict[str, Any]]:
-    """Update the open-regressions file; returns the regressions this diff closed (with their span)."""
+    """Update the open-regressions file; returns the regressions this diff closed (with their span).
+
+    The file: ``open`` (per ``target/policy``, the run it first failed in, ``first_failed``, the last it
+    passed in before, and the last it failed in), ``closed_last`` (what this diff closed) and
+    ``updated_by`` (the new run of this diff: a report of a later run can tell the file is behind)."""
     state = _load_state(state_path)
     open_: Dict[str, Any] = state.get("open", {})
     closed: List[Dict[str, Any]] = []
@@ -141,8 +149,83 @@ def track(d: Diff, state_path: Path) -> List[Dict[str, Any]]:
             if span:
                 c.note = "open since run %s" % span["first_failed"]["run"]
     state_path.parent.mkdir(parents=True, exist_ok=True)
-    state_path.write_text(json.dumps({"open": open_, "closed_last": closed}, indent=1) + "\n")
+    state_path.write_text(json.dumps({"open": open_, "closed_last": closed, "updated_by": now}, indent=1) + "\n")
     return closed
+
+
+@dataclass(frozen=True)
+class Since:
+    """Since when one failing result fails, as a tracking file says: ``kind`` new (it first failed in the
+    run reported), open (in an earlier run) or untracked (the file does not list it); ``text`` for the
+    page, ``why`` for its tooltip."""
+
+    kind: str
+    text: str
+    why: str
+
+    @property
+    def new(self) -> bool:
+        return self.kind == "new"
+
+
+@dataclass(frozen=True)
+class History:
+    """What a tracking file (``diff --track``) says of the failures of one run (``run_id``): since which
+    run each one fails (:meth:`since`), and whether the file has seen that run at all (:attr:`behind`)."""
+
+    path: str
+    run_id: str
+    entries: Dict[str, Any]  # the file's open regressions, by target/policy
+    updated_by: Optional[Dict[str, Any]]  # the new run of the last diff recorded; None in files written before
+
+    def since(self, r: Record) -> Since:
+        entry = self.entries.get("%s/%s" % (r.target, r.policy))
+        if entry is None:
+            return Since("untracked", "not tracked", "%s lists no open regression for it: it was failing already "
+                         "in the run it was compared with, or was not in that run" % self.path)
+        first = entry["first_failed"]
+        if first["run"] == self.run_id:
+            before = entry.get("last_passed")
+            return Since("new", "new in this run", "first failed in this run%s" % (
+                "; it passed in run %s" % _run_at(before) if isinstance(before, dict) else ""))
+        return Since("open", "failing since run %s" % _run_at(first),
+                     "first failed in run %s, and in every run diffed since" % _run_at(first, day=False))
+
+    @staticmethod
+    def summary(sinces: Sequence[Since]) -> str:
+        """``1 new in this run, 2 failing since earlier runs, 1 not tracked`` (the kinds there are)."""
+        words = (("new", "new in this run", "new in this run"), ("open", "failing since an earlier run",
+                 "failing since earlier runs"), ("untracked", "not tracked", "not tracked"))
+        counts = [(sum(1 for s in sinces if s.kind == kind), one, many) for kind, one, many in words]
+        return ", ".join("%d %s" % (n, one if n == 1 else many) for n, one, many in counts if n)
+
+    @property
+    def behind(self) -> Optional[str]:
+        """The run that last updated the file when it is not the run reported (then a failure it does not
+        list may be new), else None."""
+        if self.updated_by is None or self.updated_by["run"] == self.run_id:
+            return None
+        return _run_at(self.updated_by)
+
+
+def _run_at(seen: Dict[str, Any], day: bool = True) -> str:
+    """``RUN, 2026-11-20`` (``day``) or ``RUN (2026-11-20T03:00:00+00:00)`` from a tracking file's
+    ``{"run", "at"}`` (the run's start); just the run when ``at`` is not a timestamp."""
+    run, at = str(seen.get("run", "?")), seen.get("at")
+    if not isinstance(at, str) or not re.match(r"\d{4}-\d\d-\d\d", at):
+        return run
+    return "%s, %s" % (run, at[:10]) if day else "%s (%s)" % (run, at)
+
+
+def history(state_path: Path, doc: RunDocument) -> History:
+    """The tracking file at ``state_path`` read for the run ``doc`` (``report --track``). Unlike ``diff
+    --track``, which starts a missing file, a report needs it there: a wrong path is an error, not every
+    failure untracked."""
+    if not state_path.exists():
+        raise ConfigError("no such tracking file (arena-harness diff OLD NEW --track STATE writes it)",
+                          path=str(state_path))
+    state = _load_state(state_path)
+    return History(str(state_path), doc.run_id, state.get("open", {}), state.get("updated_by"))
 
 
 _TITLES = [("regression", "Regressions"), ("fix", "Fixes"), ("outcome", "Changed outcomes"),

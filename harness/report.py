@@ -1,19 +1,27 @@
-"""Reports from a run document: the terminal table, JUnit XML and Markdown. They read records only."""
+"""Reports from a run document: the terminal table, JUnit XML, Markdown and the HTML page (and a boundary
+search's page). They read records only."""
 
 from __future__ import annotations
 
+import functools
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 from harness.files import write_atomically
 from harness.model import MODELS, Record, Status, outcome_text, quote
 from harness.results import RunDocument
 
-if TYPE_CHECKING:  # the bisect page reads a search's document; importing it would load the runner
+# Imported where they are used: jinja2 when a page is made (the table, JUnit and Markdown do without it),
+# the bisect module for its page (importing it loads the runner).
+if TYPE_CHECKING:
+    import jinja2
+    from markupsafe import Markup
+
     from harness.bisect import BisectDocument
+    from harness.diff import History
 
 _BOOL = {True: "yes", False: "no", None: "-"}
 _JSON_BOOL = {True: "true", False: "false"}
@@ -526,81 +534,6 @@ def markdown_runtimes(doc: RunDocument) -> List[str]:
     return lines
 
 
-# The HTML sections' own marks: a badge for a result of a real runtime or a user's program (the grid's
-# columns of the model and of the runtimes look alike otherwise), the agree column's colours.
-_KIND_BADGE = {"go": ("real", "a real runtime, not the model"), "jvm": ("real", "a real runtime, not the model"),
-               "program": ("program", "a user's program")}
-_BADGE_STYLE = ("display:inline-block;border:1px solid #546e7a;color:#37474f;background:#fff;border-radius:3px;"
-                "padding:0 4px;font-size:11px;line-height:14px")
-_AGREE_CELL = {True: ("#e8f5e9", "#2e7d32", "✓ yes"), False: ("#f8bbd0", "#ad1457", "✗ no"),
-               None: ("#f5f5f5", "#616161", "not compared")}
-
-
-def kind_badge(r: Record) -> str:
-    """A small badge naming what kind of probe gave ``r`` (``real`` for go and jvm) and a space, or "" for
-    the model."""
-    badge = _KIND_BADGE.get(r.kind or "")
-    if badge is None:
-        return ""
-    return '<span class="kind" style="%s" title="%s">%s</span> ' % (_BADGE_STYLE, _esc(badge[1]), badge[0])
-
-
-def _result_td(r: Optional[Record], text: Optional[str] = None) -> str:
-    """A result in a runtime table: coloured by its status like the grid's cells, its outcome's chip and text."""
-    if r is None:
-        return '<td class="small">did not run</td>'
-    chip = ('<i class="oc" style="background:%s"></i>' % _OUTCOME_COLOR[r.outcome]
-            if r.outcome in _OUTCOME_COLOR else "")
-    return ('<td class="rcell%s" style="background:%s"><span class="st" style="background:%s">%s</span> %s%s</td>'
-            % (" failed" if r.status in _FAILED else "", _STATUS_BG[r.status.value], _STATUS_COLOR[r.status.value],
-               r.status.value, chip, _esc(said(r) if text is None else text)))
-
-
-def _target_th(target: str) -> str:
-    return '<th><a href="#t-%s">%s</a></th>' % (_esc(target), _esc(target))
-
-
-def runtimes_html(doc: RunDocument) -> List[str]:
-    """The HTML sections on real runtimes, after the grid: the model beside real Go and the JVM, the
-    same tables as :func:`markdown_runtimes` in the page's style (failures first, their rows marked,
-    cells coloured by status). Every text from the results file is escaped."""
-    out: List[str] = []
-    for model, runtime, comps in comparisons(doc):
-        name = _esc(runtime_name(runtime))
-        bad = any(c.failed for c in comps)
-        out.append('<h2 id="agreement-%s"%s>%sModel and real %s</h2>' % (_esc(runtime), ' class="bad"' if bad else "",
-                                                                         "✗ " if bad else "", name))
-        out.append('<p class="small">%s</p>' % _esc(agreement_summary(comps)))
-        out.append('<table class="grid runtimes"><tr><th>target</th><th>%s</th><th>real %s</th><th>agree</th>'
-                   "<th>%s's first arena</th><th>blocks grown<div class=\"small\">model / %s</div></th></tr>"
-                   % (_esc(model), name, name, name))
-        for c in _failures_first(comps):
-            bg, fg, word = _AGREE_CELL[c.agree]
-            why = '<div class="small">%s</div>' % _esc(c.reason()) if c.agree is None else ""
-            arena = first_arena(c.runtime_record)
-            out.append('<tr%s>%s%s%s<td style="background:%s;color:%s;font-weight:600">%s%s</td><td>%s</td>'
-                       "<td>%s</td></tr>"
-                       % (' class="bad"' if c.failed else "", _target_th(c.target), _result_td(c.model_record),
-                          _result_td(c.runtime_record), bg, fg, word, why,
-                          "<code>%s</code>" % _esc(arena) if arena else "-", _esc(_grown_pair(c))))
-        out.append("</table>")
-    jvm = jvm_records(doc)
-    if jvm:
-        bad = any(r.status in _FAILED for r in jvm)
-        out.append('<h2 id="jvm"%s>%sJVM</h2>' % (' class="bad"' if bad else "", "✗ " if bad else ""))
-        out.append('<p class="small">%s</p>' % _esc(jvm_summary(jvm)))
-        out.append('<table class="grid runtimes"><tr><th>target</th><th>JVM outcome</th><th>heap range</th>'
-                   "<th>compressed oops mode</th></tr>")
-        for r in jvm:
-            heap = heap_range(r)
-            where = '<code>%s–%s</code> <span class="small">(%s)</span>' % tuple(map(_esc, heap)) if heap else "-"
-            out.append('<tr%s>%s%s<td>%s</td><td>%s</td></tr>'
-                       % (' class="bad"' if r.status in _FAILED else "", _target_th(r.target),
-                          _result_td(r, jvm_said(r)), where, _esc(oops_mode(r) or "-")))
-        out.append("</table>")
-    return out
-
-
 def write(text: str, path: Optional[Path]) -> None:
     """A report at ``path`` (nothing when None): atomically, mode 0644, parent directories created."""
     if path is not None:
@@ -608,6 +541,12 @@ def write(text: str, path: Optional[Path]) -> None:
 
 
 # -- HTML ------------------------------------------------------------------------------------
+#
+# The pages are Jinja2 templates (harness/templates/): run.html.j2 and the sections it includes, bisect.html.j2,
+# the marks they share (parts.html.j2) and the pictures' (pictures.svg.j2). Autoescape is on for all of them
+# and is the HTML reports' one escaping: every value from a results file or a search (much of it printed by
+# guests) is escaped there, once. What is computed (the pictures' geometry, which sections, rows and texts
+# there are) is here.
 
 # A cell is coloured by its status, never by its outcome: an expected crash is a pass and looks like one;
 # red is for what failed. The outcome is a small chip in the cell (a crash's chip is not red either).
@@ -622,31 +561,56 @@ _OUTCOME_COLOR = {"high-arena": "#a5d6a7", "fallback-32bit": "#fff176", "native-
 _POLICY_COLOR = {"go-2012-pre": "#8e24aa", "go-2012": "#1565c0", "go-modern": "#00897b", "go": "#37474f",
                  "jvm": "#6d4c41"}
 _FAILED = (Status.FAIL, Status.DISAGREE, Status.ERROR, Status.TIMEOUT, Status.PANIC)
-_CSS = """
-body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#212121}
-h1{font-size:20px}h2{font-size:16px;margin-top:28px}h2.bad{color:#b71c1c}
-table.grid{border-collapse:collapse}table.grid td,table.grid th{border:1px solid #ccc;padding:6px 10px;
-vertical-align:top}table.grid th{background:#f5f5f5;text-align:left}
-table.grid tr.bad th{background:#ffcdd2;border-left:6px solid #c62828}
-.cell{min-width:170px}.st{display:inline-block;color:#fff;border-radius:3px;padding:0 6px;font-size:12px;
-font-weight:600}.cell.failed{outline:3px solid #c62828;outline-offset:-3px;font-weight:600}
-.oc{display:inline-block;width:10px;height:10px;border:1px solid #0003;margin:0 4px 0 2px;vertical-align:baseline}
-details{margin-top:4px}summary{cursor:pointer;color:#555;font-size:12px}
-pre{font-size:11px;background:#fafafa;border:1px solid #eee;padding:6px;max-height:260px;overflow:auto;
-white-space:pre-wrap}.legend{margin:6px 0}.legend span{display:inline-block;margin-right:14px;font-size:12px;
-white-space:nowrap}
-.small{color:#666;font-size:12px}
-.banner{padding:10px 14px;border-radius:4px;margin:12px 0;max-width:1100px}
-.banner.bad{background:#c62828;color:#fff}.banner.bad a{color:#fff}.banner.ok{background:#e8f5e9;color:#1b5e20;
-border:1px solid #a5d6a7}.banner.warn{background:#fff3e0;color:#e65100;border:1px solid #ffcc80}
-.banner h2{margin:0 0 6px 0;font-size:16px}.banner ul{margin:0;padding-left:20px}.banner li{margin:2px 0}
-"""
 
 
-def _esc(x: object) -> str:
-    import html as _html
+def _failed(x: object) -> bool:
+    """The templates' test ``is failed``: a record that failed, or a comparison with a disagreement or a
+    failure on either side."""
+    if isinstance(x, Comparison):
+        return x.failed
+    return isinstance(x, Record) and x.status in _FAILED
 
-    return _html.escape("" if x is None else str(x))
+
+def trace_text(r: Record, limit: int = 60) -> str:
+    """The first ``limit`` calls of a record's trace (its probe document's ``trace``), one a line."""
+    trace = (r.probe or {}).get("trace") or []
+    text = "\n".join("%-16s %-8s %s len=%s %s %s -> %s%s" % (
+        e.get("fn"), e.get("call"), e.get("addr"), e.get("len"), e.get("prot", ""), e.get("flags", ""),
+        e.get("result"), " x%d" % e["count"] if e.get("count") else "") for e in trace[:limit])
+    if len(trace) > limit:
+        text += "\n… %d more calls" % (len(trace) - limit)
+    return text
+
+
+@functools.cache
+def _templates() -> "jinja2.Environment":
+    """The templates' environment, made once: autoescape on (also for a template of a kind not listed),
+    StrictUndefined (a name the code forgot to pass is an error, not an empty cell), None shown as nothing
+    (a run not finished, a record with no kernel); and what the templates may use: the colours, the texts
+    of a record (filters) and the ``failed`` test."""
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("harness", "templates"),
+                             autoescape=jinja2.select_autoescape(("html.j2", "svg.j2"), default=True),
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                             keep_trailing_newline=True, finalize=lambda v: "" if v is None else v)
+    env.globals.update(STATUSES=[s.value for s in Status], STATUS_COLOR=_STATUS_COLOR, STATUS_BG=_STATUS_BG,
+                       OUTCOME_COLOR=_OUTCOME_COLOR, POLICY_COLOR=_POLICY_COLOR, SVG_FONT=SVG_FONT)
+    env.filters.update(px=lambda v: "%.1f" % v, outcome=_outcome, probe_lines=probe_lines, trace=trace_text,
+                       said=said, runtime_name=runtime_name, agreement_summary=agreement_summary,
+                       first_arena=first_arena, grown_pair=_grown_pair, heap_range=heap_range, jvm_said=jvm_said,
+                       oops_mode=oops_mode, jvm_summary=jvm_summary)
+    env.tests["failed"] = _failed
+    return env
+
+
+def _render(template: str, **context: Any) -> str:
+    return _templates().get_template(template).render(**context)
+
+
+def _picture(macro: str, picture: Dict[str, Any]) -> "Markup":
+    """A picture of pictures.svg.j2, as markup (escaped there) a page puts in as it is."""
+    return getattr(_templates().get_template("pictures.svg.j2").module, macro)(picture)  # type: ignore[no-any-return]
 
 
 def _addr(v: object) -> Optional[int]:
@@ -666,13 +630,23 @@ def text_width(text: str, size: float) -> float:
     return len(text) * size * CHAR_EM
 
 
-def _label(x: float, y: float, text: str, size: int, width: int, fill: str = "#000", bold: bool = False) -> str:
+@dataclass(frozen=True)
+class Label:
+    """A text of a picture: its left end ``x``, its baseline ``y``, its size in px."""
+
+    x: float
+    y: int
+    size: int
+    text: str
+    fill: str = "#000"
+    bold: bool = False
+
+
+def _label(x: float, y: int, text: str, size: int, width: int, fill: str = "#000", bold: bool = False) -> Label:
     """A label centred on ``x``, moved left or right as little as needed to lie wholly inside the picture
     (a "user top" at the right edge of a 32-bit space was cut in half)."""
     w = text_width(text, size)
-    x0 = min(max(x - w / 2, 2.0), width - 2 - w)
-    return ('<text x="%.1f" y="%d" font-size="%d" fill="%s"%s>%s</text>'
-            % (x0, y, size, fill, ' font-weight="bold"' if bold else "", _esc(text)))
+    return Label(min(max(x - w / 2, 2.0), width - 2 - w), y, size, text, fill, bold)
 
 
 def address_space_svg(records: List[Record], width: int = 960) -> str:
@@ -694,38 +668,25 @@ def address_space_svg(records: List[Record], width: int = 960) -> str:
     row_h = 22
     top_pad = 28
     axis_y = top_pad + row_h * len(rows) + 4
-    height = axis_y + 36
 
     def x(addr: int) -> float:
         b = math.log2(max(addr, 1 << lo_bit))
         b = min(max(b, lo_bit), hi_bit)
         return left + (right - left) * (b - lo_bit) / (hi_bit - lo_bit)
 
-    parts = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="%s" role="img" '
-             'aria-label="address space">' % (width, height, SVG_FONT)]
     user_top = _addr(facts.get("user_top"))
-    if user_top:
-        ux = x(user_top)
-        parts.append('<rect x="%.1f" y="%d" width="%.1f" height="%d" fill="#e3f2fd"/>'
-                     % (left, top_pad - 6, ux - left, axis_y - top_pad + 6))
-        parts.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#000" stroke-width="2"/>'
-                     % (ux, top_pad - 10, ux, axis_y))
-        parts.append(_label(ux, 13, "user top %s" % facts.get("user_top"), 11, width))
-    parts.append('<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="#9e9e9e"/>' % (left, axis_y, right, axis_y))
-    for b in range(lo_bit, hi_bit + 1, 4 if bits == 64 else 2):
-        tx = x(1 << b)
-        parts.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#9e9e9e"/>' % (tx, axis_y, tx, axis_y + 4))
-        parts.append(_label(tx, axis_y + 14, "2^%d" % b, 9, width, fill="#757575"))
+    top = {"x": x(user_top), "label": _label(x(user_top), 13, "user top %s" % facts.get("user_top"), 11, width)
+           } if user_top else None
+    ticks = [{"x": x(1 << b), "label": _label(x(1 << b), axis_y + 14, "2^%d" % b, 9, width, fill="#757575")}
+             for b in range(lo_bit, hi_bit + 1, 4 if bits == 64 else 2)]
+    hint = None
     if bits == 64:
-        hx = x(0xF8 << 32)
-        parts.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#c62828" stroke-dasharray="4 3"/>'
-                     % (hx, top_pad - 6, hx, axis_y))
-        parts.append(_label(hx, axis_y + 28, "hint 0xf8<<32", 10, width, fill="#c62828"))
+        hint = {"x": x(0xF8 << 32), "label": _label(x(0xF8 << 32), axis_y + 28, "hint 0xf8<<32", 10, width,
+                                                    fill="#c62828")}
+    limit = int((width - right - 16) / text_width("x", 11))  # the outcome's characters that fit at the right
+    policies = []
     for i, r in enumerate(rows):
         p = r.probe or {}
-        y = top_pad + i * row_h
-        color = _POLICY_COLOR.get(r.policy, "#555")
-        parts.append('<text x="4" y="%d" font-size="11" fill="%s">%s</text>' % (y + 12, color, _esc(r.policy)))
         heap = p.get("heap") or {}
         spans: List[Tuple[int, int]] = []
         if _addr(heap.get("arena_start")) and _addr(heap.get("arena_end")):
@@ -733,125 +694,57 @@ def address_space_svg(records: List[Record], width: int = 960) -> str:
         for a, b2 in heap.get("arenas") or []:
             if _addr(a) and _addr(b2):
                 spans.append((_addr(a) or 0, _addr(b2) or 0))
-        for a, b2 in spans[:8]:
-            x0, x1 = x(a), x(b2)
-            parts.append('<rect x="%.1f" y="%d" width="%.1f" height="12" fill="%s" opacity="0.75">'
-                         '<title>arena %s-%s</title></rect>' % (x0, y + 2, max(x1 - x0, 3), color, hex(a), hex(b2)))
         probe = _addr((p.get("reservation") or {}).get("probe"))
-        if probe:
-            px = x(probe)
-            parts.append('<path d="M%.1f %d l5 -8 h-10 z" fill="#212121"><title>probe landed at %s</title></path>'
-                         % (px, y + 16, hex(probe)))
         failed = r.status in _FAILED
         mark = "✗ " if failed else ("✓ " if r.status == Status.PASS else "")
         text = mark + (_outcome(r) if not failed or r.status in (Status.FAIL, Status.DISAGREE) else r.status.value)
-        limit = int((width - right - 16) / text_width("x", 11))
-        if len(text) > limit:
-            text = text[: limit - 1] + "…"
-        parts.append('<text x="%d" y="%d" font-size="11" fill="%s"%s>%s<title>%s</title></text>'
-                     % (right + 12, y + 12, "#c62828" if failed else "#424242", ' font-weight="bold"' if failed else "",
-                        _esc(text), _esc("%s: %s" % (r.status.value, r.detail or _outcome(r)))))
-    parts.append("</svg>")
-    return "".join(parts)
+        policies.append({
+            "record": r, "y": top_pad + i * row_h, "color": _POLICY_COLOR.get(r.policy, "#555"), "failed": failed,
+            "arenas": [{"x": x(a), "width": max(x(b2) - x(a), 3), "start": hex(a), "end": hex(b2)}
+                       for a, b2 in spans[:8]],
+            "probe": {"x": x(probe), "at": hex(probe)} if probe else None,
+            "text": text if len(text) <= limit else text[: limit - 1] + "…"})
+    return _picture("address_space", {"width": width, "height": axis_y + 36, "left": left, "right": right,
+                                      "top_pad": top_pad, "axis_y": axis_y, "top": top, "ticks": ticks,
+                                      "hint": hint, "rows": policies})
 
 
-def svg_legend() -> str:
-    """What the pictures' marks mean, drawn with the same marks."""
-    items = [
-        '<rect x="0" y="3" width="22" height="12" fill="#e3f2fd"/><line x1="22" y1="0" x2="22" y2="18" '
-        'stroke="#000" stroke-width="2"/>', "user address space, up to its top",
-        '<line x1="11" y1="0" x2="11" y2="18" stroke="#c62828" stroke-dasharray="4 3"/>',
-        "Go 2012's hint 0xf8<<32",
-        '<path d="M11 15 l5 -8 h-10 z" fill="#212121"/>', "where the 64 KiB probe at the hint landed",
-    ]
-    items += ['<rect x="0" y="3" width="22" height="12" fill="%s" opacity="0.75"/>' % c for c in _POLICY_COLOR.values()]
-    labels = items[:6] + [item for pair in zip(items[6:], ("arenas of %s" % p for p in _POLICY_COLOR)) for item in pair]
-    out = []
-    for mark, text in zip(labels[::2], labels[1::2]):
-        out.append('<span><svg width="24" height="18" style="vertical-align:middle">%s</svg> %s</span>'
-                   % (mark, _esc(text)))
-    return '<p class="legend">%s<span>(log2 axis; ✓ / ✗ at the right: the outcome passed / failed)</span></p>' \
-        % "".join(out)
+def runtime_sections(doc: RunDocument) -> Dict[str, Any]:
+    """What runtimes.html.j2 shows: per model and runtime the comparisons (failures first), and the
+    ``jvm`` probe's records (failures first)."""
+    return {"comparisons": [(m, rt, _failures_first(cs)) for m, rt, cs in comparisons(doc)],
+            "jvm": jvm_records(doc)}
 
 
-def _banner(doc: RunDocument) -> str:
-    """The first thing on the page: what failed (each result a link to its target), or that nothing did."""
-    bad = [r for r in doc.records if r.status in _FAILED]
-    if bad:
-        items = "".join('<li><a href="#t-%s"><b>%s</b> / %s</a>: %s%s</li>'
-                        % (_esc(r.target), _esc(r.target), _esc(r.policy), r.status.value,
-                           " — %s" % _esc(r.detail) if r.detail else "") for r in bad)
-        head = "%d of %d results failed" % (len(bad), len(doc.records))
-        return '<div class="banner bad" id="failures"><h2>%s</h2><ul>%s</ul></div>' % (head, items)
-    if not doc.records:
-        return '<div class="banner warn"><h2>No results</h2></div>'
-    return '<div class="banner ok"><h2>Nothing failed: %s</h2></div>' % _esc(summary_line(doc))
+def runtimes_html(doc: RunDocument) -> List[str]:
+    """The HTML sections on real runtimes (the page puts them after the grid): the model beside real Go
+    and the JVM, the same tables as :func:`markdown_runtimes` in the page's style (failures first, their
+    rows marked, cells coloured by status), as lines; none when no runtime ran."""
+    return _render("runtimes.html.j2", **runtime_sections(doc)).splitlines()
 
 
-def html(doc: RunDocument) -> str:
+def html(doc: RunDocument, history: Optional["History"] = None) -> str:
     """One self-contained page (no network): what failed first, then the targets x policies grid (a
-    cell coloured by its status, a chip for its outcome, its details), then per target a picture of its
-    address space with a legend, and its console log's last lines."""
+    cell coloured by its status, a chip for its outcome, its details), the sections on real runtimes,
+    then per target a picture of its address space with a legend, and its console log's last lines.
+
+    With a tracking file's ``history`` (``report --track``), each failure at the top says since when it
+    fails (new in this run, or since which run and day), the new ones first."""
+    from markupsafe import Markup
+
     policies, by_target = grid(doc)
-    out = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
-           "<title>arena-harness %s</title><style>%s</style></head><body>" % (_esc(doc.run_id), _CSS),
-           "<h1>arena-harness run %s</h1>" % _esc(doc.run_id),
-           '<p class="small">%s — %s · %s</p>' % (_esc(doc.started), _esc(doc.finished), _esc(summary_line(doc)))]
-    if not doc.complete:
-        out.append('<div class="banner warn"><h2>Incomplete run: %s</h2></div>'
-                   % _esc(doc.interrupted or "stopped early"))
-    out.append(_banner(doc))
-    out.append('<p class="legend">status: ' + "".join(
-        '<span><b class="st" style="background:%s">%s</b></span>' % (_STATUS_COLOR[s.value], s.value)
-        for s in Status) + " &nbsp; outcome: " + "".join(
-        '<span><i class="oc" style="background:%s"></i>%s</span>' % (c, o) for o, c in _OUTCOME_COLOR.items())
-        + "</p>")
-    out.append('<table class="grid"><tr><th>target</th><th>kernel</th>'
-               + "".join("<th>%s</th>" % _esc(p) for p in policies) + "</tr>")
-    for target, cells in by_target.items():
-        any_r = next(iter(cells.values()))
-        bad = any(r.status in _FAILED for r in cells.values())
-        row = ['<tr%s><th><a href="#t-%s">%s</a><div class="small">%s</div></th><td class="small">%s<br>%s</td>'
-               % (' class="bad"' if bad else "", _esc(target), _esc(target), _esc(any_r.backend),
-                  _esc(any_r.kernel or "-"), _esc(any_r.machine or ""))]
-        for p in policies:
-            cell = cells.get(p)
-            if cell is None:
-                row.append("<td></td>")
-                continue
-            probe = cell.probe or {}
-            detail = probe_lines(cell)
-            trace = probe.get("trace") or []
-            trace_txt = "\n".join("%-16s %-8s %s len=%s %s %s -> %s%s" % (
-                e.get("fn"), e.get("call"), e.get("addr"), e.get("len"), e.get("prot", ""), e.get("flags", ""),
-                e.get("result"), " x%d" % e["count"] if e.get("count") else "") for e in trace[:60])
-            if len(trace) > 60:
-                trace_txt += "\n… %d more calls" % (len(trace) - 60)
-            chip = ('<i class="oc" style="background:%s"></i>' % _OUTCOME_COLOR[cell.outcome]
-                    if cell.outcome in _OUTCOME_COLOR else "")
-            chip = kind_badge(cell) + chip
-            row.append('<td class="cell st-%s%s" style="background:%s"><span class="st" style="background:%s">%s</span>'
-                       ' %s%s<details><summary>details</summary><pre>%s</pre><pre>%s</pre></details></td>'
-                       % (cell.status.value, " failed" if cell.status in _FAILED else "",
-                          _STATUS_BG[cell.status.value], _STATUS_COLOR[cell.status.value], cell.status.value, chip,
-                          _esc(_outcome(cell)), _esc("\n".join(detail)), _esc(trace_txt)))
-        out.append("".join(row) + "</tr>")
-    out.append("</table>")
-    out += runtimes_html(doc)
-    out.append("<h2>Address spaces</h2>")
-    out.append(svg_legend())
+    targets = []
     for target, cells in by_target.items():
         recs = [cells[p] for p in policies if p in cells]
-        bad = any(r.status in _FAILED for r in recs)
-        out.append('<h2 id="t-%s"%s>%s%s</h2>' % (_esc(target), ' class="bad"' if bad else "",
-                                                  "✗ " if bad else "", _esc(target)))
-        svg = address_space_svg(recs)
-        out.append(svg or '<p class="small">no result to draw</p>')
         log = next((r.log for r in recs if r.log), None)
-        out.append("<details%s><summary>console log excerpt (%s)</summary><pre>%s</pre></details>"
-                   % (" open" if bad else "", _esc(log), _esc(console_tail(log))))
-    out.append("</body></html>")
-    return "\n".join(out) + "\n"
+        targets.append({"name": target, "first": next(iter(cells.values())), "cells": [cells.get(p) for p in policies],
+                        "bad": any(r.status in _FAILED for r in recs), "svg": Markup(address_space_svg(recs)),
+                        "log": log, "tail": console_tail(log)})
+    failures = [(r, history.since(r) if history else None) for r in doc.records if r.status in _FAILED]
+    if history:
+        failures.sort(key=lambda f: not (f[1] and f[1].new))  # the news first, each kind in the run's order
+    return _render("run.html.j2", doc=doc, summary=summary_line(doc), policies=policies, targets=targets,
+                   failures=failures, history=history, **runtime_sections(doc))
 
 
 # -- bisect: a strip per probe over the searched range ----------------------------------------------
@@ -859,11 +752,6 @@ def html(doc: RunDocument) -> str:
 # Crash messages each get a colour of their own, in the order met (a window of one crash beside another
 # must not look like one run); the other outcomes keep the run report's chip colours.
 _CRASH_COLORS = ("#bcaaa4", "#ef9a9a", "#ce93d8", "#f48fb1", "#a1887f", "#b0bec5", "#ffab91")
-_BISECT_CSS = """
-table.bounds{border-collapse:collapse;margin:6px 0 4px 0}table.bounds td,table.bounds th{border:1px solid #ddd;
-padding:3px 8px;font-size:13px;text-align:left}table.bounds th{background:#f5f5f5}
-td.v{font-family:DejaVu Sans Mono,Liberation Mono,monospace}
-"""
 
 
 def bisect_colors(doc: "BisectDocument") -> Dict[str, str]:
@@ -901,7 +789,6 @@ def bisect_strip_svg(doc: "BisectDocument", probe: str, colors: Dict[str, str], 
     left, right = 12, width - 12
     top, strip_h = 34, 28
     axis_y = top + strip_h
-    height = axis_y + 40
     kernels = doc.knob == "kernel"
     lo, hi = window or (doc.lo, doc.hi)
     span = max(1, len(doc.kernels)) if kernels else max(1, hi - lo)
@@ -909,10 +796,7 @@ def bisect_strip_svg(doc: "BisectDocument", probe: str, colors: Dict[str, str], 
     def x(v: int) -> float:
         return left + (right - left) * ((v if kernels else v - lo) / span)
 
-    parts = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="%s" role="img" '
-             'aria-label="outcomes of %s over %s">' % (width, height, SVG_FONT, _esc(probe), _esc(doc.knob)),
-             '<rect x="%d" y="%d" width="%d" height="%d" fill="#f5f5f5" stroke="#bdbdbd"/>'
-             % (left, top, right - left, strip_h)]
+    cells = []
     for i, r in enumerate(runs):
         nxt = runs[i + 1] if i + 1 < len(runs) else None
         x0 = x(r.first.value)
@@ -926,42 +810,34 @@ def bisect_strip_svg(doc: "BisectDocument", probe: str, colors: Dict[str, str], 
             continue
         x0, x1 = max(x0, float(left)), min(x1, float(right))
         w = max(x1 - x0, 3.0)
-        x0 = min(x0, right - w)
-        parts.append('<rect x="%.1f" y="%d" width="%.1f" height="%d" fill="%s"><title>%s: %s .. %s (%d points)'
-                     '</title></rect>' % (x0, top, w, strip_h, colors.get(r.label, "#e0e0e0"), _esc(r.label),
-                                          _esc(doc.fmt(r.first.value)), _esc(doc.fmt(r.last.value)), r.count))
-    for p in doc.points.get(probe, []):
-        px = x(p.value) + ((x(p.value + 1) - x(p.value)) / 2 if kernels else 0)
-        if left <= px <= right:
-            parts.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#616161" opacity="0.6"/>'
-                         % (px, axis_y + 1, px, axis_y + 5))
+        cells.append({"x": min(x0, right - w), "width": w, "color": colors.get(r.label, "#e0e0e0"), "label": r.label,
+                      "first": doc.fmt(r.first.value), "last": doc.fmt(r.last.value), "count": r.count})
+    ticks = [px for px in (x(p.value) + ((x(p.value + 1) - x(p.value)) / 2 if kernels else 0)
+                           for p in doc.points.get(probe, [])) if left <= px <= right]
+    bounds = []
     last_label = -100.0
     row = 0
     for n, b in enumerate(doc.boundaries(probe), 1):
         bx = x(b.first.value)
         if not left <= bx <= right:
             continue
-        parts.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#212121" stroke-width="2"%s>'
-                     '<title>boundary %d: last %s %s, first %s %s</title></line>'
-                     % (bx, top - 4, bx, axis_y + 6, "" if b.resolved else ' stroke-dasharray="3 2"', n,
-                        _esc(doc.fmt(b.last.value)), _esc(b.last.label), _esc(doc.fmt(b.first.value)),
-                        _esc(b.first.label)))
         row = 1 - row if bx - last_label < 16 else 0  # two rows of numbers where boundaries crowd
         last_label = bx
-        parts.append(_label(bx, 12 + 12 * row, str(n), 11, width, bold=True))
+        bounds.append({"n": n, "x": bx, "resolved": b.resolved, "last": doc.fmt(b.last.value),
+                       "last_label": b.last.label, "first": doc.fmt(b.first.value), "first_label": b.first.label,
+                       "label": _label(bx, 12 + 12 * row, str(n), 11, width, bold=True)})
     if kernels:
-        for i, name in enumerate(doc.kernels):
-            parts.append(_label((x(i) + x(i + 1)) / 2, axis_y + 20, name, 11, width, fill="#424242"))
+        labels = [_label((x(i) + x(i + 1)) / 2, axis_y + 20, name, 11, width, fill="#424242")
+                  for i, name in enumerate(doc.kernels)]
     else:
-        parts.append('<text x="%d" y="%d" font-size="11" fill="#424242">%s</text>' % (left, axis_y + 20,
-                                                                                    _esc(doc.fmt(lo))))
         end = doc.fmt(hi)
-        parts.append('<text x="%.1f" y="%d" font-size="11" fill="#424242">%s</text>'
-                     % (right - text_width(end, 11), axis_y + 20, _esc(end)))
-        mid = "%s (linear%s)" % (doc.knob, ", zoomed" if window else "")
-        parts.append(_label((left + right) / 2, axis_y + 20, mid, 11, width, fill="#757575"))
-    parts.append("</svg>")
-    return "".join(parts)
+        labels = [Label(left, axis_y + 20, 11, doc.fmt(lo), "#424242"),
+                  Label(right - text_width(end, 11), axis_y + 20, 11, end, "#424242"),
+                  _label((left + right) / 2, axis_y + 20, "%s (linear%s)" % (doc.knob, ", zoomed" if window else ""),
+                         11, width, fill="#757575")]
+    return _picture("strip", {"width": width, "height": axis_y + 40, "probe": probe, "knob": doc.knob, "left": left,
+                              "right": right, "top": top, "strip_h": strip_h, "axis_y": axis_y, "runs": cells,
+                              "ticks": ticks, "bounds": bounds, "labels": labels})
 
 
 def bisect_zoom(doc: "BisectDocument", probe: str) -> Optional[Tuple[int, int]]:
@@ -980,52 +856,15 @@ def bisect_zoom(doc: "BisectDocument", probe: str) -> Optional[Tuple[int, int]]:
 def bisect_html(doc: "BisectDocument") -> str:
     """A boundary search as one self-contained page (no network): what was searched and how long it took,
     a banner when the search stopped early, the outcomes' colours, then per probe its strip
-    (:func:`bisect_strip_svg`), a table of its boundaries (the last value with one outcome, the first
-    with the next) and every point measured. Guests' text (crash messages, details) is escaped."""
+    (:func:`bisect_strip_svg`, and zoomed in where its boundaries crowd: :func:`bisect_zoom`), a table of
+    its boundaries (the last value with one outcome, the first with the next) and every point measured."""
+    from markupsafe import Markup
+
     colors = bisect_colors(doc)
-    what = ("kernels %s" % ", ".join(doc.kernels) if doc.knob == "kernel" else
-            "%s from %s to %s, resolution %s" % (doc.knob, doc.fmt(doc.lo), doc.fmt(doc.hi), doc.fmt_resolution()))
-    out = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
-           "<title>arena-harness bisect %s</title><style>%s%s</style></head><body>"
-           % (_esc(doc.target), _CSS, _BISECT_CSS),
-           "<h1>Boundary search: %s (%s)</h1>" % (_esc(doc.target), _esc(doc.backend)),
-           '<p class="small">%s · %s — %s · %d points measured in %d runs, %d from the cache, %.1fs</p>'
-           % (_esc(what), _esc(doc.started), _esc(doc.finished), doc.measured, doc.measurements, doc.cached,
-              doc.seconds)]
-    if not doc.complete:
-        out.append('<div class="banner warn"><h2>Incomplete search: %s</h2>What was found before it stopped is '
-                   'shown; a dashed boundary was not narrowed to the resolution.</div>' % _esc(doc.stopped))
-    for note in doc.notes:
-        out.append('<p class="small">note: %s</p>' % _esc(note))
-    out.append('<p class="legend">outcome: ' + "".join(
-        '<span><i class="oc" style="background:%s"></i>%s</span>' % (c, _esc(label)) for label, c in colors.items())
-        + "<span>(a numbered line: a boundary; a tick under the strip: a value measured)</span></p>")
+    probes = []
     for probe, points in doc.points.items():
-        bounds = doc.boundaries(probe)
-        out.append("<h2>%s: %s</h2>" % (_esc(probe), "no change of outcome" if not bounds else "%d boundar%s" % (
-            len(bounds), "y" if len(bounds) == 1 else "ies")))
-        out.append(bisect_strip_svg(doc, probe, colors) or '<p class="small">nothing measured</p>')
         zoom = bisect_zoom(doc, probe)
-        if zoom is not None:
-            out.append('<p class="small">its boundaries, zoomed: %s to %s</p>' % (_esc(doc.fmt(zoom[0])),
-                                                                                  _esc(doc.fmt(zoom[1]))))
-            out.append(bisect_strip_svg(doc, probe, colors, window=zoom))
-
-        def chip(label: str) -> str:
-            return '<i class="oc" style="background:%s"></i>%s' % (colors.get(label, "#e0e0e0"), _esc(label))
-
-        if bounds:
-            out.append('<table class="bounds"><tr><th>#</th><th>last value</th><th>with</th><th>first value</th>'
-                       "<th>with</th></tr>")
-            for n, b in enumerate(bounds, 1):
-                out.append('<tr><td>%d</td><td class="v">%s</td><td>%s</td><td class="v">%s</td><td>%s</td></tr>'
-                           % (n, _esc(doc.fmt(b.last.value)), chip(b.last.label), _esc(doc.fmt(b.first.value)),
-                              chip(b.first.label)))
-            out.append("</table>")
-        rows = "".join('<tr><td class="v">%s</td><td>%s</td><td>%s</td><td>%s</td></tr>'
-                       % (_esc(doc.fmt(p.value)), chip(p.label), "cached" if p.cached else "%.1fs" % p.seconds,
-                          _esc(p.detail or "")) for p in points)
-        out.append('<details><summary>%d points measured</summary><table class="bounds"><tr><th>value</th>'
-                   "<th>outcome</th><th>time</th><th>detail</th></tr>%s</table></details>" % (len(points), rows))
-    out.append("</body></html>")
-    return "\n".join(out) + "\n"
+        probes.append({"name": probe, "points": points, "bounds": doc.boundaries(probe), "zoom": zoom,
+                       "strip": Markup(bisect_strip_svg(doc, probe, colors)),
+                       "zoom_strip": Markup(bisect_strip_svg(doc, probe, colors, window=zoom)) if zoom else None})
+    return _render("bisect.html.j2", doc=doc, colors=colors, probes=probes)

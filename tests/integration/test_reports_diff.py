@@ -200,6 +200,50 @@ def test_the_html_report_renders_in_headless_chromium(tmp_path: Path) -> None:
     assert seen.get(FAILED_CELL, 0) > 5000  # the failed cell
 
 
+SINCE = """<script>
+const banner = document.getElementById("failures").getBoundingClientRect();
+const marks = [...document.querySelectorAll("#failures .since")].map(s => {
+  const b = s.getBoundingClientRect(), st = getComputedStyle(s);
+  return {text: s.innerText, inside: b.left >= banner.left && b.right <= banner.right && b.top >= banner.top
+          && b.bottom <= banner.bottom, height: b.height, color: st.color, background: st.backgroundColor};
+});
+document.body.setAttribute("data-since", JSON.stringify({width: document.documentElement.clientWidth,
+  right: banner.right, marks: marks}));
+</script>"""
+
+
+def test_the_first_screen_says_since_when_each_failure_fails_in_chromium(tmp_path: Path) -> None:
+    """Two real nights, diffed with --track, then report --html --track: the banner's mark says the
+    regression is new in this run, Chromium lays it out inside the banner (one line, in its own colours);
+    the night after, the same failure is failing since the first night."""
+    import html
+    import json
+
+    chromium = require_tool("browser", "chromium", "sudo apt-get install -y chromium")
+    good = real_run(tmp_path, "night1")
+    bad = real_run(tmp_path, "night2", expect="fallback-32bit")
+    state = tmp_path / "regressions.json"
+    assert cli.main(["diff", str(good), str(bad), "--track", str(state)]) == 1
+    page = tmp_path / "night2.html"
+    assert cli.main(["report", str(bad), "--html", str(page), "--track", str(state)]) == 1
+    page.write_text(page.read_text().replace("</body>", SINCE + "</body>"))
+    dom = subprocess.run(chromium_args(chromium, tmp_path) + ["--dump-dom", page.as_uri()], capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    m = re.search(r'data-since="([^"]*)"', dom)
+    assert m, "the page's script did not run"
+    seen = json.loads(html.unescape(m.group(1)))
+    assert [s["text"] for s in seen["marks"]] == ["new in this run"]
+    mark = seen["marks"][0]
+    assert mark["inside"] and mark["height"] < 25 and seen["right"] <= seen["width"], seen
+    assert mark["background"] == "rgb(255, 255, 255)" and mark["color"] == "rgb(183, 28, 28)"  # white on the red
+    bad2 = real_run(tmp_path, "night3", expect="fallback-32bit")
+    assert cli.main(["diff", str(bad), str(bad2), "--track", str(state)]) == 0
+    later = tmp_path / "night3.html"
+    assert cli.main(["report", str(bad2), "--html", str(later), "--track", str(state)]) == 1
+    day = RunDocument.load(bad).started[:10]
+    assert ">failing since run %s, %s</span>" % (RunDocument.load(bad).run_id, day) in later.read_text()
+
+
 GEOMETRY = """<script>
 const out = [];
 for (const svg of document.querySelectorAll('svg[aria-label="address space"]')) {

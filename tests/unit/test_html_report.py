@@ -1,5 +1,6 @@
-"""The HTML report: what failed comes first and only failures are red; the address-space pictures keep
-every label inside the picture and off the lines, and say what their marks mean.
+"""The HTML report: what failed comes first (with a tracking file, since when) and only failures are red;
+the address-space pictures keep every label inside the picture and off the lines, and say what their marks
+mean; the templates escape every value and ship in an install.
 
 The allocator documents come from the allocator itself, run against its simulated kernels (the presets
 a UML guest, a 32-bit container on x86_64, a Sv39 RISC-V guest and an x86_64 host look like)."""
@@ -11,6 +12,8 @@ import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
+
+import pytest
 
 from allocator.probe import run_policy
 from harness import config, report
@@ -184,3 +187,162 @@ def test_labels_stay_inside_the_picture_and_off_the_lines(tmp_path: Path) -> Non
                 assert not overlaps(box, line), (target, text, box, line)
         for (t1, b1), (t2, b2) in ((p, q) for i, p in enumerate(boxes) for q in boxes[i + 1:]):
             assert not overlaps(b1, b2), (target, t1, t2)
+
+
+# -- the templates: autoescape is the one escaping, and they ship ------------------------------------
+
+EVIL = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'
+
+
+class Tags(HTMLParser):
+    """Every start tag with its attributes, and the text, of a page as a browser parses it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: List[Tuple[str, Dict[str, Optional[str]]]] = []
+        self.text = ""
+
+    def handle_starttag(self, tag: str, attrs: List[Tuple[str, Optional[str]]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data: str) -> None:
+        self.text += data
+
+
+def test_every_value_on_the_run_page_is_escaped_by_the_templates(tmp_path: Path) -> None:
+    """report.py escapes nothing itself: what guests and results files say reaches the templates raw, and
+    their autoescape alone makes it text, in the text and in the attributes (a link to a target, a
+    picture's labels), wherever it stands on the page."""
+    docs = {p: run_policy(p, simulate="uml") for p in ("go-2012", "go-modern")}
+    target = config.parse("targets: [{name: t, backend: uml, expect: {go-2012: high-arena}}]", "t.yaml").targets[0]
+    recs = [classify(target, p, GuestRun(docs, tmp_path / EVIL, 6.0)) for p in ("go-2012", "go-modern")]
+    for r in recs:
+        r.target, r.backend, r.kernel, r.machine = EVIL, EVIL, EVIL, EVIL
+    recs[0].policy = recs[0].detail = EVIL
+    doc = RunDocument(EVIL, EVIL, EVIL, False, recs, interrupted=EVIL)
+    page = report.html(doc)
+    parsed = Tags()
+    parsed.feed(page)
+    assert not [t for t, _ in parsed.tags if t in ("script", "img")]
+    assert all(not name.startswith("on") for _, attrs in parsed.tags for name in attrs)
+    links = {attrs["href"] for tag, attrs in parsed.tags if tag == "a"}
+    assert links == {"#t-" + EVIL}  # the failures banner's and the grid's: one attribute each, whole
+    assert parsed.text.count(EVIL) >= 10, parsed.text  # shown as written: title, banners, grid, picture, log
+    assert "<text x=\"4\" y=\"40\" font-size=\"11\" fill=\"#555\">&lt;script&gt;" in page  # the picture's row
+
+
+def test_a_template_escapes_a_value_given_to_it_raw_and_keeps_markup_it_made() -> None:
+    from markupsafe import Markup
+
+    env = report._templates()
+    assert {"page.html.j2", "run.html.j2", "runtimes.html.j2", "parts.html.j2", "bisect.html.j2",
+            "pictures.svg.j2"} <= set(env.list_templates())
+    assert all(env.autoescape(name) for name in env.list_templates())  # type: ignore[operator]
+    heading = env.get_template("parts.html.j2").module.heading  # type: ignore[attr-defined]
+    assert heading("t-x", True, EVIL) == '<h2 id="t-x" class="bad">✗ %s</h2>' % (
+        "&lt;script&gt;alert(1)&lt;/script&gt;&#34;&gt;&lt;img src=x onerror=alert(2)&gt;")
+    assert heading("t-x", False, Markup("<i>made here</i>")) == '<h2 id="t-x"><i>made here</i></h2>'
+
+
+def test_an_install_ships_the_templates(tmp_path: Path) -> None:
+    """setuptools' build_py lays out what a wheel holds (as in test_probe_go); the page is made from there."""
+    import shutil
+    import sys
+
+    from harness import proc
+    from harness.plugin import skip_or_fail
+    from tests.conftest import ROOT
+
+    try:
+        import setuptools  # noqa: F401
+    except ImportError:
+        skip_or_fail("setuptools", "setuptools not installed: pip install setuptools")
+    tree, site = tmp_path / "tree", tmp_path / "site"
+    tree.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, tree / name)
+    for name in ("allocator", "guest", "harness", "images", "probes"):
+        shutil.copytree(ROOT / name, tree / name, ignore=shutil.ignore_patterns("__pycache__"))
+    r = proc.run([sys.executable, "-c", "import setuptools; setuptools.setup()", "-q", "build_py", "--build-lib",
+                  str(site)], timeout=300, cwd=tree)
+    assert r.returncode == 0, r.output[-2000:]
+    shipped = {f.name for f in (site / "harness" / "templates").iterdir()}
+    assert shipped == {f.name for f in (ROOT / "harness" / "templates").iterdir()}
+    script = ("from harness import report; from harness.results import RunDocument; print(report.__file__); "
+              "print(report.html(RunDocument('r1', 's', 'f', True, [])))")
+    r = proc.run([sys.executable, "-c", script], timeout=60, cwd=tmp_path,
+                 env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.output[-2000:]
+    assert r.output.startswith(str(site / "harness" / "report.py")) and "<h1>arena-harness run r1</h1>" in r.output
+
+
+# -- since when: report --html with diff --track's file ------------------------------------------------
+
+NIGHTS = {  # per night: (run id, day, {target: (simulated kernel, what go-2012 is expected to do)})
+    "n0": ("2026-11-19", {"a": ("uml", "fallback-32bit"), "b": ("compat32", "native-32bit")}),
+    "n1": ("2026-11-20", {"a": ("uml", "high-arena"), "b": ("compat32", "native-32bit")}),
+    "n2": ("2026-11-21", {"a": ("uml", "high-arena"), "b": ("compat32", "high-arena"), "c": ("sv39", "high-arena")}),
+}
+
+
+def night(tmp_path: Path, run_id: str) -> Path:
+    """A night's results file: go-2012 on each target's simulated kernel, judged by that night's
+    expectation (a: fails from n1 on, b: from n2 on, c: is new in n2 and fails there)."""
+    day, targets = NIGHTS[run_id]
+    recs = []
+    for name, (sim, expect) in targets.items():
+        t = config.parse("targets: [{name: %s, backend: local, policies: [go-2012], expect: {go-2012: %s}}]"
+                         % (name, expect), "t.yaml").targets[0]
+        recs.append(classify(t, "go-2012", GuestRun({"go-2012": run_policy("go-2012", simulate=sim)},
+                                                    tmp_path / "x.log", 1.0)))
+    out = tmp_path / ("%s.json" % run_id)
+    RunDocument(run_id, day + "T02:17:00+00:00", day + "T02:40:00+00:00", True, recs).write(out)
+    return out
+
+
+def test_with_the_tracking_file_each_failure_says_since_when_it_fails(tmp_path: Path) -> None:
+    from harness import cli
+
+    n0, n1, n2 = (night(tmp_path, n) for n in ("n0", "n1", "n2"))
+    state = tmp_path / "regressions.json"
+    assert cli.main(["diff", str(n0), str(n1), "--track", str(state)]) == 1  # a regressed
+    assert cli.main(["diff", str(n1), str(n2), "--track", str(state)]) == 1  # b regressed; c is new
+    page = tmp_path / "n2.html"
+    assert cli.main(["report", str(n2), "--html", str(page), "--track", str(state)]) == 1
+    text = page.read_text()
+    banner = cells(text).banner
+    assert "3 of 3 results failed: 1 new in this run, 1 failing since an earlier run, 1 not tracked" in banner
+    items = re.findall(r"<li>.*?</li>", text[text.index('id="failures"'):])
+    assert [re.search(r"<b>(\w)</b>", i).group(1) for i in items] == ["b", "a", "c"]  # type: ignore[union-attr]
+    assert '<span class="since new" title="first failed in this run; it passed in run n1, 2026-11-20">' \
+        'new in this run</span>' in items[0]
+    assert '<span class="since open" title="first failed in run n1 (2026-11-20T02:17:00+00:00), and in every ' \
+        'run diffed since">failing since run n1, 2026-11-20</span>' in items[1]
+    assert ">not tracked</span>" in items[2] and "lists no open regression for it" in items[2]
+    assert "was last updated by run" not in text  # the file has seen this run
+    # The page of an earlier night, from the same file: it says the file is ahead of that run.
+    assert cli.main(["report", str(n1), "--html", str(tmp_path / "n1.html"), "--track", str(state)]) == 1
+    earlier = (tmp_path / "n1.html").read_text()
+    assert "failing since run n1, 2026-11-20" not in earlier and ">new in this run</span>" in earlier
+    assert "which was last updated by run n2, 2026-11-21, not by\nthis run" in earlier
+    # Without the file: the banner as before, nothing about since when.
+    plain = report.html(RunDocument.load(n2))
+    assert 'class="since' not in plain and "3 of 3 results failed</h2>" in plain
+
+
+def test_report_track_needs_the_file_and_the_page(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from harness import cli
+
+    n0 = night(tmp_path, "n0")
+    missing = tmp_path / "nowhere.json"
+    assert cli.main(["report", str(n0), "--html", str(tmp_path / "p.html"), "--track", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nowhere.json" in err and "--track STATE writes it" in err
+    assert not (tmp_path / "p.html").exists()
+    assert cli.main(["report", str(n0), "--track", str(missing)]) == 2
+    assert "give --html F too" in capsys.readouterr().err
+    damaged = tmp_path / "damaged.json"
+    damaged.write_text('{"open": {}, "updated_by": "n1"}')
+    assert cli.main(["report", str(n0), "--html", str(tmp_path / "p.html"), "--track", str(damaged)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "damaged.json" in err and "updated_by" in err
