@@ -158,7 +158,8 @@ def test_doctor_names_the_qemu_binary_and_the_firmware(machine: Cache, monkeypat
     assert block(doctor(capsys, "--only", "qemu-riscv64-sv39")[1], "qemu-riscv64-sv39")[0] == (
         "  CANNOT   qemu-riscv64-sv39 (qemu): %s missing: install it with: sudo apt-get install -y opensbi" % firmware)
     assert lines[2] == ("           images: a run would build: kernel trixie-riscv64-riscv64, "
-                        "initramfs trixie-riscv64-riscv64, rootfs trixie-riscv64")
+                        "initramfs trixie-riscv64-riscv64, rootfs trixie-riscv64, "
+                        "snapshot riscv64-trixie-riscv64-riscv64")  # the saved guest too (it resumes one)
 
 
 def test_doctor_names_uml_and_an_unreachable_docker_daemon(machine: Cache, monkeypatch: pytest.MonkeyPatch,
