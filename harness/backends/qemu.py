@@ -381,8 +381,11 @@ class NinePBoot(Boot):
     def snapshot(self) -> images.Snapshot:
         """The saved guest's recipe: keyed by what shapes it (the QEMU version, the machine's whole command
         line, the kernel and the initramfs); built by :meth:`save`."""
-        inputs = {"qemu": qemu_version(self.o.spec.qemu_system), "argv": self.machine_argv(),
-                  "kit": self.m.kit().key(), "initramfs": self.m.initramfs().key()}
+        argv = self.machine_argv()
+        at = argv.index("-append")
+        # the kernel's command line apart: it is what tells two targets of one machine apart in images list
+        inputs = {"qemu": qemu_version(self.o.spec.qemu_system), "machine": argv[:at] + argv[at + 2:],
+                  "append": argv[at + 1], "kit": self.m.kit().key(), "initramfs": self.m.initramfs().key()}
         return images.Snapshot("%s-%s" % (self.o.spec.name, self.m.kit().name), json.dumps(inputs, sort_keys=True),
                                self.save)
 
