@@ -351,6 +351,7 @@ class NinePBoot(Boot):
         self._root: Optional[Path] = None
         self._state: Optional[Path] = None  # the saved guest this boot resumes (a snapshot's state.bin)
         self._resume_failed: Optional[str] = None  # why it did not resume
+        self._cold = False  # saving the guest failed in this run: boot cold
 
     def rootfs(self) -> Optional[images.Rootfs]:
         if self.o.host_root:
@@ -370,13 +371,19 @@ class NinePBoot(Boot):
         root = self.rootfs()
         self._root = Path("/") if root is None else cache.get(root, log) / "root"
         if self.snapshots():
-            self._state = cache.get(self.snapshot(), log) / "state.bin"
+            try:
+                self._state = cache.get(self.snapshot(), log) / "state.bin"
+            except images.BuildError as e:  # a guest that never reaches its save point still boots, cold
+                log("not resuming a saved guest: %s; booting cold" % e)
+                self._cold = True
 
     # -- snapshots (issue: a cold TCG boot is most of a QEMU target's time) ----------------------
     def snapshots(self) -> bool:
-        """Whether this boot resumes a saved guest: asked for, and under TCG (a KVM guest's state is the
-        host CPU's)."""
-        return self.o.snapshot and self.m.accel() == ["-accel", "tcg"]
+        """Whether this boot resumes a saved guest: asked for, under TCG (a KVM guest's state is the host
+        CPU's), with the harness's own init (only it stops at the save point: an ``rdinit=`` of the
+        target's never does), and saving it did not fail in this run."""
+        own_init = not any(a.split("=", 1)[0] in ("rdinit", "init") for a in self.o.kernel_args)
+        return self.o.snapshot and own_init and not self._cold and self.m.accel() == ["-accel", "tcg"]
 
     def snapshot(self) -> images.Snapshot:
         """The saved guest's recipe: keyed by what shapes it (the QEMU version, the machine's whole command

@@ -140,7 +140,7 @@ def test_the_container_has_no_mount_from_the_host(docker_client: Any, workdir: P
     assert seen["mounts"] == [] and not seen["binds"]
     assert seen["user"] == "65534:65534"
     log = (workdir / "console.log").read_text()
-    assert "65534 ['allocator.pyz'] False" in log
+    assert "65534 ['allocator.pyz', 'plan.json'] False" in log  # the job's files, read-only
     assert labels_of(docker_client)["containers"] == []
 
 
