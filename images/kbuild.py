@@ -93,12 +93,13 @@ def spec(arch: str) -> arches.SourceKernel:
 
 def kernel_tools(arch: str, source: str = arches.KERNEL_SOURCE) -> Tuple[Tool, ...]:
     """What building ``arch``'s kernel runs or reads here: the source tarball, the cross compiler (the
-    native ``gcc`` package's on a host of that architecture), make, bison, flex, bc, tar, xz, headers."""
+    native ``gcc`` package's on a host of that architecture), the host's gcc and C headers (kbuild's own
+    tools: kconfig, fixdep), make, bison, flex, bc, tar, xz, the architecture's extra headers."""
     sk = spec(arch)
     native = arches.BY_NAME[arch].debian == arches.host_debian()
     return (Tool(str(source_tarball(source)), source),
             Tool(sk.cross_compile + "gcc", "gcc" if native else sk.compiler_package),
-            Tool("make", "make"), Tool("bison", "bison"), Tool("flex", "flex"), Tool("bc", "bc"),
+            Tool("gcc", "gcc"), Tool("/usr/include/stdio.h", "libc6-dev"), Tool("make", "make"), Tool("bison", "bison"), Tool("flex", "flex"), Tool("bc", "bc"),
             Tool("tar", "tar"), Tool("xz", "xz-utils"), Tool("unshare", "util-linux"),
             *(Tool(path, package) for path, package in sk.headers))
 
