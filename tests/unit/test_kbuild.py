@@ -329,7 +329,7 @@ def test_a_fragment_option_that_did_not_stick_is_a_config_error_naming_the_targe
             arch: arm64
             kernel: source
         """)
-    problems = [("ARM64_VA_BITS_42=y", "it depends on ARM64_64K_PAGES (arch/arm64/Kconfig:1342), and here "
+    problems = [("ARM64_VA_BITS_42=y", "it depends on ARM64_64K_PAGES (arch/arm64/Kconfig:1343), and here "
                  "ARM64_64K_PAGES=n")]
 
     def fail(self: Cache, recipe: images.Recipe, log: Any = None) -> Path:
@@ -340,7 +340,7 @@ def test_a_fragment_option_that_did_not_stick_is_a_config_error_naming_the_targe
     with pytest.raises(ConfigError) as e:
         wrong.provision(Cache(Path("/nonexistent")), lambda msg: None)
     assert str(e.value) == ("targets.yaml:2 [wrong] kernel_config: ARM64_VA_BITS_42=y did not survive olddefconfig: "
-                            "it depends on ARM64_64K_PAGES (arch/arm64/Kconfig:1342), and here ARM64_64K_PAGES=n "
+                            "it depends on ARM64_64K_PAGES (arch/arm64/Kconfig:1343), and here ARM64_64K_PAGES=n "
                             "(build log: /cache/failed/x.log)")
     with pytest.raises(images.KernelConfigError):  # no fragment: the base config's problem, not the target's
         base_only.provision(Cache(Path("/nonexistent")), lambda msg: None)
