@@ -99,7 +99,8 @@ def kernel_tools(arch: str, source: str = arches.KERNEL_SOURCE) -> Tuple[Tool, .
     native = arches.BY_NAME[arch].debian == arches.host_debian()
     return (Tool(str(source_tarball(source)), source),
             Tool(sk.cross_compile + "gcc", "gcc" if native else sk.compiler_package),
-            Tool("gcc", "gcc"), Tool("/usr/include/stdio.h", "libc6-dev"), Tool("make", "make"), Tool("bison", "bison"), Tool("flex", "flex"), Tool("bc", "bc"),
+            Tool("gcc", "gcc"), Tool("/usr/include/stdio.h", "libc6-dev"), Tool("make", "make"),
+            Tool("bison", "bison"), Tool("flex", "flex"), Tool("bc", "bc"),
             Tool("tar", "tar"), Tool("xz", "xz-utils"), Tool("unshare", "util-linux"),
             *(Tool(path, package) for path, package in sk.headers))
 

@@ -112,7 +112,10 @@ class QemuOptions:
                 "virtio-net); a kernel built from source boots with 9p" % self.boot
         seen: Dict[str, str] = {}
         for item in self.kernel_config:
-            name = kconfig.parse_option(item)[0]
+            name, value = kconfig.parse_option(item)
+            if value == "m" or (name == "MODULES" and value != "n"):
+                return "kernel_config", "%s: a kernel built from source has everything built in (no modules " \
+                    "are built or loaded): use =y" % item
             if name in seen:
                 return "kernel_config", "%s is given twice (%s and %s): give it once" % (name, seen[name], item)
             seen[name] = item

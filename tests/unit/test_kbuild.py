@@ -245,6 +245,10 @@ def test_kernel_config_implies_a_kernel_built_from_source() -> None:
     ("    kernel_config: [A=y, CONFIG_A=n]\n", "targets.yaml:5 [t] kernel_config: A is given twice (A=y and "
      "CONFIG_A=n): give it once"),
     ("    kernel: source\n    suite: trixie\n", "targets.yaml:6 [t] suite: picks Debian's kernel"),
+    ("    kernel_config: [9P_FS=m]\n", "targets.yaml:5 [t] kernel_config: 9P_FS=m: a kernel built from source "
+     "has everything built in"),
+    ("    kernel_config: [MODULES=y]\n", "targets.yaml:5 [t] kernel_config: MODULES=y: a kernel built from source "
+     "has everything built in"),
     ("    kernel: source\n    boot: ssh\n", "targets.yaml:6 [t] boot: the ssh boot needs the kernel modules"),
 ])
 def test_kernel_key_errors_name_file_line_and_key(body: str, said: str) -> None:
