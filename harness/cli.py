@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
+import hashlib
 import json
 import os
 import signal
@@ -178,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "(repeatable)")
     b.add_argument("--shard", metavar="K/N", help="only the images of the K-th of N slices of the targets "
                    "(the slice run --shard K/N runs)")
+    ik = isub.add_parser("key", help="one hash of the cache keys of every image the targets use (parts included): "
+                         "what changes exactly when one of them would be built anew, for a CI cache's key")
+    targets_arg(ik)
+    ik.add_argument("--only", metavar="NAME", action="append", help="only this target's images (repeatable)")
+    ik.add_argument("--group", metavar="NAME", action="append", help="only the images of this CI group's targets "
+                    "(repeatable)")
+    ik.add_argument("--shard", metavar="K/N", help="only the images of the K-th of N slices of the targets")
+    ik.add_argument("--list", action="store_true", help="print each image's kind, name and key instead")
     il = isub.add_parser("list", help="list the cache's entries: size, age, which targets use each, and what "
                          "tells entries of one name apart")
     targets_arg(il)
@@ -724,12 +733,14 @@ def cmd_images(args: argparse.Namespace) -> int:
 
     cache = images.Cache()
     action = args.images_command
-    if action not in ("build", "list", "prune"):
-        raise UsageError("an action is required: build, list or prune")
+    if action not in ("build", "key", "list", "prune"):
+        raise UsageError("an action is required: build, key, list or prune")
     ts = config.load(args.targets)
     targets = ts.select(None)
     if action == "list":
         return _list_images(cache, targets, ts.source)
+    if action == "key":
+        return _images_key(select_targets(ts, args.only, args.group, args.shard), args.list)
     if action == "build":
         targets = select_targets(ts, args.only, args.group, args.shard)
         with registry.recording("images-" + runner.new_run_id()):
@@ -743,6 +754,38 @@ def cmd_images(args: argparse.Namespace) -> int:
     for path in removed:
         print("%s %s" % ("would remove" if args.dry_run else "removed", path))
     print("%d %s" % (len(removed), "to remove (dry run: nothing removed)" if args.dry_run else "removed"))
+    return EXIT_OK
+
+
+def _images_key(targets: Sequence[Target], listed: bool) -> int:
+    """``images key``: a hash of the sorted ``kind name key`` lines of every recipe the targets use, their
+    parts and the go probe's binary included. Each key is a hash of its recipe's inputs (a kernel's source
+    and compiler versions, its base config and fragment; a root's suite and packages; Go's version), so
+    the hash changes when, and only when, something would be built anew: a CI cache keyed by it is saved
+    again exactly then."""
+    import images
+    from harness import backends
+
+    lines: List[str] = []
+
+    def add(recipe: images.Recipe) -> None:
+        line = "%s %s %s" % (recipe.kind, recipe.name, recipe.key())
+        if line not in lines:
+            lines.append(line)
+            for part in recipe.parts():
+                add(part)
+
+    for t in targets:
+        backend = backends.get(t.backend)(t)
+        for r in backend.recipes():
+            add(r)
+        if any(p.kind == "go" for p in t.probes):  # the go probe's binary, built as the run would build it
+            add(images.GoProbe(backend.guest_arch()))
+    if listed:
+        for line in sorted(lines):
+            print(line)
+    else:
+        print(hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()[:32])
     return EXIT_OK
 
 

@@ -42,6 +42,7 @@ from harness.model import (
     DEFAULT_TIMEOUT,
     DIRECTORY,
     FILE,
+    ITEM,
     MODEL_PROBES,
     PROGRAM,
     QUOTE_MAX,
@@ -300,6 +301,14 @@ def _options(backend_cls: Any, raw: Dict[str, Any], lines: Dict[str, int], ctx: 
         problem = _host_path_problem(fields[key], kwargs[key])
         if problem:
             raise ctx.error(lines.get(key), key, problem)
+        check_item = fields[key].metadata.get(ITEM)
+        if check_item is not None:
+            item_lines = getattr(value, "item_lines", [])
+            for i, item in enumerate(kwargs[key]):
+                problem = check_item(item)
+                if problem:
+                    raise ctx.error(item_lines[i] if i < len(item_lines) else lines.get(key), key,
+                                    "%s: %s" % (_describe(item), problem))
     missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
                and f.default_factory is dataclasses.MISSING]
     if missing:

@@ -52,11 +52,15 @@ class Seconds(float):
 # Option fields whose value becomes a word of a command line the harness runs as root (mmdebstrap's suite
 # and packages) carry ``metadata={DEBIAN: "a Debian release"}``: the value must be such a name, never an
 # option ("--setup-hook=...") or anything else.
+# Option fields that are lists whose items have a syntax of their own (a kernel config fragment's
+# NAME=value) carry ``metadata={ITEM: check}``: ``check(item)`` says what is wrong with one item, or None,
+# and the error names that item's own line.
 DEBIAN = "arena-harness.debian-name"
 DEBIAN_NAME_RE = re.compile(r"[a-z0-9][a-z0-9.+-]{0,63}")
 PROGRAM = "arena-harness.program"
 FILE = "arena-harness.file"
 DIRECTORY = "arena-harness.directory"
+ITEM = "arena-harness.item-check"
 
 
 @dataclass(frozen=True)

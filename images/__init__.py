@@ -3,6 +3,7 @@ container images) into a content-addressed cache, and the files they are made fr
 
 - ``images/cache.py``: the cache (keys, per-key locks, atomic publication, prune);
 - ``images/recipes.py``: each kind of artefact and how it is built (and the go probe, built with Go);
+- ``images/kbuild.py`` and ``images/kconfig.py``: kernels built from Debian's kernel source, and their configs;
 - ``images/qemu/``: the QEMU guests' init scripts.
 
 The harness imports this package; nothing here imports the harness's backends.
@@ -21,6 +22,7 @@ from images.cache import (
     cache_root,
     recipe_text,
 )
+from images.kbuild import KernelBuild, KernelConfigError, SourceKernelKit
 from images.recipes import (
     GO,
     Cpio,
@@ -42,4 +44,5 @@ __all__ = [
     "BUILD_TIMEOUT", "CACHE_ENV", "MMDEBSTRAP", "BuildError", "Cache", "Entry", "Log", "Recipe", "Tool",
     "cache_root", "recipe_text", "Cpio", "Initramfs", "KernelKit", "Rootfs", "RootfsTarball", "Snapshot", "SshDisk",
     "build_step", "ensure_binfmt", "host_arch", "mmdebstrap", "module_closure", "GO", "GoProbe",
+    "KernelBuild", "KernelConfigError", "SourceKernelKit",
 ]

@@ -54,7 +54,8 @@ class BuildError(HarnessError):
 
 @dataclass(frozen=True)
 class Tool:
-    """A host program, and the Debian package that brings it."""
+    """A host program, and the Debian package that brings it. A ``command`` that is an absolute path
+    names a file instead (the kernel source's tarball, a header): it must exist, not be executable."""
 
     command: str
     package: str
@@ -62,6 +63,11 @@ class Tool:
     @property
     def hint(self) -> str:
         return "install it with: sudo apt-get install -y %s" % self.package
+
+    def present(self) -> bool:
+        if os.path.isabs(self.command):
+            return os.path.isfile(self.command)
+        return proc.which(self.command) is not None
 
 
 MMDEBSTRAP = Tool("mmdebstrap", "mmdebstrap")
@@ -186,7 +192,7 @@ class Cache:
             if (final / "manifest.json").is_file():  # another run built it while we waited
                 self.hits += 1
                 return final
-            absent = [t for t in recipe.tools() if proc.which(t.command) is None]
+            absent = [t for t in recipe.tools() if not t.present()]
             if absent:
                 raise BuildError("building %s %s needs %s: %s" % (recipe.kind, recipe.name, absent[0].command,
                                                                   absent[0].hint))
@@ -255,6 +261,20 @@ class Cache:
                         return
                     time.sleep(0.2)
             yield f
+
+    @contextlib.contextmanager
+    def exclusive(self, name: str, log: Log, what: str) -> Iterator[None]:
+        """Held by one build at a time on this machine (per cache): for steps that take every core for
+        minutes, such as compiling a kernel. Says once that it waits; an interrupt ends the wait."""
+        with self._locked(name, wait=False) as free:
+            if free is not None:
+                yield
+                return
+        log("waiting for %s" % what)
+        with self._locked(name) as lock:
+            if lock is None:
+                raise BuildError("interrupted while waiting for %s" % what)
+            yield
 
     def stale_partials(self) -> List[Path]:
         """``.partial`` directories no builder is working in (their key's lock is free): what a killed

@@ -321,9 +321,11 @@ def ensure_binfmt(arch: str, log: Log) -> None:
 
 @dataclass(frozen=True)
 class Initramfs(Recipe):
-    """busybox + a kit's modules + an init script, gzipped newc cpio."""
+    """busybox + a kit's modules + an init script, gzipped newc cpio. The kit is a ``KernelKit`` or a
+    ``SourceKernelKit`` (same layout: ``busybox``, ``modules/*.ko`` and ``modules/order``, which a
+    source-built kernel leaves empty: the init's loop then loads nothing)."""
 
-    kit: KernelKit
+    kit: Recipe
     init: str  # the init script's text
     extra_dirs: Tuple[str, ...] = field(default=("proc", "sys", "dev", "host", "tmp", "job"))
     kind = "initramfs"

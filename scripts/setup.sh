@@ -37,9 +37,17 @@ fail() {
 #   ca-certificates               pip over TLS
 #   golang-go                     Go 1.19: the go probe (probes/go), real Go beside go-modern
 #   openjdk-17-jre-headless       the jvm probe on local targets and its test (tests/integration/test_jvm_probe.py)
+#   linux-source-6.1 gcc libc6-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-riscv64-linux-gnu
+#   libelf-dev bison flex bc make cpio kmod
+#                                 kernels built from source (kernel: source, kernel_config:): Debian's
+#                                 kernel source, the host's gcc (kbuild's own tools; the x86_64 kernel)
+#                                 and the cross compilers; libelf-dev for x86's objtool. Not libssl-dev:
+#                                 no module signing, and it would upgrade the host's libssl
 PACKAGES="python3 python3-venv user-mode-linux qemu-system-x86 qemu-system-arm qemu-system-misc opensbi
           qemu-user-static binfmt-support mmdebstrap arch-test docker.io openssh-server chromium procps
-          ca-certificates golang-go openjdk-17-jre-headless"
+          ca-certificates golang-go openjdk-17-jre-headless
+          linux-source-6.1 gcc libc6-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-riscv64-linux-gnu
+          libelf-dev bison flex bc make cpio kmod"
 
 missing=""
 for p in $PACKAGES; do

@@ -144,8 +144,8 @@ class Backend(Generic[OptionsT]):
         build: List[Tool] = []
         for recipe in self.recipes():
             build.extend(t for t in cache.build_tools(recipe) if t not in build and t not in boot)
-        return [Need(t.command, proc.which(t.command) is not None, t.hint) for t in boot] + \
-            [Need(t.command, proc.which(t.command) is not None, t.hint, images=True) for t in build]
+        return [Need(t.command, t.present(), t.hint) for t in boot] + \
+            [Need(t.command, t.present(), t.hint, images=True) for t in build]
 
     def missing(self) -> Optional[ToolMissing]:
         """Why this target cannot run here (the first need that is not met), or None."""

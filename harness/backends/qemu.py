@@ -1,5 +1,10 @@
 """QEMU system VMs (TCG by default): a Debian kernel, a busybox initramfs, the guest root over 9p.
 
+The kernel is Debian's (``linux-image-*`` of ``suite``) unless the target asks for one built from
+Debian's kernel source (``kernel: source``, or a ``kernel_config:`` fragment, which implies it):
+``images.SourceKernelKit``, the architecture's minimal base config plus the fragment, with 9p and
+virtio built in (the initramfs then loads no modules).
+
 Per-architecture facts are data (:mod:`harness.arches`). A boot: the cached initramfs plus
 a small per-boot cpio (the allocator zipapp and its arguments) as ``-initrd``;
 the guest root shared read-only over 9p (the jail's view of the host for an
@@ -35,10 +40,20 @@ from harness import probes as probing
 from harness.backends import jail
 from harness.backends.base import Backend, Need, RunContext, Tool
 from harness.backends.console import find_panic
-from harness.errors import HarnessError
-from harness.model import DEBIAN, Deadline, Seconds, Size, Target
+from harness.errors import ConfigError, HarnessError
+from harness.model import DEBIAN, ITEM, Deadline, Seconds, Size, Target
+from images import kconfig
 
 MiB = 1 << 20
+
+
+def _fragment_item_problem(item: object) -> Optional[str]:
+    """What is wrong with one ``kernel_config`` item, or None."""
+    try:
+        kconfig.parse_option(str(item))
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 @dataclass(frozen=True)
@@ -58,10 +73,16 @@ class QemuOptions:
     boot: str = "9p"  # 9p: the initramfs runs the probe; ssh: a disk image with sshd, probed over SSH
     # 9p boots under TCG: resume a guest saved right after its boot (cached), instead of booting it
     snapshot: bool = True
+    kernel: Optional[str] = None  # debian (the default) | source: built from Debian's kernel source
+    # NAME=value options over the architecture's base config (harness/arches.py); implies kernel: source
+    kernel_config: Tuple[str, ...] = field(default=(), metadata={ITEM: _fragment_item_problem})
 
     def validate(self) -> Optional[Tuple[str, str]]:
         if self.arch not in arches.BY_NAME:
             return "arch", "%r is not a known arch, options are %s" % (self.arch, ", ".join(arches.BY_NAME))
+        problem = self._kernel_problem()
+        if problem is not None:
+            return problem
         if self.rootfs not in ("host", "debian", "auto"):
             return "rootfs", "expected host, debian or auto, got %r" % self.rootfs
         if self.rootfs == "host" and arches.BY_NAME[self.arch].uname != os.uname().machine:
@@ -75,6 +96,41 @@ class QemuOptions:
         if not 1 <= self.smp <= 8:
             return "smp", "expected 1 to 8 CPUs, got %d" % self.smp
         return None
+
+    def _kernel_problem(self) -> Optional[Tuple[str, str]]:
+        if self.kernel not in (None, "debian", "source"):
+            return "kernel", "expected debian or source, got %r" % self.kernel
+        if self.kernel == "debian" and self.kernel_config:
+            return "kernel_config", "a config fragment needs a kernel built from source: drop kernel: debian " \
+                "(kernel_config implies kernel: source)"
+        if not self.source_kernel:
+            return None
+        key = "kernel" if self.kernel == "source" else "kernel_config"
+        if self.spec.source_kernel is None:
+            return key, "no kernel built from source for %s: harness/arches.py has a base config for %s" % (
+                self.arch, ", ".join(a.name for a in arches.ARCHES if a.source_kernel))
+        for name in ("suite", "kernel_package"):
+            if getattr(self, name) is not None:
+                return name, "picks Debian's kernel, and this target's kernel is built from %s (rootfs_suite " \
+                    "picks the guest's root filesystem)" % arches.KERNEL_SOURCE
+        if self.boot != "9p":
+            return "boot", "the %s boot needs the kernel modules of a Debian kernel (ext4, virtio-blk, " \
+                "virtio-net); a kernel built from source boots with 9p" % self.boot
+        seen: Dict[str, str] = {}
+        for item in self.kernel_config:
+            name, value = kconfig.parse_option(item)
+            if value == "m" or (name == "MODULES" and value != "n"):
+                return "kernel_config", "%s: a kernel built from source has everything built in (no modules " \
+                    "are built or loaded): use =y" % item
+            if name in seen:
+                return "kernel_config", "%s is given twice (%s and %s): give it once" % (name, seen[name], item)
+            seen[name] = item
+        return None
+
+    @property
+    def source_kernel(self) -> bool:
+        """Whether the kernel is built from source (``kernel: source``, or a ``kernel_config`` fragment)."""
+        return self.kernel == "source" or (self.kernel is None and bool(self.kernel_config))
 
     @property
     def spec(self) -> arches.Arch:
@@ -123,9 +179,12 @@ class QemuBackend(Backend[QemuOptions]):
                                "install it with: sudo apt-get install -y %s" % spec.firmware_package))
         return out
 
-    def kit(self) -> images.KernelKit:
+    def kit(self) -> images.Recipe:
+        """Debian's kernel with the modules a 9p root needs, or a kernel built from source (everything in)."""
         o = self.options
         spec = o.spec
+        if o.source_kernel:
+            return images.SourceKernelKit(spec.name, tuple(kconfig.normalize(i) for i in o.kernel_config))
         return images.KernelKit(spec.debian, o.suite or spec.suite, o.kernel_package or spec.kernel_package,
                                 spec.kernel_image, spec.modules + self.boot.modules)
 
@@ -139,7 +198,16 @@ class QemuBackend(Backend[QemuOptions]):
         return [self.kit(), self.initramfs(), *self.boot.recipes()]
 
     def provision(self, cache: images.Cache, log: images.Log) -> None:
-        self._kit = cache.get(self.kit(), log)
+        try:
+            self._kit = cache.get(self.kit(), log)
+        except images.KernelConfigError as e:
+            if not self.options.kernel_config:
+                raise  # the architecture's base config alone: harness/arches.py's to fix, not the target's
+            # The fragment's: the target's error, named as one (file, the target's line, the key).
+            raise ConfigError("%s (build log: %s)" % ("; ".join("%s did not survive olddefconfig: %s" % p
+                                                                 for p in e.problems), e.log),
+                              path=self.target.source, line=self.target.line or None, target=self.target.name,
+                              key="kernel_config") from None
         self._initramfs = cache.get(self.initramfs(), log) / "initramfs.cpio.gz"
         self.boot.provision(cache, log)
 
