@@ -420,6 +420,7 @@ class NinePBoot(Boot):
         self._state: Optional[Path] = None  # the saved guest this boot resumes (a snapshot's state.bin)
         self._resume_failed: Optional[str] = None  # why it did not resume
         self._cold = False  # saving the guest failed in this run: boot cold
+        self._resumed = threading.Event()  # the saved guest was loaded and let run
 
     def rootfs(self) -> Optional[images.Rootfs]:
         if self.o.host_root:
@@ -530,6 +531,7 @@ class NinePBoot(Boot):
                         raise HarnessError("the saved guest was not loaded")
                     time.sleep(0.02)
                 qmp.cmd("cont")
+                self._resumed.set()
         except Exception as e:  # noqa: BLE001 - QMP errors, EOF, OSError: the boot falls back to a cold one
             self._resume_failed = "%s: %s" % (type(e).__name__, e) if str(e) else type(e).__name__
             proc.stop(running.popen, 1.0)
@@ -619,6 +621,7 @@ class NinePBoot(Boot):
 
     def execute_resumed(self, ctx: RunContext) -> proc.Completed:
         self._resume_failed = None
+        self._resumed.clear()
         argv = self.m.jailed(ctx, self.view(ctx, self.m.base_view(ctx), control=True), self.argv(ctx) + [
             "-qmp", "unix:%s,server=on,wait=off" % QMP_SOCKET,
             "-incoming", "exec:cat %s" % jail.guest_path("snap/state.bin")])
@@ -626,8 +629,14 @@ class NinePBoot(Boot):
         def started(running: proc.Running) -> None:
             threading.Thread(target=self.resume, args=(ctx, running), name="resume", daemon=True).start()
 
-        return self.m.spawn(ctx, argv, watch=self.m.watcher(ctx), after_stop_request=5.0, env=ENV,
+        done = self.m.spawn(ctx, argv, watch=self.m.watcher(ctx), after_stop_request=5.0, env=ENV,
                             on_start=started)
+        if not self._resumed.is_set() and not self._resume_failed and not done.timed_out and not proc.stopping():
+            # QEMU ended before the state was loaded (a corrupt stream: "load of migration failed"), while
+            # the resume thread was still waiting for its socket
+            self._resume_failed = "QEMU ended before the saved guest was loaded: %s" % (
+                next((ln for ln in reversed(done.lines) if "qemu-system" in ln), "no word from it")[:200])
+        return done
 
     def go_when_ready(self, ctx: RunContext, running: proc.Running) -> None:
         """A cold boot of a snapshot machine: at the save point, hand the guest its GO line."""

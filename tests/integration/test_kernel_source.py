@@ -96,7 +96,7 @@ def test_a_second_run_builds_nothing() -> None:
     said: List[str] = []
     began = time.monotonic()
     backends.get("qemu")(target).provision(again, said.append)
-    assert (again.builds, again.hits, said) == (0, 3, [])  # kit, initramfs, root filesystem
+    assert (again.builds, again.hits, said) == (0, 4, [])  # kit, initramfs, root filesystem, saved guest
     assert time.monotonic() - began < 2.0
     assert {e.path: e.built for e in images.Cache().entries()} == before
 
