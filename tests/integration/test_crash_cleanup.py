@@ -145,7 +145,10 @@ def test_kill_9_mid_boot_then_nothing_is_left(tmp_path: Path, then: str, request
     time.sleep(0.5)
     survivors = leftovers.processes(run_id)
     print("running before the kill: %s\nstill running after it: %s" % (running, survivors))
-    assert leftovers.containers(run_id) == ["ah-%s-crash-docker" % run_id]  # the daemon's, not ours
+    # The daemon's, not ours: it stays, unless another harness run on this host (a test beside this one
+    # under pytest -n 2) swept it first as a dead run's, which is the same promise kept by someone else.
+    swept = leftovers.containers(run_id) == []
+    assert swept or leftovers.containers(run_id) == ["ah-%s-crash-docker" % run_id]
     assert leftovers.temp_dirs(run_id) != []
     assert leftovers.registry_entries(tmp_path / "state") == ["%s.json" % run_id]
 
@@ -157,7 +160,7 @@ def test_kill_9_mid_boot_then_nothing_is_left(tmp_path: Path, then: str, request
         q.write_text(QUICK)
         out = finish(harness(tmp_path, "run", "--targets", str(q), "--artifacts", str(tmp_path / "logs2")))
         assert "leftovers of a killed run: removed the registry entry of run %s" % run_id in out, out
-    assert "removed container ah-%s-crash-docker" % run_id in out
+    assert swept or "removed container ah-%s-crash-docker" % run_id in out
     assert "removed /tmp/arena-harness-%s-" % run_id in out
     for s in survivors:  # what outlived the harness (none where the jail's PID namespace reaches)
         pid = s.split(" ")[0]
