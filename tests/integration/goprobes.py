@@ -46,7 +46,10 @@ def run(exe: Path, plan: str, *, tmp: Path, limit: Optional[int] = None, emulato
     if limit is not None:
         argv = [require_tool("go", "prlimit", "sudo apt-get install -y util-linux"), "--as=%d" % limit] + argv
     err = tmp / ("stderr-%d" % len(list(tmp.glob("stderr-*"))))
-    r = proc.run(["sh", "-c", 'exec "$@" 2>"$0"', str(err)] + argv, timeout=300)
+    # The environment a guest agent gives its programs (a few variables): the initial stack holds the
+    # environment, and at a boundary found to 1 MiB a CI job's long one can tip RLIMIT_AS over it.
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C", "HOME": "/tmp"}
+    r = proc.run(["sh", "-c", 'exec "$@" 2>"$0"', str(err)] + argv, timeout=300, env=env)
     stderr = err.read_text(errors="backslashreplace") if err.exists() else ""
     return Ran(go.document(r.output, stderr, r.returncode, r.timed_out), r.output, stderr, r.returncode)
 
