@@ -128,6 +128,9 @@ def test_qemu_user_reserved_va_agrees_with_the_simulated_kernel_but_for_the_stac
     assert cached < 5
 
 
+GC_SWEEP = "crash: runtime: cannot allocate memory"
+
+
 def test_rlimit_as_finds_where_go_completes_its_plan_here(tmp_path: Path) -> None:
     exe = goprobes.binary(images.host_arch())
     t = target("here-small-plan")
@@ -136,11 +139,21 @@ def test_rlimit_as_finds_where_go_completes_its_plan_here(tmp_path: Path) -> Non
     last = doc.boundaries("go")[-1]
     assert last.first.label == "high-arena" and last.last.outcome == "crash"
     assert last.first.value - last.last.value == MiB  # to 1 MiB
+    # Near the end of its plan Go's own use varies by a few pages from run to run: its background
+    # sweeper takes a persistentalloc chunk when it happens to run. Measured here at 695M, the model's
+    # boundary: 17 runs of 20 complete, 3 crash with "runtime: cannot allocate memory" (persistentalloc,
+    # from spanSet.push in a sweep); at 696M and 697M, 20 of 20 complete; at 694M, 20 of 20 crash in
+    # pageAlloc. So the point at the boundary may fall either way, and a check stands 1 MiB off it.
     # Checked apart from the harness: the go probe itself under prlimit --as, on either side.
-    assert goprobes.run(exe, t.grow or "", tmp=tmp_path, limit=last.first.value).doc["outcome"] == "high-arena"
-    assert goprobes.run(exe, t.grow or "", tmp=tmp_path, limit=last.last.value).doc["outcome"] == "crash"
-    # The model flips where Go does, at every boundary, with the same messages.
-    assert edges(doc, "go-modern") == edges(doc, "go")
+    above, below = last.first.value + MiB, last.last.value - MiB
+    assert goprobes.run(exe, t.grow or "", tmp=tmp_path, limit=above).doc["outcome"] == "high-arena"
+    assert goprobes.run(exe, t.grow or "", tmp=tmp_path, limit=below).doc["outcome"] == "crash"
+    # The model flips where Go does, at every boundary, with the same messages; at the last, within that
+    # sweeper's pages, with its crash, if it struck, as the only one between.
+    model, real = edges(doc, "go-modern"), edges(doc, "go")
+    assert real[:len(model) - 1] == model[:-1]
+    assert real[-1][3] == model[-1][3] == "high-arena" and 0 <= real[-1][2] - model[-1][2] <= MiB
+    assert all(GC_SWEEP in e[3] for e in real[len(model) - 1:-1])
     assert cached < 5
 
 
