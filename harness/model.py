@@ -237,6 +237,7 @@ class GuestRun:
     error: Optional[str] = None
     channel: Optional[str] = None
     steps: List[Dict[str, Any]] = field(default_factory=list)  # the agent's step results (exit status, output)
+    accel: Optional[str] = None  # the emulator's accelerator (kvm, tcg), or None: Backend.accelerator
 
 
 class Status(str, enum.Enum):
@@ -295,6 +296,7 @@ class Record:
     # where a model policy and the runtime it models both ran on the target: the other side's outcome and
     # crash, and whether they agree (on both records)
     agreement: Optional[Dict[str, Any]] = None
+    accel: Optional[str] = None  # how an emulator ran the guest's CPU: kvm or tcg (QEMU); None: no emulator
 
     def to_json(self) -> Dict[str, Any]:
         d = asdict(self)

@@ -247,7 +247,8 @@ def check(record: Record) -> None:
         lines.append("  outcome: %s, expected: %s" % (outcome_text(record.outcome, record.crash) or "-",
                                                       record.expected or "-"))
     if record.kernel:
-        lines.append("  kernel: %s %s" % (record.kernel, record.machine))
+        lines.append("  kernel: %s %s%s" % (record.kernel, record.machine,
+                                            " (%s)" % record.accel if record.accel else ""))
     if record.log:
         lines.append("  console log: %s" % record.log)
     # guest text, control characters escaped: a test report is read on a terminal

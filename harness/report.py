@@ -307,6 +307,9 @@ def markdown(doc: RunDocument) -> str:
     lines.append("|---|---|" + "---|" * len(policies))
     for target, by_policy in cells.items():
         kernel = next((r.kernel for r in by_policy.values() if r.kernel), None) or "-"
+        accel = next((r.accel for r in by_policy.values() if r.accel), None)
+        if accel:
+            kernel += " (%s)" % accel
         row = []
         for p in policies:
             cell = by_policy.get(p)

@@ -139,7 +139,8 @@ def classify(target: Target, policy: str, run: GuestRun) -> Record:
     probe = target.probe(policy)
     return record(target, policy, worst(statuses), detail, outcome=outcome, crash=crash, high_ok=high_ok,
                   fallback_engaged=fallback, duration_s=round(run.duration_s, 3), log=str(run.log), kernel=kernel,
-                  machine=machine, channel=run.channel, probe=doc, kind=probe.kind if probe else None)
+                  machine=machine, channel=run.channel, probe=doc, kind=probe.kind if probe else None,
+                  accel=run.accel)
 
 
 _STATUSES = [s.value for s in Status]

@@ -29,6 +29,7 @@ from images.recipes import (
     GoProbe,
     Initramfs,
     KernelKit,
+    KvmVerdict,
     Rootfs,
     RootfsTarball,
     Snapshot,
@@ -42,7 +43,8 @@ from images.recipes import (
 
 __all__ = [
     "BUILD_TIMEOUT", "CACHE_ENV", "MMDEBSTRAP", "BuildError", "Cache", "Entry", "Log", "Recipe", "Tool",
-    "cache_root", "recipe_text", "Cpio", "Initramfs", "KernelKit", "Rootfs", "RootfsTarball", "Snapshot", "SshDisk",
+    "cache_root", "recipe_text", "Cpio", "Initramfs", "KernelKit", "KvmVerdict", "Rootfs", "RootfsTarball", "Snapshot",
+    "SshDisk",
     "build_step", "ensure_binfmt", "host_arch", "mmdebstrap", "module_closure", "GO", "GoProbe",
     "KernelBuild", "KernelConfigError", "SourceKernelKit",
 ]

@@ -568,3 +568,31 @@ class Snapshot(Recipe):
         self.save(out, log)
         if not (out / "state.bin").is_file():
             raise BuildError("saving %s left no state.bin" % self.label, out / "build.log")
+
+
+@dataclass(frozen=True)
+class KvmVerdict(Recipe):
+    """Whether KVM really runs QEMU guests of one architecture on this host (``verdict.json``:
+    ``{"kvm": true|false, "why": "..."}``): a short trial boot's answer, since a device node alone proves
+    nothing (a KVM guest may hang). Keyed by what can change it (``inputs``: the architecture, the host
+    kernel's release, the QEMU version), so a new kernel or QEMU is tried again, and built under the
+    cache's per-key lock, so parallel runs boot one trial. The QEMU backend boots it (``trial``)."""
+
+    label: str  # the architecture, for the cache listing
+    inputs_json: str
+    trial: Callable[[Path, Log], None] = field(compare=False, hash=False, repr=False)
+    kind = "kvm-verdict"
+    version = 1
+
+    @property
+    def name(self) -> str:
+        return self.label
+
+    def inputs(self) -> Dict[str, object]:
+        value: Dict[str, object] = json.loads(self.inputs_json)
+        return value
+
+    def build(self, out: Path, cache: Cache, log: Log) -> None:
+        self.trial(out, log)
+        if not (out / "verdict.json").is_file():
+            raise BuildError("the KVM trial for %s left no verdict" % self.label, out / "build.log")

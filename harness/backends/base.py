@@ -191,7 +191,7 @@ class Backend(Generic[OptionsT]):
         panic = next((p for p in (find_panic(ln) for ln in completed.lines) if p), None)
         silent = completed.stopped == "silent"
         run = GuestRun({}, ctx.log_path, completed.duration_s, panic=panic,
-                       timed_out=completed.timed_out or silent, silent=silent)
+                       timed_out=completed.timed_out or silent, silent=silent, accel=self.accelerator())
         if not completed.started:
             run.error = completed.error
             return run
@@ -225,6 +225,11 @@ class Backend(Generic[OptionsT]):
         elif not run.documents:
             run.error = self.no_result_reason(completed)
         return run
+
+    def accelerator(self) -> Optional[str]:
+        """How an emulator runs the guest's CPU: ``kvm`` or ``tcg`` (QEMU's translator); None where no
+        emulator does (the host's CPU runs it, or the backend cannot tell)."""
+        return None
 
     def result_file(self, ctx: RunContext) -> Optional[Path]:
         """Where the guest writes its results through a writable share, if this backend has one."""

@@ -111,6 +111,10 @@ class DockerBackend(Backend[DockerOptions]):
     def guest_arch(self) -> str:
         return self.options.arch
 
+    def accelerator(self) -> Optional[str]:
+        """A container of another architecture runs through binfmt and qemu-user: QEMU's TCG."""
+        return None if arches.runs_natively(self.options.arch) else "tcg"
+
     # -- images ------------------------------------------------------------------------------
     def rootfs(self) -> images.Rootfs:
         return images.Rootfs(self.options.arch, self.options.suite or arches.BY_DEBIAN[self.options.arch].suite)

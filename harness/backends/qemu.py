@@ -69,7 +69,7 @@ class QemuOptions:
     memory: Size = Size(512 * MiB)
     smp: int = 1
     kernel_args: Tuple[str, ...] = ("quiet",)
-    accel: str = "tcg"  # tcg | auto (KVM when a short trial boot shows it works)
+    accel: str = "auto"  # auto (KVM when a short trial boot shows it works, its verdict cached) | tcg
     boot: str = "9p"  # 9p: the initramfs runs the probe; ssh: a disk image with sshd, probed over SSH
     # 9p boots under TCG: resume a guest saved right after its boot (cached), instead of booting it
     snapshot: bool = True
@@ -159,6 +159,7 @@ class QemuBackend(Backend[QemuOptions]):
         super().__init__(target)
         self._kit: Optional[Path] = None
         self._initramfs: Optional[Path] = None
+        self._cache: Optional[images.Cache] = None
         self.boot: Boot = BOOTS[self.options.boot](self)
 
     def guest_arch(self) -> str:
@@ -195,7 +196,8 @@ class QemuBackend(Backend[QemuOptions]):
         return self.boot.rootfs()
 
     def recipes(self) -> List[images.Recipe]:
-        return [self.kit(), self.initramfs(), *self.boot.recipes()]
+        kvm = [self.kvm_verdict()] if self.options.accel == "auto" and self.kvm_possible() is None else []
+        return [self.kit(), self.initramfs(), *kvm, *self.boot.recipes()]
 
     def provision(self, cache: images.Cache, log: images.Log) -> None:
         try:
@@ -209,6 +211,9 @@ class QemuBackend(Backend[QemuOptions]):
                               path=self.target.source, line=self.target.line or None, target=self.target.name,
                               key="kernel_config") from None
         self._initramfs = cache.get(self.initramfs(), log) / "initramfs.cpio.gz"
+        self._cache = cache
+        if self.options.accel == "auto":
+            self._kvm_works()  # decided (a trial boot, once per host kernel and QEMU) before the snapshot's key
         self.boot.provision(cache, log)
 
     # -- the boot ------------------------------------------------------------------------------
@@ -222,56 +227,98 @@ class QemuBackend(Backend[QemuOptions]):
             return ["-accel", "kvm"]
         return ["-accel", "tcg"]
 
-    def auto_accel(self, cache: images.Cache, trial: bool) -> Tuple[Optional[str], str]:
-        """What ``accel: auto`` would pick for this architecture here, and why: ("kvm" or "tcg", reason),
-        or (None, reason) when only the trial boot could tell and ``trial`` is False.
+    def accelerator(self) -> Optional[str]:
+        return self.accel()[1]
 
-        The same decision as :meth:`accel` (``_kvm_works``); with ``trial`` it boots that short VM,
-        from the cached kernel and initramfs (never building them).
+    def kvm_possible(self) -> Optional[str]:
+        """Why KVM cannot run this guest here without trying (no device, another architecture), or None."""
+        spec = self.options.spec
+        if not arches.runs_natively(spec.debian):
+            return "KVM runs only guests of the host's architecture (%s), not %s" % (arches.host_debian(), spec.name)
+        if not os.path.exists(KVM_DEVICE):
+            return "there is no %s" % KVM_DEVICE
+        return None
+
+    def kvm_verdict(self) -> images.KvmVerdict:
+        """The cached trial's recipe: keyed by the architecture, the host kernel's release and the QEMU version."""
+        spec = self.options.spec
+        inputs = {"arch": spec.name, "host_kernel": os.uname().release, "qemu": qemu_version(spec.qemu_system)}
+        return images.KvmVerdict(spec.name, json.dumps(inputs, sort_keys=True), self._kvm_trial)
+
+    def auto_accel(self, cache: images.Cache, trial: bool) -> Tuple[Optional[str], str]:
+        """What ``accel: auto`` picks for this architecture here, and why: ("kvm" or "tcg", reason), or
+        (None, reason) when only a trial boot could tell and ``trial`` is False.
+
+        The same decision as :meth:`accel`: a verdict already cached is read; with ``trial`` a missing one
+        is made (the short VM, from the cached kernel and initramfs, never building them) and cached.
         """
         spec = self.options.spec
         if spec.name in _kvm_verdict:
             return "kvm" if _kvm_verdict[spec.name] else "tcg", _kvm_reason[spec.name]
-        if not os.path.exists(KVM_DEVICE):
-            return "tcg", "there is no %s" % KVM_DEVICE
+        why = self.kvm_possible()
+        if why is not None:
+            return "tcg", why
+        recipe = self.kvm_verdict()
+        if cache.ready(recipe):
+            self._cache = cache
+            self._kvm_works()
+            return self.auto_accel(cache, trial=False)
         if not trial:
             return None, "%s exists, but a device node alone proves nothing: accel: auto boots a short trial VM " \
-                "first (up to %.0fs)" % (KVM_DEVICE, KVM_TRIAL_S)
+                "first (up to %.0fs, once per host kernel and QEMU version)" % (KVM_DEVICE, KVM_TRIAL_S)
         absent = [r for r in (self.kit(), self.initramfs()) if not cache.ready(r)]
         if absent:
             return None, "the trial boot needs the cached %s %s: build it with arena-harness images build" % (
                 absent[0].kind, absent[0].name)
+        self._cache = cache
         self._kit = cache.get(self.kit())
         self._initramfs = cache.get(self.initramfs()) / "initramfs.cpio.gz"
         self._kvm_works()  # records its verdict, which the first branch above reads
         return self.auto_accel(cache, trial=False)
 
     def _kvm_works(self) -> bool:
-        """Try KVM for real (a device node alone proves nothing): a short boot must reach the init."""
+        """Whether KVM runs this guest here: a device node alone proves nothing (here a KVM guest hangs), so
+        a short trial boot must reach the init. Its verdict is cached (:meth:`kvm_verdict`) and kept once
+        per process; before the kernel is provisioned, with no verdict cached yet, the answer is no."""
         spec = self.options.spec
         if spec.name in _kvm_verdict:
             return _kvm_verdict[spec.name]
+        why = self.kvm_possible()
         ok = False
-        why = "there is no %s" % KVM_DEVICE
-        if os.path.exists(KVM_DEVICE) and self._kit is not None and self._initramfs is not None:
-            c = proc.run([spec.qemu_system, "-accel", "kvm", *spec.machine, "-cpu", "host", "-m", "256", "-nographic",
-                          "-no-reboot", "-kernel", str(self._kit / "kernel"), "-initrd", str(self._initramfs),
-                          "-append", "console=%s panic=-1 quiet" % spec.console],
-                         timeout=KVM_TRIAL_S, watch=lambda ln: "booted" if "@@ARENA-HARNESS-BOOTED@@" in ln else None,
-                         after_stop_request=0.0, grace=1.0)
-            ok = c.stopped == "booted"
-            if ok:
-                why = "a trial boot with KVM reached the init"
-            elif c.timed_out:
-                why = "a trial boot with KVM did not reach the init within %.0fs" % KVM_TRIAL_S
-            else:
-                said = next((ln.strip() for ln in c.lines if ln.strip()), c.error or "no output")
-                why = "a trial boot with KVM ended before the init: %s" % said[:160]
-        elif os.path.exists(KVM_DEVICE):
-            why = "no kernel to try KVM with"
+        if why is None:
+            recipe = self.kvm_verdict()
+            cache = self._cache or images.Cache()
+            if not cache.ready(recipe) and (self._kit is None or self._initramfs is None):
+                return False  # not decided yet (a listing, before provisioning): no trial from here
+            try:
+                verdict = json.loads((cache.get(recipe) / "verdict.json").read_text())
+                ok, why = bool(verdict["kvm"]), str(verdict["why"])
+            except (images.BuildError, OSError, ValueError, KeyError, TypeError) as e:
+                why = "the KVM trial failed: %s" % e
         _kvm_verdict[spec.name] = ok
         _kvm_reason[spec.name] = why
         return ok
+
+    def _kvm_trial(self, out: Path, log: images.Log) -> None:
+        """The trial boot (the :meth:`kvm_verdict` recipe's build): KVM's verdict into ``out/verdict.json``."""
+        spec = self.options.spec
+        assert self._kit is not None and self._initramfs is not None
+        log("trying KVM for %s: a short boot (up to %.0fs)" % (spec.name, KVM_TRIAL_S))
+        c = proc.run([spec.qemu_system, "-accel", "kvm", *spec.machine, "-cpu", "host", "-m", "256", "-nographic",
+                      "-no-reboot", "-kernel", str(self._kit / "kernel"), "-initrd", str(self._initramfs),
+                      "-append", "console=%s panic=-1 quiet" % spec.console],
+                     timeout=KVM_TRIAL_S, watch=lambda ln: "booted" if "@@ARENA-HARNESS-BOOTED@@" in ln else None,
+                     after_stop_request=0.0, grace=1.0, log_path=out / "build.log")
+        ok = c.stopped == "booted"
+        if ok:
+            why = "a trial boot with KVM reached the init"
+        elif c.timed_out:
+            why = "a trial boot with KVM did not reach the init within %.0fs" % KVM_TRIAL_S
+        else:
+            said = next((ln.strip() for ln in c.lines if ln.strip()), c.error or "no output")
+            why = "a trial boot with KVM ended before the init: %s" % said[:160]
+        log("KVM for %s: %s (%s)" % (spec.name, "yes" if ok else "no", why))
+        (out / "verdict.json").write_text(json.dumps({"kvm": ok, "why": why}) + "\n")
 
     def vm_argv(self, initrd: Path, append_more: Sequence[str] = ()) -> List[str]:
         """The machine both boot modes share: CPU, memory, console, firmware, kernel, initrd, command line."""

@@ -54,6 +54,9 @@ class QemuUserBackend(Backend[QemuUserOptions]):
     def guest_arch(self) -> str:
         return self.options.arch
 
+    def accelerator(self) -> Optional[str]:
+        return "tcg"  # qemu-user translates every instruction
+
     @property
     def emulator(self) -> str:
         return "qemu-%s-static" % arches.BY_DEBIAN[self.options.arch].qemu_user
