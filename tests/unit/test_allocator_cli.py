@@ -7,8 +7,9 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
-from typing import Any, List
+from typing import Any, Callable, List
 
 import pytest
 
@@ -168,6 +169,37 @@ def test_the_zipapp_runs_standalone(tmp_path: Path) -> None:
                        text=True, timeout=60, cwd=str(tmp_path), env=env)
     assert p.returncode == 0 and json.loads(p.stdout)["outcome"] == "fallback-32bit"
     assert payload.build(tmp_path).read_bytes() == pyz.read_bytes()  # reproducible
+
+
+def rewritten(pyz: Path, out: Path, change: Callable[[str, bytes], bytes]) -> Path:
+    """A copy of the zipapp with each entry's bytes passed through ``change(name, data)``."""
+    with zipfile.ZipFile(pyz) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, change(info.filename, src.read(info)))
+    return out
+
+
+def test_the_zipapp_carries_bytecode_for_this_python_and_sources_for_any_other(tmp_path: Path) -> None:
+    pyz = payload.build(tmp_path)
+    with zipfile.ZipFile(pyz) as z:
+        names = set(z.namelist())
+    sources = {n for n in names if n.endswith(".py")}
+    assert len(sources) > 10 and names == sources | {n + "c" for n in sources}
+
+    def runs(app: Path) -> "subprocess.CompletedProcess[str]":
+        return subprocess.run([sys.executable, "-I", str(app), "probe", "--simulate", "uml", "--json"],
+                              capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
+
+    # This Python runs the bytecode: with every source replaced by a failure, the zipapp still works.
+    broken = rewritten(pyz, tmp_path / "no-sources.pyz",
+                       lambda n, b: b"raise SystemExit('source ran')\n" if n.endswith(".py") else b)
+    p = runs(broken)
+    assert p.returncode == 0 and json.loads(p.stdout)["outcome"] == "fallback-32bit", p.stderr
+    # Another Python (another magic number: Debian 11's 3.9, 13's 3.13) skips it and compiles the sources.
+    foreign = rewritten(pyz, tmp_path / "foreign.pyz",
+                        lambda n, b: b"\x00\x00\r\n" + b[4:] if n.endswith(".pyc") else b)
+    p = runs(foreign)
+    assert p.returncode == 0 and json.loads(p.stdout)["outcome"] == "fallback-32bit", p.stderr
 
 
 # -- Python 3.9 and the guest's independence ------------------------------------------------------
