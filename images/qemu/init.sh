@@ -6,7 +6,9 @@
 # "GO EPOCH SEED" (the clock and some entropy: a resumed guest has the saved ones). Then it mounts
 # the job's files read-only over 9p (tag "job": the zipapp with the guest agent, its plan, the
 # programs it runs, the size of /tmp and the agent's extra arguments), the guest root read-only
-# (tag "hostroot"), copies the job into a tmpfs, runs the agent in the guest root, brings the
+# (tag "hostroot"; cache=loose, as nothing changes it during a run: the guest's page cache serves
+# repeated reads, which under TCG took Python's start from 0.33 s to 0.23 s and its imports from
+# 0.8 s to 0.46 s), copies the job into a tmpfs, runs the agent in the guest root, brings the
 # results back through the writable share "out" (and framed on the console), then powers off.
 # A panic reboots, and QEMU runs with -no-reboot, so every path ends the VM.
 export PATH=/bin
@@ -30,7 +32,7 @@ case " $(cat /proc/cmdline) " in
 esac
 P9="trans=virtio,version=9p2000.L,msize=262144"
 mount -t 9p -o "$P9,ro" job /job || fail "cannot mount the job's files over 9p"
-mount -t 9p -o "$P9,ro" hostroot /host || fail "cannot mount the guest root over 9p"
+mount -t 9p -o "$P9,ro,cache=loose" hostroot /host || fail "cannot mount the guest root over 9p"
 mount -t proc proc /host/proc
 mount -t devtmpfs dev /host/dev 2>/dev/null
 mount -t tmpfs -o "size=$(cat /job/tmp_mib)m" tmp /host/tmp || fail "cannot mount a tmpfs on /tmp"

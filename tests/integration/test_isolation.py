@@ -288,6 +288,7 @@ HOSTILE = r'''
 import os, subprocess
 def say(*a): print("HOSTILE", *a, flush=True)
 say("TOP", " ".join(sorted(os.listdir("/"))))
+say("ROOT_MOUNT", [ln.split()[3] for ln in open("/proc/mounts") if ln.split()[1] == "/"][-1])
 for p in ("/etc/passwd", "/usr/bin/pwned", "/pwned"):
     try:
         open(p, "a").write("x"); say("WROTE", p)
@@ -350,6 +351,10 @@ def test_a_qemu_guest_sees_only_its_view_and_writes_only_its_results(tmp_path: P
     assert "HOSTILE END" in log, log[-2000:]
     top = next(ln for ln in log.splitlines() if "HOSTILE TOP" in ln).split("HOSTILE TOP", 1)[1].split()
     assert set(top) <= VIEW_TOP, top
+    # The root share: read-only, and cached in the guest (cache=loose: nothing changes it during a run;
+    # the guest's page cache then serves Python's repeated reads, and no host change reaches the guest)
+    options = next(ln for ln in log.splitlines() if "HOSTILE ROOT_MOUNT" in ln).split()[-1].split(",")
+    assert "ro" in options and "loose" in options, options
     assert "HOSTILE WROTE" not in log and "WROTE_RW_REMOUNT" not in log
     assert "TOPSECRET" not in log and "HOSTILE READ" not in log
     assert "CANNOT_READ %s" % secret in log and "CANNOT_READ /etc/shadow" in log
