@@ -54,6 +54,11 @@ poweroff -f 2>/dev/null || halt -f 2>/dev/null || \
 
 
 GUEST_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # what INIT exports
+# What Debian's UML kernel spends most of its boot on, and no probe needs (measured with initcall_debug:
+# 1.4 s from start to init, 0.35-0.45 s without them): the RAID6 and XOR speed tests (0.85 s; RAID and
+# btrfs only, which no guest here uses) and 256 BSD-style legacy ptys (0.23 s; /dev/pts is untouched).
+# A kernel that has none of these initcalls ignores the names.
+FAST_BOOT = ("initcall_blacklist=raid6_select_algo,calibrate_xor_blocks", "pty.legacy_count=0")
 
 
 def _in_root(root: str, program: str) -> bool:
@@ -179,6 +184,7 @@ class UmlBackend(Backend[UmlOptions]):
             "init=%s" % jail.guest_path("boot/init.sh"),
             "con=null",
             "con0=fd:0,fd:1",
+            *FAST_BOOT,
             *o.kernel_args,
         ]
 
