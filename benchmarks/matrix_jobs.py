@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Parallel efficiency of the runner: the default matrix with --jobs 1 and --jobs 2, in one invocation.
+"""Parallel efficiency of the runner: the default matrix with --jobs 1 and --jobs 2, in one invocation;
+then --jobs 2 again with every QEMU target's snapshots off (``snapshot: false``: cold boots).
 
-Prints the wall time of each and the efficiency T(1) / (2 * T(2)) (goal >= 0.90
-on 2 cores). Images must be cached already (``arena-harness images build``), so
-only boots are timed.
+Prints the wall time of each, the efficiency T(1) / (2 * T(2)) (goal >= 0.90 on 2
+cores), and the snapshots-on time over the snapshots-off one (goal <= 0.50).
+Images must be cached already (``arena-harness images build``, saved guests
+included), so only boots are timed.
 
     python3 benchmarks/matrix_jobs.py [--only NAME ...]
 """
@@ -11,6 +13,7 @@ only boots are timed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
@@ -19,6 +22,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness import backends, config, runner  # noqa: E402
+from harness.model import Target  # noqa: E402
+
+
+def cold(t: Target) -> Target:
+    """The target with its saved guest unused (a QEMU 9p boot's ``snapshot: false``); others as they are."""
+    if hasattr(t.options, "snapshot"):
+        return dataclasses.replace(t, options=dataclasses.replace(t.options, snapshot=False))
+    return t
 
 
 def main() -> int:
@@ -31,16 +42,18 @@ def main() -> int:
     times = {}
     with tempfile.TemporaryDirectory() as tmp:
         runner.run(targets[:1], artifacts=Path(tmp))  # warm imports and the page cache
-        for jobs in (1, 2):
+        for key, jobs, ts in ((1, 1, targets), (2, 2, targets), (0, 2, [cold(t) for t in targets])):
             start = time.monotonic()
-            doc = runner.run(targets, jobs=jobs, artifacts=Path(tmp))
-            times[jobs] = time.monotonic() - start
+            doc = runner.run(ts, jobs=jobs, artifacts=Path(tmp))
+            times[key] = time.monotonic() - start
             bad = [r for r in doc.records if r.status.value != "pass"]
-            print("--jobs %d: %6.1fs for %d targets, %d results%s" % (
-                jobs, times[jobs], len(targets), len(doc.records), ", %d not passing" % len(bad) if bad else ""),
-                flush=True)
+            print("--jobs %d%s: %6.1fs for %d targets, %d results%s" % (
+                jobs, ", snapshots off" if key == 0 else "", times[key], len(targets), len(doc.records),
+                ", %d not passing" % len(bad) if bad else ""), flush=True)
     eff = times[1] / (2 * times[2])
     print("parallel efficiency on 2 jobs: %.2f (speed-up %.2fx); goal >= 0.90" % (eff, times[1] / times[2]))
+    print("snapshots on/off at --jobs 2: %.2f (%.1fs against %.1fs); goal <= 0.50" % (
+        times[2] / times[0], times[2], times[0]))
     return 0
 
 
