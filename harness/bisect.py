@@ -48,6 +48,7 @@ PAGE = 4096
 """The resolution of address sizes: a page (4 KiB on every architecture the harness runs)."""
 DEFAULT_SAMPLES = 8
 MAX_SAMPLES = 1000
+MAX_CONFIRM = 50
 SCHEMA = 1
 KIND = "arena-harness-bisect"
 KERNEL = "kernel"
@@ -100,6 +101,14 @@ class Point:
     cached: bool = False
     log: Optional[str] = None
     kernel: Optional[str] = None  # the release the guest reported
+    # a side of a boundary measured again (--confirm): how often each label came, this point's included;
+    # empty when measured once
+    seen: Dict[str, int] = field(default_factory=dict)
+
+    @property
+    def stable(self) -> bool:
+        """Whether every measurement of this point gave its label (one measurement always does)."""
+        return len(self.seen) <= 1
 
     @property
     def label(self) -> str:
@@ -133,6 +142,12 @@ class Boundary:
     last: Point
     first: Point
     resolved: bool
+
+    @property
+    def stable(self) -> bool:
+        """Whether both sides gave one outcome each time they were measured (``--confirm``): where a
+        runtime's own use varies from run to run, the boundary is a band, not a value."""
+        return self.last.stable and self.first.stable
 
 
 @dataclass(frozen=True)
@@ -169,6 +184,7 @@ class BisectDocument:
     notes: List[str] = field(default_factory=list)
     argv: List[str] = field(default_factory=list)
     artifacts: Optional[str] = None
+    confirm: int = 0  # each side of every boundary measured this many more times
 
     @property
     def complete(self) -> bool:
@@ -212,15 +228,16 @@ class BisectDocument:
         return {
             "kind": KIND, "schema": SCHEMA, "target": self.target, "backend": self.backend, "knob": self.knob,
             "from": self.lo, "to": self.hi, "from_text": self.fmt(self.lo), "to_text": self.fmt(self.hi),
-            "resolution": self.resolution, "samples": self.samples, "kernels": self.kernels,
+            "resolution": self.resolution, "samples": self.samples, "confirm": self.confirm,
+            "kernels": self.kernels,
             "started": self.started, "finished": self.finished, "seconds": round(self.seconds, 3),
             "boots": self.measurements if booted(self.knob) else 0, "measured": self.measured,
             "cached": self.cached,
             "complete": self.complete, "stopped": self.stopped, "interrupted": self.interrupted,
             "notes": self.notes, "argv": self.argv, "artifacts": self.artifacts,
             "probes": [{"probe": name,
-                        "boundaries": [{"last": point(b.last), "first": point(b.first), "resolved": b.resolved}
-                                       for b in self.boundaries(name)],
+                        "boundaries": [{"last": point(b.last), "first": point(b.first), "resolved": b.resolved,
+                                        "stable": b.stable} for b in self.boundaries(name)],
                         "points": [point(p) for p in pts]} for name, pts in self.points.items()],
         }
 
@@ -255,6 +272,12 @@ def text(doc: BisectDocument) -> str:
             lines.append("  boundary: last %s (%s), first %s (%s)%s" % (
                 doc.fmt(b.last.value), b.last.label, doc.fmt(b.first.value), b.first.label,
                 "" if b.resolved else "  [not narrowed to the resolution: the search stopped]"))
+            for p in (b.last, b.first):
+                if p.seen:
+                    tally = ", ".join("%s %d of %d" % (label, n, sum(p.seen.values()))
+                                      for label, n in sorted(p.seen.items(), key=lambda kv: -kv[1]))
+                    lines.append("    %s at %s: %s" % ("UNSTABLE" if not p.stable else "confirmed",
+                                                      doc.fmt(p.value), tally))
     lines.append("%d points measured in %d %s, %d from the cache; %.1fs%s" % (
         doc.measured, doc.measurements, "boots" if booted(doc.knob) else "runs of the simulated kernel", doc.cached,
         doc.seconds, "" if doc.complete else "; INCOMPLETE: %s" % doc.stopped))
@@ -322,6 +345,40 @@ class Search:
                                     (a.value, b.value))
                 if why:
                     return why
+        return None
+
+    def confirm(self, measure: Measure, stop: Callable[[], Optional[str]], times: int,
+                show: Optional["Display"] = None) -> Optional[str]:
+        """Measure both sides of every boundary ``times`` more times (all the probes that need a value in
+        one boot), tallying each point's labels in ``seen``. Returns None, or ``stop()``'s reason."""
+        need: Dict[int, List[str]] = {}
+        for probe in self.probes:
+            pts = self.sorted_points(probe)
+            for a, b in zip(pts, pts[1:]):
+                if a.label != b.label:
+                    for side in (a, b):
+                        if probe not in need.setdefault(side.value, []):
+                            need[side.value].append(probe)
+        for value in sorted(need):
+            for p in need[value]:
+                self.points[p][value].seen = {self.points[p][value].label: 1}
+            for _ in range(times):
+                why = stop()
+                if why:
+                    return why
+                if show is not None:
+                    show.trying(need[value], value, None)
+                got = measure(value, need[value])
+                why = stop()
+                if why:
+                    return why
+                for p in need[value]:
+                    if p not in got:
+                        raise Unmeasurable("%s gave no result at %d" % (p, value))
+                    seen = self.points[p][value].seen
+                    seen[got[p].label] = seen.get(got[p].label, 0) + 1
+                if show is not None:
+                    show.measured(value, {p: got[p] for p in need[value]})
         return None
 
     def _measure(self, measure: Measure, stop: Callable[[], Optional[str]], show: Optional["Display"],
@@ -511,6 +568,7 @@ class Plan:
     probes: Tuple[str, ...]
     kernels: Tuple[str, ...] = ()
     notes: Tuple[str, ...] = ()
+    confirm: int = 0  # each side of every boundary found, measured this many more times (never from the cache)
 
 
 def _check_options(target: Target, what: str) -> None:
@@ -541,7 +599,7 @@ def apply(target: Target, knob: str, value: int, kernels: Sequence[str] = ()) ->
 
 def plan(target: Target, *, knob: Optional[str] = None, lo: Optional[int] = None, hi: Optional[int] = None,
          kernels: Optional[Sequence[str]] = None, resolution: Optional[int] = None, samples: int = DEFAULT_SAMPLES,
-         probes: Optional[Sequence[str]] = None, probes_given: bool = False) -> Plan:
+         probes: Optional[Sequence[str]] = None, probes_given: bool = False, confirm: int = 0) -> Plan:
     """Check a search before anything runs; a UsageError (one line) for what does not fit.
 
     Either ``knob`` with ``lo`` and ``hi``, or ``kernels``. ``probes``: names (None: the target's own);
@@ -552,6 +610,9 @@ def plan(target: Target, *, knob: Optional[str] = None, lo: Optional[int] = None
     if (knob is None) == (kernels is None):
         raise UsageError("give either --vary KNOB --from A --to B or --kernels K1,K2,...; knobs: %s"
                          % ", ".join(KNOBS))
+    if not MAX_CONFIRM >= confirm >= 0:
+        raise UsageError("--confirm: expected 0 to %d more measurements of each side of a boundary, got %d"
+                         % (MAX_CONFIRM, confirm))
     if not MAX_SAMPLES >= samples >= 2:
         raise UsageError("--samples: expected 2 to %d points (the range's ends included), got %d"
                          % (MAX_SAMPLES, samples))
@@ -609,7 +670,7 @@ def plan(target: Target, *, knob: Optional[str] = None, lo: Optional[int] = None
         knob, lo, hi, res = KERNEL, 0, len(kernel_list) - 1, 1
     if not names:
         raise UsageError("no probe to search on %s: --probe names none it can run" % target.name)
-    return Plan(target, knob, lo, hi, res, samples, tuple(names), kernel_list, tuple(notes))
+    return Plan(target, knob, lo, hi, res, samples, tuple(names), kernel_list, tuple(notes), confirm)
 
 
 # -- measuring points ---------------------------------------------------------------------------
@@ -718,6 +779,18 @@ def cached_measure(plan_: Plan, measure: Measure, cache: Optional[PointCache], d
     return wrapped
 
 
+def counted_measure(measure: Measure, doc: BisectDocument) -> Measure:
+    """``measure``, counted in the document (boots, points), never cached."""
+
+    def wrapped(value: int, probes: Sequence[str]) -> Dict[str, Point]:
+        got = measure(value, probes)
+        doc.measurements += 1
+        doc.measured += len(got)
+        return got
+
+    return wrapped
+
+
 class Stopped(Exception):
     """A measurement was interrupted: the search ends, its reason the document's ``stopped``."""
 
@@ -744,7 +817,7 @@ def search(plan_: Plan, *, artifacts: Path, cache: Optional[PointCache] = None,
     doc = BisectDocument(plan_.target.name, plan_.target.backend, plan_.knob, plan_.lo, plan_.hi,
                          plan_.resolution, plan_.samples, {p: [] for p in plan_.probes}, list(plan_.kernels),
                          started=now_iso(), notes=list(plan_.notes), argv=list(argv),
-                         artifacts=str(artifacts) if is_booted else None)
+                         artifacts=str(artifacts) if is_booted else None, confirm=plan_.confirm)
     began = time.monotonic()
     state = Search(plan_.probes, plan_.lo, plan_.hi, plan_.resolution, plan_.samples)
     display = Display(doc, stream, quiet)
@@ -752,6 +825,8 @@ def search(plan_: Plan, *, artifacts: Path, cache: Optional[PointCache] = None,
         with display:
             base = measure or (booted_measure(plan_, artifacts, display) if is_booted else simulated_measure(plan_))
             why = state.run(cached_measure(plan_, base, cache, doc), stop, display)
+            if not why and plan_.confirm:  # afresh: a cached point is the same one measurement again
+                why = state.confirm(counted_measure(base, doc), stop, plan_.confirm, display)
         if why:
             doc.stopped, doc.interrupted = "interrupted by %s" % why, True
     except Stopped as e:

@@ -115,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "for reserved_va and task_size, 1M for rlimit_as and memory)")
     bs.add_argument("--samples", metavar="N", type=int, default=8,
                     help="points measured over the whole range first, its ends included (default 8)")
+    bs.add_argument("--confirm", metavar="N", type=int, default=0,
+                    help="then measure each side of every boundary N more times, afresh: a side that gives "
+                    "more than one outcome makes its boundary UNSTABLE (a runtime whose use varies from run "
+                    "to run, like Go's at its RLIMIT_AS boundary; default 0)")
     bs.add_argument("--json", metavar="F", type=Path, help="write the search as JSON")
     bs.add_argument("--html", metavar="F", type=Path, help="write a self-contained HTML page: a strip per probe "
                     "over the range, coloured by outcome, its boundaries marked")
@@ -504,7 +508,7 @@ def cmd_bisect(args: argparse.Namespace, argv: List[str], whole_process: bool = 
     kernels = None if args.kernels is None else [k.strip() for k in args.kernels.split(",") if k.strip()]
     plan = bisect.plan(
         target, knob=args.vary, kernels=kernels, samples=args.samples, probes=probes,
-        probes_given=probes is not None,
+        probes_given=probes is not None, confirm=args.confirm,
         lo=None if args.lo is None else config.size(args.lo, "--from"),
         hi=None if args.hi is None else config.size(args.hi, "--to"),
         resolution=None if args.resolution is None else config.size(args.resolution, "--resolution"))

@@ -4,6 +4,7 @@ and the HTML page."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -101,6 +102,54 @@ def test_every_boundary_is_found_to_the_resolution_with_the_outcomes_on_both_sid
     assert all(b.resolved for b in doc.boundaries("p")) and doc.complete
     # Sampling and halving: far fewer points than the 10001 values.
     assert len(fake.calls) < 40 and doc.measured == len(fake.calls) == doc.measurements
+
+
+class Flaky(Fake):
+    """At ``value`` every ``every``-th measurement gives ``other`` instead (a runtime whose own use
+    varies from run to run at its boundary)."""
+
+    def __init__(self, steps: Dict[str, List[Tuple[int, str]]], value: int, other: str, every: int) -> None:
+        super().__init__(steps)
+        self.value, self.other, self.every, self.at_value = value, other, every, 0
+
+    def outcome(self, probe: str, value: int) -> str:
+        if value == self.value:
+            self.at_value += 1
+            if self.at_value % self.every == 0:
+                return self.other
+        return super().outcome(probe, value)
+
+
+def test_confirm_measures_each_side_again_afresh_and_calls_a_varying_one_unstable(tmp_path: Path) -> None:
+    steps = {"p": [(0, "crash: pageAlloc: out of memory"), (695, "high-arena")], "q": [(0, "fallback-32bit")]}
+    # 695 gives the GC sweeper's crash on every second measurement, after the search's first one
+    fake = Flaky(steps, 695, "crash: runtime: cannot allocate memory", every=2)
+    plan = dataclasses.replace(fake_plan(("p", "q"), hi=1000), confirm=3)
+    cache = PointCache(tmp_path / "points")
+    doc = run(plan, fake, cache=cache)
+    (b,) = doc.boundaries("p")
+    assert (b.last.value, b.first.value) == (694, 695) and doc.boundaries("q") == []
+    assert b.last.seen == {"crash: pageAlloc: out of memory": 4} and b.last.stable
+    assert b.first.seen == {"high-arena": 2, "crash: runtime: cannot allocate memory": 2}
+    assert not b.first.stable and not b.stable
+    # each side 3 more times, in boots of its own, counted; q (no boundary) is not measured again
+    again = [c for c in fake.calls if c[0] in (694, 695)]
+    assert again[-6:] == [(694, ("p",))] * 3 + [(695, ("p",))] * 3
+    assert doc.measurements == len(fake.calls)
+    out = bisect.text(doc)
+    assert "    confirmed at 694: crash: pageAlloc: out of memory 4 of 4" in out
+    assert "    UNSTABLE at 695: high-arena 2 of 4, crash: runtime: cannot allocate memory 2 of 4" in out
+    js = doc.to_json()
+    assert js["confirm"] == 3 and js["probes"][0]["boundaries"][0]["stable"] is False
+    assert js["probes"][0]["boundaries"][0]["first"]["seen"] == b.first.seen
+    page = report.bisect_html(doc)
+    assert ('<tr class="unstable"><td></td><td colspan="4" class="small">UNSTABLE at 695: high-arena 2 of 4, '
+            'crash: runtime: cannot allocate memory 2 of 4</td></tr>') in page
+    assert "confirmed at 694: crash: pageAlloc: out of memory 4 of 4" in page
+    # A repeated search takes the points from the cache, and confirms afresh all the same.
+    calls = len(fake.calls)
+    again_doc = run(plan, fake, cache=cache)
+    assert again_doc.cached > 0 and len(fake.calls) - calls == 6
 
 
 def test_crash_messages_tell_outcomes_apart() -> None:
@@ -285,6 +334,7 @@ def test_the_simulated_kernel_gets_the_targets_architecture() -> None:
     ("umlk", dict(kernels=["bookworm", "bookworm"]), "named twice"),
     ("umlk", dict(kernels=["bookworm", "trixie"], resolution=1), "takes no --from, --to or --resolution"),
     ("here", dict(knob="rlimit_as", lo=MiB, hi=2 * MiB, samples=1), "--samples: expected 2 to 1000"),
+    ("here", dict(knob="rlimit_as", lo=MiB, hi=2 * MiB, confirm=-1), "--confirm: expected 0 to 50"),
     ("here", dict(knob="rlimit_as", lo=MiB, hi=2 * MiB, probes=["someone-elses"], probes_given=True),
      "no probe to search on here"),
 ])
