@@ -185,6 +185,7 @@ class Completed:
     started: bool = True
     error: Optional[str] = None  # the process could not be started at all
     lines: List[str] = field(default_factory=list)
+    forced: bool = False  # the harness ended it (a stop request it did not end by itself after, a deadline, ...)
 
 
 def which(tool: str) -> Optional[str]:
@@ -567,7 +568,7 @@ def run(
     if on_start is not None:  # a session writes to its stdin (harness.session)
         on_start(r)
     deadline = began + timeout
-    timed_out = False
+    timed_out = forced = False
     stopped: Optional[str] = None
     try:
         try:
@@ -575,18 +576,22 @@ def run(
                 now = time.monotonic()
                 if now >= deadline:
                     timed_out, stopped = True, "timeout"
+                    forced = True
                     stop(r.popen, grace)
                     break
                 if r.stop_requested_at is not None and now >= r.stop_requested_at + after_stop_request:
                     stopped = r.stop_reason
+                    forced = True
                     stop(r.popen, grace)
                     break
                 if silence is not None and now - r.last_output >= silence:
                     stopped = "silent"
+                    forced = True
                     stop(r.popen, grace)
                     break
                 if stopping():
                     stopped = "interrupt"
+                    forced = True
                     stop(r.popen, grace)
                     break
                 try:
@@ -609,7 +614,7 @@ def run(
                 r.log.write("[harness] stopped: %s\n" % stopped)
         lines = r.lines
         return Completed(r.argv, r.popen.returncode, time.monotonic() - began, "\n".join(lines),
-                         timed_out=timed_out, stopped=stopped, lines=lines)
+                         timed_out=timed_out, stopped=stopped, lines=lines, forced=forced)
     finally:
         if r.log:
             with r._cond:  # a reader still draining a leftover writer checks .closed under this lock

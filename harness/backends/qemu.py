@@ -368,6 +368,7 @@ class QemuBackend(Backend[QemuOptions]):
 
 ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "TMPDIR": "/tmp", "HOME": "/tmp"}
 SNAPSHOT_READY = "@@ARENA-HARNESS-SNAPSHOT-READY@@"  # images/qemu/init.sh: the save point
+POWEROFF_S = 3.0  # seconds a resumed guest gets after its DONE line to power off by itself
 SAVE_TIMEOUT = 240.0  # seconds to boot a guest to its save point and save it (a cold TCG boot takes 5-10)
 QMP_SOCKET = jail.guest_path("ctl/qmp.sock")
 _versions: Dict[str, str] = {}
@@ -650,9 +651,7 @@ class NinePBoot(Boot):
             with open(ctx.log_path, "a", encoding="utf-8") as log:
                 log.write("[harness] the saved guest %s did not resume (%s): booting cold; the next run saves "
                           "it again\n" % (broken.name, self._resume_failed))
-            (broken / "manifest.json").unlink(missing_ok=True)  # no longer an entry, whatever happens next
-            shutil.rmtree(broken, ignore_errors=True)
-            self._state = None
+            self._drop_state()
             self.m.shutdown()  # a fresh guest uid for the cold boot
             self.m.results_dir(ctx)
         if not self.snapshots():
@@ -676,14 +675,31 @@ class NinePBoot(Boot):
         def started(running: proc.Running) -> None:
             threading.Thread(target=self.resume, args=(ctx, running), name="resume", daemon=True).start()
 
-        done = self.m.spawn(ctx, argv, watch=self.m.watcher(ctx), after_stop_request=5.0, env=ENV,
+        # After its DONE line a guest's results are on the host (the share's writes are synchronous) and a
+        # power-off takes it 0.1-0.3 s; a resumed guest that has not ended after POWEROFF_S has a suspect
+        # saved state (seen on riscv64: resumed from one state, the guest never powered off, every run).
+        done = self.m.spawn(ctx, argv, watch=self.m.watcher(ctx), after_stop_request=POWEROFF_S, env=ENV,
                             on_start=started)
         if not self._resumed.is_set() and not self._resume_failed and not done.timed_out and not proc.stopping():
             # QEMU ended before the state was loaded (a corrupt stream: "load of migration failed"), while
             # the resume thread was still waiting for its socket
             self._resume_failed = "QEMU ended before the saved guest was loaded: %s" % (
                 next((ln for ln in reversed(done.lines) if "qemu-system" in ln), "no word from it")[:200])
+        elif self._resumed.is_set() and done.stopped == "done" and done.forced and self._state is not None:
+            with open(ctx.log_path, "a", encoding="utf-8") as log:
+                log.write("[harness] the resumed guest did not power off within %.0fs of its DONE line: the saved "
+                          "guest %s is suspect, dropped; the next run saves it again\n"
+                          % (POWEROFF_S, self._state.parent.name))
+            self._drop_state()
         return done
+
+    def _drop_state(self) -> None:
+        """Drop the saved guest this boot resumed (it is no cache entry from here on, whatever happens)."""
+        assert self._state is not None
+        broken = self._state.parent
+        (broken / "manifest.json").unlink(missing_ok=True)
+        shutil.rmtree(broken, ignore_errors=True)
+        self._state = None
 
     def go_when_ready(self, ctx: RunContext, running: proc.Running) -> None:
         """A cold boot of a snapshot machine: at the save point, hand the guest its GO line."""
