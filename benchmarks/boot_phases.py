@@ -13,12 +13,15 @@ Phases, from the harness's call to the end of its run:
            the harness reading the results)
 The kernel's own uptime at BOOTED is printed beside ``kernel``.
 
-    python3 benchmarks/boot_phases.py [--runs 5] [--targets FILE] [TARGET ...]
+    python3 benchmarks/boot_phases.py [--runs 5] [--targets FILE] [--cold] [TARGET ...]
+
+``--cold``: QEMU targets boot cold (``snapshot: false``) rather than resume their saved guest.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import statistics
@@ -94,6 +97,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--targets", metavar="FILE", help="targets file (default: the shipped matrix)")
+    ap.add_argument("--cold", action="store_true", help="QEMU targets boot cold (snapshot: false)")
     ap.add_argument("names", nargs="*", default=DEFAULT)
     args = ap.parse_args()
     ts = config.load(args.targets)
@@ -102,6 +106,8 @@ def main() -> int:
     artifacts = Path(tempfile.mkdtemp(prefix="bench-phases-"))
     for name in args.names:
         t = ts.select([name])[0]
+        if args.cold and hasattr(t.options, "snapshot"):
+            t = dataclasses.replace(t, options=dataclasses.replace(t.options, snapshot=False))
         runner.run([t], artifacts=artifacts)  # images built, saved guest saved: only boots are timed
         runs: Dict[str, List[float]] = {}
         uptimes: List[float] = []
@@ -115,7 +121,7 @@ def main() -> int:
             if up is not None:
                 uptimes.append(up)
         total = statistics.median(runs["total"])
-        print("%s (%s), medians of %d runs:" % (name, t.backend, args.runs))
+        print("%s (%s%s), medians of %d runs:" % (name, t.backend, ", cold" if args.cold else "", args.runs))
         for k, values in runs.items():
             med = statistics.median(values)
             extra = ""

@@ -7,7 +7,11 @@ alternates a cold boot (``snapshot: false``) and a resume of the saved guest, ea
 pair of results must be identical (outcome, crash, user-space top, kernel release), or it says so.
 Its last line is ``snapshot/cold worst ratio X.XX``.
 
-    python3 benchmarks/snapshot_boot.py [--runs 3] [TARGET ...]
+    python3 benchmarks/snapshot_boot.py [--runs 3] [--probe P ...] [TARGET ...]
+
+``--probe`` runs only those probes (default: each target's own); with a short one (``go``: a static
+binary, no Python) the ratio is mostly the boot's, with the target's own (the model's three policies,
+Go, the JVM) mostly the guest's own work, which no resume shortens.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -42,9 +46,9 @@ def facts(doc: Any) -> List[Tuple[Any, ...]]:
     return out
 
 
-def timed(t: Target, artifacts: Path) -> Tuple[float, List[Tuple[Any, ...]]]:
+def timed(t: Target, artifacts: Path, probes: Optional[List[str]]) -> Tuple[float, List[Tuple[Any, ...]]]:
     start = time.monotonic()
-    doc = runner.run([t], artifacts=artifacts)
+    doc = runner.run([t], artifacts=artifacts, policies=probes)
     return time.monotonic() - start, facts(doc)
 
 
@@ -52,6 +56,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--targets", metavar="FILE", help="targets file (default: the shipped matrix)")
+    ap.add_argument("--probe", action="append", help="run only this probe (repeatable; default: the target's own)")
     ap.add_argument("names", nargs="*", default=DEFAULT)
     args = ap.parse_args()
     ts = config.load(args.targets)
@@ -60,12 +65,12 @@ def main() -> int:
     for name in args.names:
         t = ts.select([name])[0]
         cold_t, warm_t = with_snapshot(t, False), with_snapshot(t, True)
-        timed(warm_t, artifacts)  # the saved guest exists from here on (built now if the cache had none)
+        timed(warm_t, artifacts, args.probe)  # the saved guest exists from here on (built now if the cache had none)
         times: Dict[str, List[float]] = {"cold": [], "snapshot": []}
         same = True
         for _ in range(args.runs):
-            c, cf = timed(cold_t, artifacts)
-            w, wf = timed(warm_t, artifacts)
+            c, cf = timed(cold_t, artifacts, args.probe)
+            w, wf = timed(warm_t, artifacts, args.probe)
             times["cold"].append(c)
             times["snapshot"].append(w)
             if cf != wf:
