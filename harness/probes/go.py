@@ -176,8 +176,9 @@ def _base(outcome: Optional[str], crash: Optional[str], error: Optional[str], me
 def document(stdout: str, stderr: str, returncode: Optional[int], timed_out: bool = False) -> Dict[str, Any]:
     """The result document of one run of the program, from its stdout, stderr and exit status.
 
-    - Its final document, when it printed one and that has the right shape (an error if the program
-      then exited non-zero or timed out: it should not have).
+    - Its final document, when it printed one and that has the right shape; outcome ``crash`` if the
+      runtime then threw (exit 2, ``fatal error: ...``: it died of it after its plan), an error if the
+      program otherwise exited non-zero or timed out: it should not have.
     - Else, when the Go runtime threw (``fatal error: ...`` on stderr, or on stdout when the two were
       merged): outcome ``crash``, the message word for word, growth from the block lines, and a
       failed step after them when the traceback shows the crash inside a growth step (a crash
@@ -205,7 +206,13 @@ def document(stdout: str, stderr: str, returncode: Optional[int], timed_out: boo
             problem = "outcome: expected one of %s" % ", ".join(OUTCOMES)
         if problem is not None:
             return _base(None, None, "the go probe printed a malformed document (%s)" % problem, [], progress)
-        if timed_out or (returncode is not None and returncode != 0):
+        thrown = _fatal(err) if returncode == 2 and not timed_out else None
+        if thrown is not None:
+            # The runtime threw after the plan completed (near an RLIMIT_AS boundary, the background GC's
+            # persistentalloc: "runtime: cannot allocate memory"): the process died of it all the same.
+            final.update(outcome="crash", crash=thrown.crash, messages=list(final.get("messages") or []) +
+                         thrown.said + ["throw: %s (after the plan completed)" % thrown.crash])
+        elif timed_out or (returncode is not None and returncode != 0):
             final["error"] = "the go probe printed its document, then %s%s" % (_died(returncode, timed_out),
                                                                              _last_words(err))
         doc: Dict[str, Any] = final

@@ -248,6 +248,21 @@ def test_a_document_followed_by_a_bad_end_says_so() -> None:
     assert go.document(run["stdout"], "", None, timed_out=True)["error"].endswith("then timed out")
 
 
+def test_a_throw_after_the_document_is_the_crash_the_process_died_of() -> None:
+    # Seen at 695M of RLIMIT_AS: the plan completed and printed, then the background GC's persistentalloc
+    # failed (1 run in 16 under load).
+    run = canned("amd64-ok")
+    stderr = ("fatal error: runtime: cannot allocate memory\n\nruntime stack:\nruntime.throw({0x4c422f?, 0x0?})\n"
+              "\truntime/panic.go:1047 +0x5d\n\ngoroutine 19 [running]:\n\tgoroutine running on other thread; "
+              "stack unavailable\ncreated by runtime.gcBgMarkStartWorkers\n")
+    d = go.document(run["stdout"], stderr, 2)
+    assert (d["outcome"], d["crash"], d["error"]) == ("crash", "runtime: cannot allocate memory", None)
+    assert d["messages"][-1] == "throw: runtime: cannot allocate memory (after the plan completed)"
+    assert d["grows"] > 0 and check_document(d) is None
+    # Any other end after the document stays an error: exit 2 without a throw (a panic's status too)
+    assert go.document(run["stdout"], "panic: boom\n", 2)["error"].startswith("the go probe printed its document")
+
+
 # -- document(): hostile output -------------------------------------------------------------------------
 
 
