@@ -49,6 +49,7 @@ PAGE = 4096
 DEFAULT_SAMPLES = 8
 MAX_SAMPLES = 1000
 MAX_CONFIRM = 50
+NO_OUTCOME = ("error", "timeout", "panic", "skip")  # a point's label when its probe gave no outcome
 SCHEMA = 1
 KIND = "arena-harness-bisect"
 KERNEL = "kernel"
@@ -107,8 +108,9 @@ class Point:
 
     @property
     def stable(self) -> bool:
-        """Whether every measurement of this point gave its label (one measurement always does)."""
-        return len(self.seen) <= 1
+        """Whether every measurement of this point that gave an outcome gave the same one (a machine's
+        error, timeout or panic is tallied, but says nothing of the probe)."""
+        return len([label for label in self.seen if label not in NO_OUTCOME]) <= 1
 
     @property
     def label(self) -> str:
@@ -360,8 +362,6 @@ class Search:
                         if probe not in need.setdefault(side.value, []):
                             need[side.value].append(probe)
         for value in sorted(need):
-            for p in need[value]:
-                self.points[p][value].seen = {self.points[p][value].label: 1}
             for _ in range(times):
                 why = stop()
                 if why:
@@ -375,8 +375,10 @@ class Search:
                 for p in need[value]:
                     if p not in got:
                         raise Unmeasurable("%s gave no result at %d" % (p, value))
-                    seen = self.points[p][value].seen
-                    seen[got[p].label] = seen.get(got[p].label, 0) + 1
+                    point = self.points[p][value]
+                    if not point.seen:  # its first measurement counts from the first one again
+                        point.seen = {point.label: 1}
+                    point.seen[got[p].label] = point.seen.get(got[p].label, 0) + 1
                 if show is not None:
                     show.measured(value, {p: got[p] for p in need[value]})
         return None
@@ -583,6 +585,10 @@ def apply(target: Target, knob: str, value: int, kernels: Sequence[str] = ()) ->
     """``target`` with the knob at ``value`` (for kernels: the kernel at that position), its expectations
     dropped (a search observes; it judges nothing)."""
     t = dataclasses.replace(target, expect=())
+    if knob in ("memory", KERNEL) and t.backend == "qemu":
+        # Each value is another machine, booted once (the point cache keeps its answer): a saved guest
+        # would only cost a save, and its warm files would take some of the memory being searched.
+        t = dataclasses.replace(t, options=dataclasses.replace(t.options, snapshot=False))
     if knob == "reserved_va":
         return dataclasses.replace(t, options=dataclasses.replace(t.options, reserved_va=Size(value)))
     if knob == "memory":

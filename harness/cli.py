@@ -773,6 +773,8 @@ def _images_key(targets: Sequence[Target], listed: bool) -> int:
     lines: List[str] = []
 
     def add(recipe: images.Recipe) -> None:
+        if not recipe.portable:  # a fact of this machine (KVM's verdict), never restored from a cache
+            return
         line = "%s %s %s" % (recipe.kind, recipe.name, recipe.key())
         if line not in lines:
             lines.append(line)

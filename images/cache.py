@@ -92,6 +92,7 @@ def recipe_text(*parts: str) -> str:
 class Recipe:
     kind = ""
     version = 1
+    portable = True  # an artefact another machine may reuse (images key hashes only these)
 
     def inputs(self) -> Dict[str, object]:
         raise NotImplementedError

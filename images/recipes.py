@@ -583,6 +583,7 @@ class KvmVerdict(Recipe):
     trial: Callable[[Path, Log], None] = field(compare=False, hash=False, repr=False)
     kind = "kvm-verdict"
     version = 1
+    portable = False  # this host's, since its boot: never in a CI cache's key (images key)
 
     @property
     def name(self) -> str:

@@ -177,8 +177,9 @@ def document(stdout: str, stderr: str, returncode: Optional[int], timed_out: boo
     """The result document of one run of the program, from its stdout, stderr and exit status.
 
     - Its final document, when it printed one and that has the right shape; outcome ``crash`` if the
-      runtime then threw (exit 2, ``fatal error: ...``: it died of it after its plan), an error if the
-      program otherwise exited non-zero or timed out: it should not have.
+      runtime then threw for want of memory (exit 2, ``fatal error: ...memory...``: it died of it after
+      its plan), an error if the program otherwise exited non-zero (another throw is a bug of the
+      probe's, like ``all goroutines are asleep``) or timed out: it should not have.
     - Else, when the Go runtime threw (``fatal error: ...`` on stderr, or on stdout when the two were
       merged): outcome ``crash``, the message word for word, growth from the block lines, and a
       failed step after them when the traceback shows the crash inside a growth step (a crash
@@ -206,8 +207,8 @@ def document(stdout: str, stderr: str, returncode: Optional[int], timed_out: boo
             problem = "outcome: expected one of %s" % ", ".join(OUTCOMES)
         if problem is not None:
             return _base(None, None, "the go probe printed a malformed document (%s)" % problem, [], progress)
-        thrown = _fatal(err) if returncode == 2 and not timed_out else None
-        if thrown is not None:
+        thrown = (_fatal(err) or _fatal(out)) if returncode == 2 and not timed_out else None
+        if thrown is not None and "memory" in thrown.crash:
             # The runtime threw after the plan completed (near an RLIMIT_AS boundary, the background GC's
             # persistentalloc: "runtime: cannot allocate memory"): the process died of it all the same.
             final.update(outcome="crash", crash=thrown.crash, messages=list(final.get("messages") or []) +

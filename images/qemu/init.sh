@@ -24,7 +24,7 @@ while read -r m; do
     [ -n "$m" ] && insmod "/modules/$m.ko" 2>/dev/null
 done < /modules/order
 P9="trans=virtio,version=9p2000.L,msize=262144"
-ENV="PATH=/usr/sbin:/usr/bin:/sbin:/bin PYTHONDONTWRITEBYTECODE=1 HOME=/ LC_ALL=C"
+GUEST_ENV="PATH=/usr/sbin:/usr/bin:/sbin:/bin PYTHONDONTWRITEBYTECODE=1 HOME=/ LC_ALL=C"
 # What Python reads to start and to import what the agent and the allocator import (the rest of the
 # standard library stays on the share): listed by a Python of the guest root itself.
 WARM_PY='import importlib, sys
@@ -35,7 +35,7 @@ for m in """argparse base64 binascii bisect bz2 collections contextlib ctypes er
         importlib.import_module(m)
     except Exception:
         pass
-files = {sys.executable} | {ln.split()[5] for ln in open("/proc/self/maps") if len(ln.split()) > 5}
+files = {sys.executable} | {ln.split(None, 5)[5].strip() for ln in open("/proc/self/maps") if len(ln.split()) > 5}
 for m in list(sys.modules.values()):
     files |= {f for f in (getattr(m, "__file__", None), getattr(m, "__cached__", None)) if f}
 print("\n".join(sorted(f for f in files if f.startswith("/") and "\n" not in f)))'
@@ -51,13 +51,15 @@ case " $(cat /proc/cmdline) " in
     *overlay*)
         if mount -t 9p -o "$P9,ro,cache=loose" hostroot /lower; then
             mount -t proc proc /lower/proc
-            chroot /lower /usr/bin/env -i $ENV python3 -c "$WARM_PY" > /warm.list 2>/dev/null
+            chroot /lower /usr/bin/env -i $GUEST_ENV python3 -c "$WARM_PY" > /warm.list 2>/dev/null
             umount /lower/proc
             mount -t tmpfs -o mode=0755 warm /warm
+            n=0
             while read -r f; do
-                mkdir -p "/warm${f%/*}" && cp -pd "/lower$f" "/warm$f" 2>/dev/null
+                mkdir -p "/warm${f%/*}" && cp -pd "/lower$f" "/warm$f" 2>/dev/null && n=$((n + 1))
             done < /warm.list
-            umount /lower && WARM=1
+            echo "warm: $n files copied into memory"
+            if umount /lower; then WARM=1; else umount -l /lower; fi
         fi;;
     esac
     echo "@@ARENA-HARNESS-SNAPSHOT-READY@@"
@@ -72,9 +74,11 @@ case " $(cat /proc/cmdline) " in
     echo "@@ARENA-HARNESS-RESUMED@@ $(cut -d' ' -f1 /proc/uptime)";;
 esac
 mount -t 9p -o "$P9,ro" job /job || fail "cannot mount the job's files over 9p"
+ROOT=""
 if [ -n "$WARM" ] && mount -t 9p -o "$P9,ro,cache=loose" hostroot /lower; then
-    mount -t overlay -o ro,lowerdir=/warm:/lower overlay /host || fail "cannot lay the warm files over the root"
-else
+    if mount -t overlay -o ro,lowerdir=/warm:/lower overlay /host; then ROOT=warm; else umount /lower; fi
+fi
+if [ -z "$ROOT" ]; then
     mount -t 9p -o "$P9,ro,cache=loose" hostroot /host || fail "cannot mount the guest root over 9p"
 fi
 mount -t proc proc /host/proc
@@ -83,7 +87,7 @@ mount -t tmpfs -o "size=$(cat /job/tmp_mib)m" tmp /host/tmp || fail "cannot moun
 cp -R -p /job/files /host/tmp/arena || fail "cannot copy the job's files"  # no glob: set -f
 OUT=""
 if mount -t 9p -o "$P9" out /host/mnt 2>/dev/null; then OUT="--out /mnt/result.json"; fi
-chroot /host /usr/bin/env -i $ENV \
+chroot /host /usr/bin/env -i $GUEST_ENV \
     python3 /tmp/arena/allocator.pyz agent --plan /tmp/arena/plan.json $OUT $(cat /job/agent_args)
 echo "@@ARENA-HARNESS-DONE@@ rc=$?"
 umount /host/mnt 2>/dev/null

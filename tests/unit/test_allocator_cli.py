@@ -169,6 +169,14 @@ def test_the_zipapp_runs_standalone(tmp_path: Path) -> None:
                        text=True, timeout=60, cwd=str(tmp_path), env=env)
     assert p.returncode == 0 and json.loads(p.stdout)["outcome"] == "fallback-32bit"
     assert payload.build(tmp_path).read_bytes() == pyz.read_bytes()  # reproducible
+    # ... in any process, whatever it imported (marshal's marks follow reference counts): Docker's payload
+    # images are tagged by these bytes
+    other = tmp_path / "other"
+    other.mkdir()
+    subprocess.run([sys.executable, "-c", "import sys, jinja2, rich, yaml; sys.path.insert(0, %r); from pathlib "
+                    "import Path; from harness import payload; payload.build(Path(%r))" % (str(ROOT), str(other))],
+                   check=True, timeout=60)
+    assert (other / "allocator.pyz").read_bytes() == pyz.read_bytes()
 
 
 def rewritten(pyz: Path, out: Path, change: Callable[[str, bytes], bytes]) -> Path:

@@ -146,6 +146,19 @@ def test_confirm_measures_each_side_again_afresh_and_calls_a_varying_one_unstabl
     assert ('<tr class="unstable"><td></td><td colspan="4" class="small">UNSTABLE at 695: high-arena 2 of 4, '
             'crash: runtime: cannot allocate memory 2 of 4</td></tr>') in page
     assert "confirmed at 694: crash: pageAlloc: out of memory 4 of 4" in page
+    # A machine's error at a side is tallied but is no second outcome; a stop before a side's first
+    # measurement again leaves it unconfirmed rather than "1 of 1".
+    p = Point(695, "high-arena", None, "observed", seen={"high-arena": 3, "error": 1})
+    assert p.stable
+    probe = Fake(steps)
+    run(dataclasses.replace(plan, confirm=0), probe)
+    searched = len(probe.calls)  # the search's own measurements; the stop comes right after them
+    fake2 = Fake(steps)
+    stopped = run(dataclasses.replace(plan, confirm=2), fake2,
+                  stop=lambda: "SIGTERM" if len(fake2.calls) >= searched else None)
+    assert len(fake2.calls) == searched and stopped.interrupted
+    assert all(not q.seen for pts in stopped.points.values() for q in pts)
+    assert "confirmed" not in bisect.text(stopped)
     # A repeated search takes the points from the cache, and confirms afresh all the same.
     calls = len(fake.calls)
     again_doc = run(plan, fake, cache=cache)
@@ -354,6 +367,11 @@ def test_kernels_apply_as_suites_or_kernel_packages() -> None:
     assert varied.options.reserved_va == 1 << 36 and varied.expect == ()
     assert bisect.apply(t["umlk"], "memory", 96 * MiB).options.memory == 96 * MiB
     assert bisect.apply(t["vm"], "rlimit_as", 700 * MiB).rlimit_as == 700 * MiB
+    # A QEMU machine that changes with each value boots cold (a saved guest per value would only cost a
+    # save, and hold memory being searched); one whose machine stays the same resumes its saved guest.
+    assert not bisect.apply(t["vm"], "memory", 512 * MiB).options.snapshot
+    assert not bisect.apply(t["vm"], bisect.KERNEL, 0, plan.kernels).options.snapshot
+    assert bisect.apply(t["vm"], "rlimit_as", 700 * MiB).options.snapshot
     assert bisect.apply(t["here"], "task_size", 1 << 39) == bisect.apply(t["here"], "task_size", 1 << 40)
 
 

@@ -259,8 +259,14 @@ def test_a_throw_after_the_document_is_the_crash_the_process_died_of() -> None:
     assert (d["outcome"], d["crash"], d["error"]) == ("crash", "runtime: cannot allocate memory", None)
     assert d["messages"][-1] == "throw: runtime: cannot allocate memory (after the plan completed)"
     assert d["grows"] > 0 and check_document(d) is None
-    # Any other end after the document stays an error: exit 2 without a throw (a panic's status too)
+    # Any other end after the document stays an error: exit 2 without a throw (a panic's status too), a
+    # throw that is the probe's own bug, not the address space's
     assert go.document(run["stdout"], "panic: boom\n", 2)["error"].startswith("the go probe printed its document")
+    asleep = go.document(run["stdout"], "fatal error: all goroutines are asleep - deadlock!\n", 2)
+    assert asleep["outcome"] == "high-arena" and asleep["error"].startswith("the go probe printed its document")
+    # stdout and stderr merged (a backend that cannot keep them apart): the throw is found there too
+    merged = go.document(run["stdout"] + "\nfatal error: runtime: out of memory\n", "", 2)
+    assert (merged["outcome"], merged["crash"]) == ("crash", "runtime: out of memory")
 
 
 # -- document(): hostile output -------------------------------------------------------------------------

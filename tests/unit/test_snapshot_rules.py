@@ -33,16 +33,14 @@ def test_no_snapshot_for_a_guest_that_never_reaches_the_save_point_or_when_asked
 
 
 @pytest.mark.parametrize("forced", [True, False])
-def test_a_resumed_guest_that_does_not_power_off_after_its_run_has_its_saved_state_dropped(
+def test_a_resumed_guest_gets_a_short_while_to_power_off_after_its_run(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forced: bool) -> None:
-    """Seen on riscv64: resumed from one saved state, the guest never powered off after its DONE line (the
-    harness stopped it 5 s later, every run); saved again, it did. Results are in by then: the run keeps
-    them, and the state is dropped so that the next run saves it anew."""
+    """Its results are on the host at its DONE line: it gets POWEROFF_S (not a cold boot's 5 s) to end by
+    itself, is stopped after that, and the saved state stays (a loaded host can be that slow)."""
     b = boot()
     saved = tmp_path / "snapshot-q"
     saved.mkdir()
     (saved / "state.bin").write_bytes(b"QEVM")
-    (saved / "manifest.json").write_text("{}")
     b._state = saved / "state.bin"
     monkeypatch.setattr(b, "view", lambda ctx, base, control=False: None)
     monkeypatch.setattr(b.m, "base_view", lambda ctx: None)
@@ -58,14 +56,10 @@ def test_a_resumed_guest_that_does_not_power_off_after_its_run_has_its_saved_sta
     t = config.parse("targets:\n  - name: q\n    backend: qemu\n", "t.yaml").targets[0]
     ctx = RunContext("r", t, ["go-2012"], tmp_path / "work", tmp_path / "allocator.pyz", tmp_path / "q.log", 60.0)
     done = b.execute_resumed(ctx)
-    assert done.stopped == "done" and waited == [qemu.POWEROFF_S]
+    assert done.stopped == "done" and waited == [qemu.POWEROFF_S] and not b._resume_failed
+    assert (saved / "state.bin").is_file() and b._state == saved / "state.bin"
     log = (tmp_path / "q.log").read_text() if (tmp_path / "q.log").exists() else ""
-    if forced:
-        assert not saved.exists() and b._state is None
-        assert "the resumed guest did not power off within 3s of its DONE line: the saved guest snapshot-q is " \
-            "suspect, dropped; the next run saves it again" in log
-    else:  # it powered off by itself: kept
-        assert (saved / "state.bin").is_file() and log == ""
+    assert ("did not power off within 3s of its DONE line: stopped" in log) == forced
 
 
 def test_a_saved_state_that_does_not_resume_well_is_saved_again(tmp_path: Path,
