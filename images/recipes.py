@@ -22,7 +22,7 @@ import shutil
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from harness import arches, proc
 from harness.probes import go as go_probe
@@ -543,18 +543,15 @@ class GoProbe(Recipe):
 
 
 @dataclass(frozen=True)
-class Snapshot(Recipe):
-    """A QEMU guest saved right after its boot (``state.bin``, QEMU's migration stream), resumed by
-    later runs with ``-incoming``. The backend that boots the machine saves it (``save``); the key is
-    everything that shapes the saved state (``inputs``: the QEMU version, the machine's whole command
-    line, the kernel's and the initramfs's keys), never the per-run shares, which are mounted only after
-    the resume."""
+class Made(Recipe):
+    """A recipe a backend makes by running something (a saved guest, a trial boot): ``make(out, log)``
+    leaves :attr:`product` in the entry. Its key's inputs come as sorted JSON (``inputs_json``); its
+    name is ``label``."""
 
-    label: str  # the target's machine, for the cache listing (qemu-x86_64-...)
+    label: str
     inputs_json: str  # the key's inputs, as sorted JSON
-    save: Callable[[Path, Log], None] = field(compare=False, hash=False, repr=False)
-    kind = "snapshot"
-    version = 1
+    make: Callable[[Path, Log], None] = field(compare=False, hash=False, repr=False)
+    product: ClassVar[str] = ""
 
     @property
     def name(self) -> str:
@@ -565,35 +562,33 @@ class Snapshot(Recipe):
         return value
 
     def build(self, out: Path, cache: Cache, log: Log) -> None:
-        self.save(out, log)
-        if not (out / "state.bin").is_file():
-            raise BuildError("saving %s left no state.bin" % self.label, out / "build.log")
+        self.make(out, log)
+        if not (out / self.product).is_file():
+            raise BuildError("%s %s left no %s" % (self.kind, self.label, self.product), out / "build.log")
 
 
 @dataclass(frozen=True)
-class KvmVerdict(Recipe):
+class Snapshot(Made):
+    """A QEMU guest saved right after its boot (``state.bin``, QEMU's migration stream), resumed by
+    later runs with ``-incoming``. The backend that boots the machine saves it (``make``); the key is
+    everything that shapes the saved state (the QEMU version, the machine's whole command line, the
+    kernel's and the initramfs's keys, the guest root), never the per-run shares, which are mounted
+    only after the resume. ``label``: the target's machine, for the cache listing."""
+
+    kind = "snapshot"
+    version = 1
+    product: ClassVar[str] = "state.bin"
+
+
+@dataclass(frozen=True)
+class KvmVerdict(Made):
     """Whether KVM really runs QEMU guests of one architecture on this host (``verdict.json``:
     ``{"kvm": true|false, "why": "..."}``): a short trial boot's answer, since a device node alone proves
-    nothing (a KVM guest may hang). Keyed by what can change it (``inputs``: the architecture, the host
-    kernel's release, the QEMU version), so a new kernel or QEMU is tried again, and built under the
-    cache's per-key lock, so parallel runs boot one trial. The QEMU backend boots it (``trial``)."""
+    nothing (a KVM guest may hang). Keyed by what can change it (the architecture, the host kernel's
+    release, the QEMU version, the host's boot), so a new kernel or QEMU is tried again, and built under
+    the cache's per-key lock, so parallel runs boot one trial. The QEMU backend boots it (``make``)."""
 
-    label: str  # the architecture, for the cache listing
-    inputs_json: str
-    trial: Callable[[Path, Log], None] = field(compare=False, hash=False, repr=False)
     kind = "kvm-verdict"
     version = 1
     portable = False  # this host's, since its boot: never in a CI cache's key (images key)
-
-    @property
-    def name(self) -> str:
-        return self.label
-
-    def inputs(self) -> Dict[str, object]:
-        value: Dict[str, object] = json.loads(self.inputs_json)
-        return value
-
-    def build(self, out: Path, cache: Cache, log: Log) -> None:
-        self.trial(out, log)
-        if not (out / "verdict.json").is_file():
-            raise BuildError("the KVM trial for %s left no verdict" % self.label, out / "build.log")
+    product: ClassVar[str] = "verdict.json"
