@@ -7,7 +7,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -81,6 +81,46 @@ def fake_backend() -> Iterator[type]:
     backends.register(FakeBackend)
     yield FakeBackend
     backends.unregister("fake")
+
+
+def installed_tree(tmp_path: Path) -> Path:
+    """What a wheel would hold, laid out by setuptools' build_py (no wheel package or index needed) from a
+    copy of the tree (a build in the checkout would leave build/ and egg-info in it): its site directory."""
+    import shutil
+
+    from harness.plugin import skip_or_fail
+
+    try:
+        import setuptools  # noqa: F401
+    except ImportError:
+        skip_or_fail("setuptools", "setuptools not installed: pip install setuptools")
+    tree, site = tmp_path / "tree", tmp_path / "site"
+    tree.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, tree / name)
+    for name in ("allocator", "guest", "harness", "images", "probes"):
+        shutil.copytree(ROOT / name, tree / name, ignore=shutil.ignore_patterns("__pycache__"))
+    r = proc.run([sys.executable, "-c", "import setuptools; setuptools.setup()", "-q", "build_py", "--build-lib",
+                  str(site)], timeout=300, cwd=tree)
+    assert r.returncode == 0, r.output[-2000:]
+    return site
+
+
+def stopped_while_waiting(wait: Callable[[], None]) -> bool:
+    """Run ``wait`` on a thread, make the harness's stop request (as SIGINT would) once it is waiting,
+    and say whether it ended within 2 s."""
+    import threading
+    import time
+
+    t = threading.Thread(target=wait)
+    t.start()
+    time.sleep(0.3)
+    proc.request_stop("SIGINT")
+    try:
+        t.join(2)
+    finally:
+        proc.clear_stop()
+    return not t.is_alive()
 
 
 def require_tool(name: str, tool: str, hint: str) -> str:

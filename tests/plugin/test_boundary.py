@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.plugin.lab import CONFTEST
+
 TARGETS = """\
 targets:
   - name: here
@@ -14,21 +16,6 @@ targets:
   - name: notool
     backend: lab
     policies: [go-2012]
-"""
-
-CONFTEST = """\
-from typing import ClassVar, Tuple
-
-from harness import backends
-from harness.backends.base import Backend, Tool
-
-
-class LabBackend(Backend):
-    name: ClassVar[str] = "lab"
-    tools: ClassVar[Tuple[Tool, ...]] = (Tool("arena-harness-lab-controller", "arena-harness-lab"),)
-
-
-backends.register(LabBackend)
 """
 
 TEST = """\

@@ -245,27 +245,13 @@ def test_a_template_escapes_a_value_given_to_it_raw_and_keeps_markup_it_made() -
 
 
 def test_an_install_ships_the_templates(tmp_path: Path) -> None:
-    """setuptools' build_py lays out what a wheel holds (as in test_probe_go); the page is made from there."""
-    import shutil
+    """What a wheel holds (tests.conftest.installed_tree); the page is made from there."""
     import sys
 
     from harness import proc
-    from harness.plugin import skip_or_fail
-    from tests.conftest import ROOT
+    from tests.conftest import ROOT, installed_tree
 
-    try:
-        import setuptools  # noqa: F401
-    except ImportError:
-        skip_or_fail("setuptools", "setuptools not installed: pip install setuptools")
-    tree, site = tmp_path / "tree", tmp_path / "site"
-    tree.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, tree / name)
-    for name in ("allocator", "guest", "harness", "images", "probes"):
-        shutil.copytree(ROOT / name, tree / name, ignore=shutil.ignore_patterns("__pycache__"))
-    r = proc.run([sys.executable, "-c", "import setuptools; setuptools.setup()", "-q", "build_py", "--build-lib",
-                  str(site)], timeout=300, cwd=tree)
-    assert r.returncode == 0, r.output[-2000:]
+    site = installed_tree(tmp_path)
     shipped = {f.name for f in (site / "harness" / "templates").iterdir()}
     assert shipped == {f.name for f in (ROOT / "harness" / "templates").iterdir()}
     script = ("from harness import report; from harness.results import RunDocument; print(report.__file__); "

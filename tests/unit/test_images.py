@@ -9,7 +9,6 @@ import stat
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Tuple
@@ -19,7 +18,7 @@ import pytest
 import images
 from harness import proc
 from images import Cache, Cpio, Recipe, module_closure
-from tests.conftest import ROOT
+from tests.conftest import ROOT, stopped_while_waiting
 
 
 def parse_newc(data: bytes) -> List[Tuple[str, int, bytes, Tuple[int, int]]]:
@@ -264,15 +263,8 @@ def test_waiting_for_another_build_ends_on_a_stop_request(tmp_path: Path,
         except images.BuildError as e:
             errors.append(e)
 
-    t = threading.Thread(target=get)
-    t.start()
-    time.sleep(0.3)
-    proc.request_stop("SIGINT")
-    try:
-        t.join(2)
-    finally:
-        proc.clear_stop()
-    assert not t.is_alive() and str(errors[0]) == "interrupted while waiting for another build of toy slow"
+    assert stopped_while_waiting(get)
+    assert str(errors[0]) == "interrupted while waiting for another build of toy slow"
 
 
 def test_a_tree_is_removed_without_reaching_into_what_is_mounted_inside(tmp_path: Path) -> None:

@@ -8,18 +8,18 @@ import gzip
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
 
 import images
-from harness import arches, cli, config, proc
+from harness import arches, cli, config
 from harness.backends.qemu import QemuBackend
 from harness.errors import ConfigError
 from images import Cache, kbuild, kconfig
+from tests.conftest import stopped_while_waiting
+from tests.unit.test_config import error_of, parse
 from tests.unit.test_images import HOLD_LOCK, parse_newc
 
 # -- fragments ----------------------------------------------------------------------------------------
@@ -198,16 +198,6 @@ def test_unmet_compares_values_and_treats_absent_as_n() -> None:
 
 
 # -- the target keys ------------------------------------------------------------------------------------
-
-
-def parse(text: str) -> config.TargetSet:
-    return config.parse(textwrap.dedent(text), "targets.yaml")
-
-
-def error_of(text: str) -> str:
-    with pytest.raises(ConfigError) as e:
-        parse(text)
-    return str(e.value)
 
 
 def test_kernel_config_implies_a_kernel_built_from_source() -> None:
@@ -436,15 +426,7 @@ def test_the_compile_lock_says_it_waits_and_an_interrupt_ends_the_wait(tmp_path:
             except images.BuildError as e:
                 errors.append(e)
 
-        t = threading.Thread(target=wait)
-        t.start()
-        time.sleep(0.3)
-        proc.request_stop("SIGINT")
-        try:
-            t.join(2)
-        finally:
-            proc.clear_stop()
-        assert not t.is_alive() and said == ["waiting for another kernel compile"]
+        assert stopped_while_waiting(wait) and said == ["waiting for another kernel compile"]
         assert [str(e) for e in errors] == ["interrupted while waiting for another kernel compile"]
     finally:
         holder.kill()

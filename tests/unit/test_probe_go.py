@@ -17,9 +17,8 @@ import images
 from allocator.runtime import MAX_GROW_STEPS
 from harness import arches, proc
 from harness.document import check_document
-from harness.plugin import skip_or_fail
 from harness.probes import go
-from tests.conftest import ROOT
+from tests.conftest import ROOT, installed_tree
 
 CANNED = ROOT / "tests" / "data" / "goprobe"
 MiB = 1 << 20
@@ -57,21 +56,8 @@ def test_argv_passes_the_plan_and_the_stride_as_one_word_each() -> None:
 
 
 def test_an_install_ships_the_source_where_the_probe_finds_it(tmp_path: Path) -> None:
-    """setuptools' build_py lays out what a wheel holds (no wheel package or index needed), from a copy of
-    the tree (a build in the checkout would leave build/ and egg-info in it)."""
-    try:
-        import setuptools  # noqa: F401
-    except ImportError:
-        skip_or_fail("setuptools", "setuptools not installed: pip install setuptools")
-    tree, site = tmp_path / "tree", tmp_path / "site"
-    tree.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, tree / name)
-    for name in ("allocator", "guest", "harness", "images", "probes"):
-        shutil.copytree(ROOT / name, tree / name, ignore=shutil.ignore_patterns("__pycache__"))
-    r = proc.run([sys.executable, "-c", "import setuptools; setuptools.setup()", "-q", "build_py", "--build-lib",
-                  str(site)], timeout=300, cwd=tree)
-    assert r.returncode == 0, r.output[-2000:]
+    """What a wheel holds (tests.conftest.installed_tree) has the go probe's source where it looks."""
+    site = installed_tree(tmp_path)
     shipped = {f.name for f in (site / "harness" / "probes" / "go_source").iterdir()}
     assert {"main.go", "go.mod"} <= shipped and shipped == {f.name for f in go.SOURCE.iterdir()
                                                             if f.suffix in (".go", ".mod")}
