@@ -253,34 +253,29 @@ class QemuBackend(Backend[QemuOptions]):
         The same decision as :meth:`accel`: a verdict already cached is read; with ``trial`` a missing one
         is made (the short VM, from the cached kernel and initramfs, never building them) and cached.
         """
-        spec = self.options.spec
-        if spec.name in _kvm_verdict:
-            return "kvm" if _kvm_verdict[spec.name] else "tcg", _kvm_reason[spec.name]
-        why = self.kvm_possible()
-        if why is not None:
-            return "tcg", why
-        recipe = self.kvm_verdict()
-        if cache.ready(recipe):
-            self._cache = cache
-            self._kvm_works()
-            return self.auto_accel(cache, trial=False)
-        if not trial:
+        self._cache = cache
+        ok = self._kvm_decide()
+        if ok is None and trial:
+            absent = [r for r in (self.kit(), self.initramfs()) if not cache.ready(r)]
+            if absent:
+                return None, "the trial boot needs the cached %s %s: build it with arena-harness images build" % (
+                    absent[0].kind, absent[0].name)
+            self._kit = cache.get(self.kit())
+            self._initramfs = cache.get(self.initramfs()) / "initramfs.cpio.gz"
+            ok = self._kvm_decide()
+        if ok is None:
             return None, "%s exists, but a device node alone proves nothing: accel: auto boots a short trial VM " \
                 "first (up to %.0fs, once per host kernel and QEMU version)" % (KVM_DEVICE, KVM_TRIAL_S)
-        absent = [r for r in (self.kit(), self.initramfs()) if not cache.ready(r)]
-        if absent:
-            return None, "the trial boot needs the cached %s %s: build it with arena-harness images build" % (
-                absent[0].kind, absent[0].name)
-        self._cache = cache
-        self._kit = cache.get(self.kit())
-        self._initramfs = cache.get(self.initramfs()) / "initramfs.cpio.gz"
-        self._kvm_works()  # records its verdict, which the first branch above reads
-        return self.auto_accel(cache, trial=False)
+        return "kvm" if ok else "tcg", _kvm_reason[self.options.spec.name]
 
     def _kvm_works(self) -> bool:
-        """Whether KVM runs this guest here: a device node alone proves nothing (here a KVM guest hangs), so
-        a short trial boot must reach the init. Its verdict is cached (:meth:`kvm_verdict`) and kept once
-        per process; before the kernel is provisioned, with no verdict cached yet, the answer is no."""
+        return self._kvm_decide() is True
+
+    def _kvm_decide(self) -> Optional[bool]:
+        """Whether KVM runs this guest here, or None while that is undecided: a device node alone proves
+        nothing (here a KVM guest hangs), so a short trial boot must reach the init. Its verdict is cached
+        (:meth:`kvm_verdict`) and kept once per process; before the kernel is provisioned, with no verdict
+        cached yet, it stays undecided (no trial from a listing)."""
         spec = self.options.spec
         if spec.name in _kvm_verdict:
             return _kvm_verdict[spec.name]
@@ -290,7 +285,7 @@ class QemuBackend(Backend[QemuOptions]):
             recipe = self.kvm_verdict()
             cache = self._cache or images.Cache()
             if not cache.ready(recipe) and (self._kit is None or self._initramfs is None):
-                return False  # not decided yet (a listing, before provisioning): no trial from here
+                return None
             try:
                 verdict = json.loads((cache.get(recipe) / "verdict.json").read_text())
                 ok, why = bool(verdict["kvm"]), str(verdict["why"])

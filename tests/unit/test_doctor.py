@@ -44,6 +44,7 @@ def machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Cache:
     monkeypatch.setattr(docker_backend, "client", lambda: object())
     monkeypatch.setattr(qemu, "_kvm_verdict", {})
     monkeypatch.setattr(qemu, "_kvm_reason", {})
+    monkeypatch.setattr(qemu, "_versions", {})  # a faked QEMU's version stays in this test
     monkeypatch.setattr(qemu, "KVM_DEVICE", str(tmp_path / "no-kvm"))
     return Cache(tmp_path / "cache")
 
@@ -193,6 +194,8 @@ def test_kvm_is_tried_only_with_the_flag(machine: Cache, monkeypatch: pytest.Mon
     boots: List[List[str]] = []
 
     def fake_run(argv: List[str], **kw: object) -> proc.Completed:
+        if argv[1:] == ["--version"]:  # what the verdict's key names (not a boot)
+            return proc.Completed(argv, 0, 0.1, "QEMU emulator version 7.2.0", lines=["QEMU emulator version 7.2.0"])
         boots.append(argv)
         return proc.Completed(argv, None, 2.0, "", stopped="booted", lines=["@@ARENA-HARNESS-BOOTED@@"])
 
